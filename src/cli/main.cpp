@@ -1,0 +1,187 @@
+// pcmoe: the command line. Thin: parses arguments, calls the library, prints results.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/local_experts.h"
+#include "model/model.h"
+#include "tensor/cpu.h"
+#include "tensor/gemm.h"
+#include "tensor/rng.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace pcmoe;
+
+namespace {
+
+constexpr const char* kUsage = R"(pcmoe — collaborative Mixture-of-Experts training
+
+usage:
+  pcmoe train    --config FILE --out DIR [--resume]
+  pcmoe eval     --checkpoint DIR [--windows N]
+  pcmoe generate --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]
+
+  train     trains the model of FILE; writes DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/
+            --resume continues from DIR/checkpoint with the exact loss curve of an unbroken run
+  eval      validation loss and perplexity of a checkpoint on its config's validation split
+  generate  samples text from a checkpoint (temperature 0 = greedy)
+)";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// --key value pairs and bare --flags, checked against what the command accepts.
+std::map<std::string, std::string> parse_args(int argc, char** argv, const std::vector<std::string>& valued,
+                                              const std::vector<std::string>& flags) {
+  std::map<std::string, std::string> out;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    if (std::find(flags.begin(), flags.end(), a) != flags.end()) {
+      out[a] = "1";
+    } else if (std::find(valued.begin(), valued.end(), a) != valued.end()) {
+      if (i + 1 >= argc) throw UsageError(a + " needs a value");
+      out[a] = argv[++i];
+    } else {
+      throw UsageError("unknown argument '" + a + "'");
+    }
+  }
+  return out;
+}
+
+std::string need(const std::map<std::string, std::string>& a, const std::string& key) {
+  auto it = a.find(key);
+  if (it == a.end()) throw UsageError("missing " + key);
+  return it->second;
+}
+
+double number(const std::map<std::string, std::string>& a, const std::string& key, double fallback) {
+  auto it = a.find(key);
+  if (it == a.end()) return fallback;
+  try {
+    size_t used = 0;
+    double v = std::stod(it->second, &used);
+    if (used != it->second.size()) throw std::invalid_argument("");
+    return v;
+  } catch (const std::exception&) {
+    throw UsageError(key + " expects a number, got '" + it->second + "'");
+  }
+}
+
+int cmd_train(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--config", "--out"}, {"--resume"});
+  RunConfig cfg = load_run_config(need(a, "--config"));
+  TrainOptions opts{need(a, "--out"), a.count("--resume") > 0};
+  nlohmann::json r = run_training(cfg, opts);
+  std::printf("final train loss %.4f | validation loss %.4f (perplexity %.1f) | unigram entropy %.4f\n",
+              r["final_train_loss"].get<double>(), r["final_val_loss"].get<double>(),
+              r["final_val_ppl"].get<double>(), r["unigram_entropy"].get<double>());
+  std::printf("%.0f tokens/s | peak RSS %.1f MiB | report: %s\n", r["tokens_per_s"].get<double>(),
+              r["peak_rss_bytes"].get<double>() / 1048576.0, (fs::path(opts.out_dir) / "report.json").c_str());
+  return 0;
+}
+
+// A model and its weights loaded from a checkpoint, for inference.
+struct Loaded {
+  RunConfig cfg;
+  ParamSet params;
+  LocalExperts experts;
+  Model model;
+  Loaded(const std::string& dir, int batch)
+      : cfg(read_checkpoint_config(dir)), params(cfg.model, ParamSelection{}),
+        experts(cfg.model, params, batch * cfg.model.seq_len * cfg.model.top_k),
+        model(cfg.model, params, experts, batch) {
+    set_num_threads(cfg.train.threads);
+    load_checkpoint(dir, cfg.model, params, nullptr);
+  }
+};
+
+int cmd_eval(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--checkpoint", "--windows"}, {});
+  const std::string dir = resolve_checkpoint(need(a, "--checkpoint"));
+  Loaded m(dir, read_checkpoint_config(dir).train.batch_size);
+  Dataset ds = prepare_dataset(m.cfg, (fs::path(dir) / "tokenizer.model").string());
+  int n = 0;
+  auto windows = data::validation_windows(ds.val, m.cfg.model.seq_len, (int)number(a, "--windows", m.cfg.train.eval_windows), &n);
+  const double loss = evaluate(m.model, windows, n);
+  std::printf("validation loss %.4f | perplexity %.2f | %d windows of %d tokens\n", loss, std::exp(loss), n,
+              m.cfg.model.seq_len);
+  return 0;
+}
+
+int cmd_generate(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--checkpoint", "--prompt", "--tokens", "--temperature", "--top-p", "--seed"}, {});
+  const std::string dir = resolve_checkpoint(need(a, "--checkpoint"));
+  const int n_new = (int)number(a, "--tokens", 100);
+  const double temperature = number(a, "--temperature", 0.8), top_p = number(a, "--top-p", 0.95);
+  if (n_new < 0 || temperature < 0 || top_p <= 0 || top_p > 1)
+    throw UsageError("need --tokens >= 0, --temperature >= 0, 0 < --top-p <= 1");
+  Rng rng((uint64_t)number(a, "--seed", 1));
+  Loaded m(dir, 1);
+  data::Tokenizer tok = data::Tokenizer::load((fs::path(dir) / "tokenizer.model").string());
+  const int T = m.cfg.model.seq_len, V = m.cfg.model.vocab_size;
+  std::vector<int32_t> ids{tok.bos_id()};
+  for (int32_t id : tok.encode(a.count("--prompt") ? a.at("--prompt") : "")) ids.push_back(id);
+  const size_t prompt_len = ids.size();
+  std::vector<int32_t> window(T);
+  std::vector<std::pair<float, int>> probs(V);
+  for (int i = 0; i < n_new; ++i) {
+    const size_t start = ids.size() > (size_t)T ? ids.size() - T : 0, len = ids.size() - start;
+    std::fill(window.begin(), window.end(), 0);
+    std::copy(ids.begin() + start, ids.end(), window.begin());
+    const float* logits = m.model.logits(window.data(), 1) + (len - 1) * V;
+    int next = 0;
+    if (temperature == 0) {
+      next = int(std::max_element(logits, logits + V) - logits);
+    } else {
+      const float mx = *std::max_element(logits, logits + V);
+      double sum = 0;
+      for (int v = 0; v < V; ++v) sum += (probs[v] = {std::exp((logits[v] - mx) / temperature), v}).first;
+      std::sort(probs.begin(), probs.end(), [](auto& x, auto& y) { return x.first > y.first || (x.first == y.first && x.second < y.second); });
+      double mass = 0;
+      size_t keep = 0;
+      while (keep < probs.size() && mass < top_p * sum) mass += probs[keep++].first;
+      double r = rng.uniform_open() * mass;
+      next = probs[keep - 1].second;
+      for (size_t j = 0; j < keep; ++j)
+        if ((r -= probs[j].first) <= 0) {
+          next = probs[j].second;
+          break;
+        }
+    }
+    if (next == tok.eos_id()) break;
+    ids.push_back(next);
+  }
+  std::printf("%s\n", tok.decode(std::vector<int32_t>(ids.begin() + 1, ids.end())).c_str());
+  std::fprintf(stderr, "(%zu prompt tokens, %zu generated)\n", prompt_len - 1, ids.size() - prompt_len);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  select_blas_kernels(argv);
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "train") return cmd_train(argc, argv);
+    if (cmd == "eval") return cmd_eval(argc, argv);
+    if (cmd == "generate") return cmd_generate(argc, argv);
+    throw UsageError("unknown command '" + cmd + "'");
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "pcmoe %s: %s\n\n%s", cmd.c_str(), e.what(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pcmoe %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

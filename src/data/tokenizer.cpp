@@ -1,0 +1,216 @@
+// SentencePiece tokenizer: training (cached by content hash), loading and encoding.
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "data/data.h"
+#include "data/hashing.h"
+
+namespace pcmoe::data {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Bump when the training recipe below changes, so that cached models trained with the old
+// recipe are not reused.
+constexpr const char* kRecipeVersion = "pcmoe-spm-1";
+// SentencePiece drops training sentences longer than its max_sentence_length; documents are fed
+// in chunks of at most this many bytes, cut at whitespace.
+constexpr size_t kMaxSentenceBytes = 1 << 16;
+
+// Training sentences: whole documents (so that the model sees paragraph breaks where encode()
+// will), cut into chunks that SentencePiece accepts.
+class ChunkIterator : public sentencepiece::SentenceIterator {
+ public:
+  ChunkIterator(const Corpus& corpus, const std::vector<size_t>& docs) : corpus_(corpus), docs_(docs) {
+    advance();
+  }
+  bool done() const override { return doc_ >= docs_.size(); }
+  void Next() override { advance(); }
+  const std::string& value() const override { return chunk_; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  // Moves to the next non-empty chunk, cutting at the last whitespace within the byte limit
+  // (or at the limit, backed off to a UTF-8 character boundary, if there is none).
+  void advance() {
+    while (doc_ < docs_.size()) {
+      const std::string& text = corpus_.docs.at(docs_[doc_]).text;
+      if (offset_ >= text.size()) {
+        ++doc_;
+        offset_ = 0;
+        continue;
+      }
+      size_t end = text.size();
+      if (end - offset_ > kMaxSentenceBytes) {
+        end = offset_ + kMaxSentenceBytes;
+        const size_t space = text.find_last_of(" \n", end - 1);
+        if (space != std::string::npos && space > offset_) {
+          end = space;
+        } else {
+          while (end > offset_ + 1 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+        }
+      }
+      chunk_ = text.substr(offset_, end - offset_);
+      offset_ = end;
+      if (!chunk_.empty()) return;
+    }
+  }
+
+  const Corpus& corpus_;
+  const std::vector<size_t>& docs_;
+  size_t doc_ = 0;
+  size_t offset_ = 0;
+  std::string chunk_;
+};
+
+void check(const sentencepiece::util::Status& status, const std::string& what) {
+  if (!status.ok()) throw std::runtime_error(what + ": " + status.ToString());
+}
+
+// Writes via a temporary file and a rename, so that a concurrent reader or a crash never leaves
+// a partial model under the final name.
+void write_atomically(const fs::path& path, const std::string& bytes) {
+  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) throw std::runtime_error("cannot write " + tmp.string());
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp);
+    throw std::runtime_error("cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message());
+  }
+}
+
+}  // namespace
+
+struct Tokenizer::Impl {
+  sentencepiece::SentencePieceProcessor processor;
+  std::string model_file;
+};
+
+Tokenizer::Tokenizer() = default;
+Tokenizer::~Tokenizer() = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+Tokenizer Tokenizer::load(const std::string& model_file) {
+  if (!fs::is_regular_file(model_file)) throw std::runtime_error("tokenizer model not found at " + model_file);
+  Tokenizer tok;
+  tok.impl_ = std::make_unique<Impl>();
+  check(tok.impl_->processor.Load(model_file), "cannot load tokenizer model " + model_file);
+  tok.impl_->model_file = model_file;
+  return tok;
+}
+
+Tokenizer Tokenizer::train_or_load(const Corpus& corpus, const std::vector<size_t>& docs,
+                                   const DataConfig& cfg) {
+  if (cfg.tokenizer_type != "bpe" && cfg.tokenizer_type != "unigram") {
+    throw std::runtime_error("unknown tokenizer type '" + cfg.tokenizer_type + "' (expected bpe or unigram)");
+  }
+  if (docs.empty()) throw std::runtime_error("cannot train a tokenizer on zero documents");
+
+  detail::Fnv1a64 hash;
+  hash.update_field(kRecipeVersion);
+  hash.update_field(cfg.tokenizer_type);
+  hash.update_u64(static_cast<uint64_t>(cfg.vocab_size));
+  for (size_t index : docs) hash.update_field(corpus.docs.at(index).text);
+  char key[17];
+  std::snprintf(key, sizeof key, "%016llx", static_cast<unsigned long long>(hash.digest()));
+  const fs::path model_path = fs::path(cfg.cache_dir) / ("tok-" + std::string(key) + ".model");
+  if (fs::exists(model_path)) return load(model_path.string());
+
+  std::cerr << "training tokenizer (vocab " << cfg.vocab_size << ") on " << docs.size()
+            << " documents -> " << model_path.string() << " ..." << std::endl;
+  // Lossless and reproducible: identity normalization keeps the text as is, byte fallback covers
+  // any byte unseen in training, '\n' (paragraph break) is a piece of its own, and no input
+  // sentence is sampled or shuffled.
+  const std::unordered_map<std::string, std::string> args = {
+      {"model_type", cfg.tokenizer_type},
+      {"vocab_size", std::to_string(cfg.vocab_size)},
+      {"character_coverage", "1.0"},
+      {"byte_fallback", "true"},
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"user_defined_symbols", "\n"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "-1"},
+      {"num_threads", "2"},
+      {"input_sentence_size", "0"},
+      {"shuffle_input_sentence", "false"},
+      {"max_sentence_length", std::to_string(kMaxSentenceBytes)},
+      {"minloglevel", "1"},
+  };
+  sentencepiece::SetRandomGeneratorSeed(1);  // in case a trainer draws random numbers after all
+  ChunkIterator sentences(corpus, docs);
+  std::string model_proto;
+  check(sentencepiece::SentencePieceTrainer::Train(args, &sentences, &model_proto),
+        "tokenizer training failed");
+  fs::create_directories(cfg.cache_dir);
+  write_atomically(model_path, model_proto);
+  return load(model_path.string());
+}
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
+  if (!impl_) throw std::runtime_error("tokenizer is not loaded");
+  std::vector<int> ids;
+  check(impl_->processor.Encode(text, &ids), "tokenizer encode failed");
+  return {ids.begin(), ids.end()};
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  if (!impl_) throw std::runtime_error("tokenizer is not loaded");
+  const int n = impl_->processor.GetPieceSize();
+  for (int32_t id : ids) {
+    if (id < 0 || id >= n) throw std::runtime_error("token id " + std::to_string(id) + " out of range");
+  }
+  std::string text;
+  check(impl_->processor.Decode(std::vector<int>(ids.begin(), ids.end()), &text), "tokenizer decode failed");
+  return text;
+}
+
+int Tokenizer::vocab_size() const {
+  if (!impl_) throw std::runtime_error("tokenizer is not loaded");
+  return impl_->processor.GetPieceSize();
+}
+
+int Tokenizer::bos_id() const {
+  if (!impl_) throw std::runtime_error("tokenizer is not loaded");
+  return impl_->processor.bos_id();
+}
+
+int Tokenizer::eos_id() const {
+  if (!impl_) throw std::runtime_error("tokenizer is not loaded");
+  return impl_->processor.eos_id();
+}
+
+const std::string& Tokenizer::model_file() const {
+  if (!impl_) throw std::runtime_error("tokenizer is not loaded");
+  return impl_->model_file;
+}
+
+TokenStream encode_documents(const Tokenizer& tok, const Corpus& corpus, const std::vector<size_t>& docs) {
+  TokenStream stream;
+  for (size_t index : docs) {
+    const std::vector<int32_t> ids = tok.encode(corpus.docs.at(index).text);
+    stream.tokens.push_back(tok.bos_id());
+    stream.tokens.insert(stream.tokens.end(), ids.begin(), ids.end());
+    stream.tokens.push_back(tok.eos_id());
+  }
+  return stream;
+}
+
+}  // namespace pcmoe::data

@@ -1,0 +1,67 @@
+#include "model/config.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "common/json_fields.h"
+
+namespace pcmoe {
+namespace {
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::runtime_error("invalid model config: " + what);
+}
+}  // namespace
+
+void ModelConfig::validate() const {
+  require(vocab_size >= 4, "vocab_size must be >= 4");
+  require(d_model > 0 && n_layers > 0 && n_heads > 0 && n_kv_heads > 0, "d_model, n_layers, n_heads and n_kv_heads must be positive");
+  require(d_model % n_heads == 0, "d_model must be divisible by n_heads");
+  require(head_dim() <= 512, "head size d_model/n_heads must be <= 512");
+  require(head_dim() % 2 == 0, "head size d_model/n_heads must be even (RoPE rotates pairs)");
+  require(n_heads % n_kv_heads == 0, "n_heads must be divisible by n_kv_heads");
+  require(d_ff > 0 && d_ff_dense > 0, "d_ff and d_ff_dense must be positive");
+  require(n_experts >= 1, "n_experts must be >= 1");
+  require(n_experts <= 1024, "n_experts must be <= 1024");
+  require(top_k >= 1 && top_k <= n_experts && top_k <= 64, "top_k must be in [1, min(n_experts, 64)]");
+  require(moe_every >= 1 && moe_every <= n_layers, "moe_every must be in [1, n_layers]");
+  require(seq_len >= 2, "seq_len must be >= 2");
+  require(rope_theta > 0 && norm_eps > 0, "rope_theta and norm_eps must be positive");
+  require(aux_loss_weight >= 0 && z_loss_weight >= 0, "loss weights must be >= 0");
+}
+
+ModelConfig model_config_from_json(const nlohmann::json& j) {
+  ModelConfig c;
+  JsonFields f(j, "model");
+  f.read("vocab_size", c.vocab_size);
+  f.read("d_model", c.d_model);
+  f.read("n_layers", c.n_layers);
+  f.read("n_heads", c.n_heads);
+  f.read("n_kv_heads", c.n_kv_heads);
+  f.read("d_ff", c.d_ff);
+  f.read("d_ff_dense", c.d_ff_dense);
+  f.read("n_experts", c.n_experts);
+  f.read("top_k", c.top_k);
+  f.read("moe_every", c.moe_every);
+  f.read("seq_len", c.seq_len);
+  f.read("renormalize", c.renormalize);
+  f.read("tie_embeddings", c.tie_embeddings);
+  f.read("rope_theta", c.rope_theta);
+  f.read("norm_eps", c.norm_eps);
+  f.read("aux_loss_weight", c.aux_loss_weight);
+  f.read("z_loss_weight", c.z_loss_weight);
+  f.reject_unknown();
+  c.validate();
+  return c;
+}
+
+nlohmann::json to_json(const ModelConfig& c) {
+  return {{"vocab_size", c.vocab_size}, {"d_model", c.d_model}, {"n_layers", c.n_layers},
+          {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"d_ff", c.d_ff},
+          {"d_ff_dense", c.d_ff_dense}, {"n_experts", c.n_experts}, {"top_k", c.top_k},
+          {"moe_every", c.moe_every}, {"seq_len", c.seq_len}, {"renormalize", c.renormalize},
+          {"tie_embeddings", c.tie_embeddings}, {"rope_theta", c.rope_theta},
+          {"norm_eps", c.norm_eps}, {"aux_loss_weight", c.aux_loss_weight},
+          {"z_loss_weight", c.z_loss_weight}};
+}
+
+}  // namespace pcmoe

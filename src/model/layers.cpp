@@ -1,0 +1,241 @@
+#include "model/layers.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "tensor/gemm.h"
+
+namespace pcmoe {
+
+void embedding_forward(float* out, const int32_t* tokens, const float* wte, int N, int C) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < N; ++t) std::memcpy(out + (size_t)t * C, wte + (size_t)tokens[t] * C, C * sizeof(float));
+}
+
+void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C) {
+  // Split by channel, not by token: two tokens with the same id never race, and each channel is
+  // summed in token order whatever the thread count.
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < C; ++c)
+    for (int t = 0; t < N; ++t) dwte[(size_t)tokens[t] * C + c] += dout[(size_t)t * C + c];
+}
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C, float eps) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < N; ++t) {
+    const float* xt = x + (size_t)t * C;
+    float ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int c = 0; c < C; ++c) ss += xt[c] * xt[c];
+    float r = 1.0f / std::sqrt(ss / C + eps);
+    rstd[t] = r;
+    float* ot = out + (size_t)t * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) ot[c] = xt[c] * r * w[c];
+  }
+}
+
+void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                      const float* rstd, int N, int C) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < N; ++t) {
+    const float* xt = x + (size_t)t * C;
+    const float* dt = dout + (size_t)t * C;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int c = 0; c < C; ++c) dot += dt[c] * w[c] * xt[c];
+    const float r = rstd[t];
+    const float k = dot * r * r * r / C;
+    float* dxt = dx + (size_t)t * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) dxt[c] += dt[c] * w[c] * r - k * xt[c];
+  }
+  // dw sums over tokens: per channel, in token order.
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < C; ++c) {
+    float s = 0;
+    for (int t = 0; t < N; ++t) s += dout[(size_t)t * C + c] * x[(size_t)t * C + c] * rstd[t];
+    dw[c] += s;
+  }
+}
+
+void rope_apply(float* x, int B, int T, int heads, int D, float theta, bool inverse) {
+  const int half = D / 2;
+  std::vector<float> inv_freq(half);
+  for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0f * i / D);
+  const float sign = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static)
+  for (int bt = 0; bt < B * T; ++bt) {
+    const int pos = bt % T;
+    float cs[256], sn[256];  // D <= 512 is checked by the model
+    for (int i = 0; i < half; ++i) {
+      float a = pos * inv_freq[i];
+      cs[i] = std::cos(a);
+      sn[i] = sign * std::sin(a);
+    }
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + ((size_t)bt * heads + h) * D;
+      for (int i = 0; i < half; ++i) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * cs[i] - b * sn[i];
+        v[i + half] = b * cs[i] + a * sn[i];
+      }
+    }
+  }
+}
+
+void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                       int B, int T, int H, int KV, int D) {
+  const int group = H / KV;
+  const float scale = 1.0f / std::sqrt((float)D);
+  const size_t qs = (size_t)H * D, ks = (size_t)KV * D;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const int kh = h / group;
+      for (int t = 0; t < T; ++t) {
+        const float* qt = q + ((size_t)b * T + t) * qs + (size_t)h * D;
+        float* p = att + (((size_t)b * H + h) * T + t) * T;
+        float mx = -INFINITY;
+        for (int s = 0; s <= t; ++s) {
+          const float* ks_ = k + ((size_t)b * T + s) * ks + (size_t)kh * D;
+          float dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (int d = 0; d < D; ++d) dot += qt[d] * ks_[d];
+          p[s] = dot * scale;
+          mx = std::max(mx, p[s]);
+        }
+        float sum = 0;
+        for (int s = 0; s <= t; ++s) {
+          p[s] = std::exp(p[s] - mx);
+          sum += p[s];
+        }
+        const float inv = 1.0f / sum;
+        float* ot = out + ((size_t)b * T + t) * qs + (size_t)h * D;
+        for (int d = 0; d < D; ++d) ot[d] = 0;
+        for (int s = 0; s <= t; ++s) {
+          p[s] *= inv;
+          const float* vs = v + ((size_t)b * T + s) * ks + (size_t)kh * D;
+          const float ps = p[s];
+#pragma omp simd
+          for (int d = 0; d < D; ++d) ot[d] += ps * vs[d];
+        }
+      }
+    }
+}
+
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
+                        const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D) {
+  const int group = H / KV;
+  const float scale = 1.0f / std::sqrt((float)D);
+  const size_t qs = (size_t)H * D, ks = (size_t)KV * D;
+  // One task per (sequence, key/value head): the query heads of a group all write the same dk
+  // and dv rows, so they run in one task, in a fixed order.
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b)
+    for (int kh = 0; kh < KV; ++kh) {
+      std::vector<float> dp(T);
+      for (int s = 0; s < T; ++s) {
+        std::memset(dk + ((size_t)b * T + s) * ks + (size_t)kh * D, 0, D * sizeof(float));
+        std::memset(dv + ((size_t)b * T + s) * ks + (size_t)kh * D, 0, D * sizeof(float));
+      }
+      for (int h = kh * group; h < (kh + 1) * group; ++h)
+        for (int t = 0; t < T; ++t) {
+          const float* p = att + (((size_t)b * H + h) * T + t) * T;
+          const float* go = dout + ((size_t)b * T + t) * qs + (size_t)h * D;
+          const float* qt = q + ((size_t)b * T + t) * qs + (size_t)h * D;
+          float* dqt = dq + ((size_t)b * T + t) * qs + (size_t)h * D;
+          float pdp = 0;
+          for (int s = 0; s <= t; ++s) {
+            const float* vs = v + ((size_t)b * T + s) * ks + (size_t)kh * D;
+            float dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (int d = 0; d < D; ++d) dot += go[d] * vs[d];
+            dp[s] = dot;
+            pdp += p[s] * dot;
+            float* dvs = dv + ((size_t)b * T + s) * ks + (size_t)kh * D;
+            const float ps = p[s];
+#pragma omp simd
+            for (int d = 0; d < D; ++d) dvs[d] += ps * go[d];
+          }
+          for (int d = 0; d < D; ++d) dqt[d] = 0;
+          for (int s = 0; s <= t; ++s) {
+            const float ds = p[s] * (dp[s] - pdp) * scale;
+            const float* ks_ = k + ((size_t)b * T + s) * ks + (size_t)kh * D;
+            float* dks = dk + ((size_t)b * T + s) * ks + (size_t)kh * D;
+#pragma omp simd
+            for (int d = 0; d < D; ++d) {
+              dqt[d] += ds * ks_[d];
+              dks[d] += ds * qt[d];
+            }
+          }
+        }
+    }
+}
+
+namespace {
+inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+}  // namespace
+
+void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, const float* w1,
+                    const float* w3, const float* w2, int N, int C, int F) {
+  if (N == 0) return;
+  matmul_nt(g, x, w1, N, F, C, false);
+  matmul_nt(u, x, w3, N, F, C, false);
+  const size_t n = (size_t)N * F;
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) act[i] = g[i] * sigmoid(g[i]) * u[i];
+  matmul_nt(y, act, w2, N, C, F, false);
+}
+
+void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float* dy, float* g,
+                     float* u, float* act, const float* x, const float* w1, const float* w3,
+                     const float* w2, int N, int C, int F) {
+  if (N == 0) return;
+  const size_t n = (size_t)N * F;
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) act[i] = g[i] * sigmoid(g[i]) * u[i];
+  matmul_tn(dw2, dy, act, C, F, N, true);
+  float* dact = act;  // act is no longer needed once dw2 is formed
+  matmul_nn(dact, dy, w2, N, F, C, false);
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) {
+    const float s = sigmoid(g[i]);
+    const float silu = g[i] * s;
+    const float dgi = dact[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+    u[i] = dact[i] * silu;  // du
+    g[i] = dgi;             // dg
+  }
+  matmul_tn(dw1, g, x, F, C, N, true);
+  matmul_tn(dw3, u, x, F, C, N, true);
+  matmul_nn(dx, g, w1, N, C, F, false);
+  matmul_nn(dx, u, w3, N, C, F, true);
+}
+
+float cross_entropy_forward_backward(float* logits, const int32_t* targets, int N, int V, float scale) {
+  double total = 0;
+  std::vector<float> loss(N);
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < N; ++t) {
+    float* l = logits + (size_t)t * V;
+    const float target_logit = l[targets[t]];
+    float mx = -INFINITY;
+    for (int i = 0; i < V; ++i) mx = std::max(mx, l[i]);
+    float sum = 0;
+    for (int i = 0; i < V; ++i) {
+      l[i] = std::exp(l[i] - mx);
+      sum += l[i];
+    }
+    const float inv = 1.0f / sum;
+    loss[t] = std::log(sum) - (target_logit - mx);
+    const float k = scale / N;
+#pragma omp simd
+    for (int i = 0; i < V; ++i) l[i] *= inv * k;
+    l[targets[t]] -= k;
+  }
+  for (int t = 0; t < N; ++t) total += loss[t];
+  return static_cast<float>(total / N);
+}
+
+}  // namespace pcmoe

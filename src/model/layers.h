@@ -1,0 +1,46 @@
+// Every layer as a forward and a backward function over flat row-major arrays (N token rows).
+// Backward functions ADD into parameter gradients (so micro-batches accumulate) and, where noted,
+// into input gradients (so residual branches sum).
+#pragma once
+#include <cstdint>
+
+namespace pcmoe {
+
+// out[N,C] = wte[tokens]
+void embedding_forward(float* out, const int32_t* tokens, const float* wte, int N, int C);
+// dwte[tokens] += dout   (rows processed in token order: deterministic)
+void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C);
+
+// out = x / sqrt(mean(x²) + eps) * w; keeps rstd[N] for backward.
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C, float eps);
+// dx += ..., dw += ...
+void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                      const float* rstd, int N, int C);
+
+// Rotate-half RoPE in place on x[B*T, heads*D], positions 0..T-1 in each sequence.
+// inverse = true applies the transposed rotation (the backward of the forward rotation).
+void rope_apply(float* x, int B, int T, int heads, int D, float theta, bool inverse);
+
+// Causal attention with grouped-query heads. q[N,H*D], k,v[N,KV*D] -> out[N,H*D];
+// keeps the probabilities att[B,H,T,T] (upper triangle unused).
+void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
+                       int B, int T, int H, int KV, int D);
+// Overwrites dq, dk, dv.
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
+                        const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
+
+// SwiGLU MLP y = (silu(x W1ᵀ) ⊙ x W3ᵀ) W2ᵀ. Keeps g = x W1ᵀ and u = x W3ᵀ [N,F]; `act` [N,F]
+// is scratch.
+void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, const float* w1,
+                    const float* w3, const float* w2, int N, int C, int F);
+// dx = (overwritten), dw1/dw3/dw2 += ...; act and dact are [N,F] scratch. g and u are consumed
+// (overwritten with their gradients).
+void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float* dy, float* g,
+                     float* u, float* act, const float* x, const float* w1, const float* w3,
+                     const float* w2, int N, int C, int F);
+
+// Row-wise softmax cross-entropy. On entry logits[N,V]; on exit it holds the gradient of
+// scale * mean_t CE with respect to the logits. Returns the mean CE.
+float cross_entropy_forward_backward(float* logits, const int32_t* targets, int N, int V, float scale);
+
+}  // namespace pcmoe

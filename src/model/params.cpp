@@ -1,0 +1,85 @@
+#include "model/params.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "tensor/rng.h"
+
+namespace pcmoe {
+
+std::string layer_param(int layer, const char* what) {
+  return "layers." + std::to_string(layer) + "." + what;
+}
+std::string expert_param(int layer, int expert, const char* what) {
+  return "layers." + std::to_string(layer) + ".experts." + std::to_string(expert) + "." + what;
+}
+std::string dense_param(int layer, const char* what) {
+  return "layers." + std::to_string(layer) + ".mlp." + what;
+}
+
+ParamSet::ParamSet(const ModelConfig& cfg, const ParamSelection& sel) {
+  const int64_t C = cfg.d_model, V = cfg.vocab_size, D = cfg.head_dim();
+  const int64_t HD = cfg.n_heads * D, KVD = cfg.n_kv_heads * D;
+  const float std_in = 0.02f, std_out = 0.02f / std::sqrt(2.0f * cfg.n_layers);
+  if (sel.backbone) add("wte", {V, C}, true, std_in);
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    if (sel.backbone) {
+      add(layer_param(l, "attn_norm"), {C}, false, 0);
+      add(layer_param(l, "wq"), {HD, C}, true, std_in);
+      add(layer_param(l, "wk"), {KVD, C}, true, std_in);
+      add(layer_param(l, "wv"), {KVD, C}, true, std_in);
+      add(layer_param(l, "wo"), {C, HD}, true, std_out);
+      add(layer_param(l, "ffn_norm"), {C}, false, 0);
+    }
+    if (cfg.is_moe(l)) {
+      if (sel.backbone) add(layer_param(l, "router"), {cfg.n_experts, C}, true, std_in);
+      for (int e = 0; e < cfg.n_experts; ++e) {
+        if (!sel.expert(l, e)) continue;
+        add(expert_param(l, e, "w1"), {cfg.d_ff, C}, true, std_in);
+        add(expert_param(l, e, "w3"), {cfg.d_ff, C}, true, std_in);
+        add(expert_param(l, e, "w2"), {C, cfg.d_ff}, true, std_out);
+      }
+    } else if (sel.backbone) {
+      add(dense_param(l, "w1"), {cfg.d_ff_dense, C}, true, std_in);
+      add(dense_param(l, "w3"), {cfg.d_ff_dense, C}, true, std_in);
+      add(dense_param(l, "w2"), {C, cfg.d_ff_dense}, true, std_out);
+    }
+  }
+  if (sel.backbone) {
+    add("final_norm", {C}, false, 0);
+    if (!cfg.tie_embeddings) add("head", {V, C}, true, std_in);
+  }
+  values_ = AlignedBuffer(numel_ * sizeof(float));
+  grads_ = AlignedBuffer(numel_ * sizeof(float));
+}
+
+void ParamSet::add(std::string name, std::vector<int64_t> shape, bool decay, float init_std) {
+  ParamTensor t{std::move(name), std::move(shape), numel_, 1, decay, init_std};
+  for (int64_t d : t.shape) t.numel *= static_cast<size_t>(d);
+  // Each tensor starts on a 16-float boundary so vector loads stay aligned.
+  numel_ += (t.numel + 15) / 16 * 16;
+  index_[t.name] = tensors_.size();
+  tensors_.push_back(std::move(t));
+}
+
+const ParamTensor& ParamSet::info(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) throw std::runtime_error("no parameter named '" + name + "'");
+  return tensors_[it->second];
+}
+
+void ParamSet::init(uint64_t seed) {
+  for (const ParamTensor& t : tensors_) {
+    uint64_t key = seed;
+    for (char ch : t.name) key = splitmix64(key ^ static_cast<unsigned char>(ch));
+    Rng rng(key);
+    float* p = values() + t.offset;
+    for (size_t i = 0; i < t.numel; ++i)
+      p[i] = t.init_std == 0 ? 1.0f : static_cast<float>(rng.normal() * t.init_std);
+  }
+}
+
+void ParamSet::zero_grads() { std::memset(grads(), 0, numel_ * sizeof(float)); }
+
+}  // namespace pcmoe

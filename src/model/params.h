@@ -1,0 +1,64 @@
+// Named trainable tensors laid out in one block of values and one block of gradients.
+// The layout is a pure function of the config and of which experts live here, so a party can
+// hold its backbone without the experts and an expert host the experts alone.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "model/config.h"
+#include "tensor/buffer.h"
+
+namespace pcmoe {
+
+struct ParamTensor {
+  std::string name;  // checkpoint name, see docs/model.md
+  std::vector<int64_t> shape;
+  size_t offset = 0;  // in floats, into the value and gradient blocks
+  size_t numel = 0;
+  bool decay = false;   // AdamW weight decay applies (matrices, not norm weights)
+  float init_std = 0;   // 0: initialised to one (norm weights)
+};
+
+// Which parts of the model a ParamSet holds.
+struct ParamSelection {
+  bool backbone = true;                                          // everything but the experts
+  std::function<bool(int layer, int expert)> expert = [](int, int) { return true; };
+};
+
+class ParamSet {
+ public:
+  ParamSet(const ModelConfig& cfg, const ParamSelection& selection);
+  ParamSet(const ParamSet&) = delete;
+  ParamSet& operator=(const ParamSet&) = delete;
+
+  const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  size_t numel() const { return numel_; }
+  float* values() const { return values_.floats(); }
+  float* grads() const { return grads_.floats(); }
+  bool has(const std::string& name) const { return index_.count(name) != 0; }
+  const ParamTensor& info(const std::string& name) const;  // throws if absent
+  float* value(const std::string& name) const { return values() + info(name).offset; }
+  float* grad(const std::string& name) const { return grads() + info(name).offset; }
+
+  // Seeded init per docs/model.md. Each tensor draws from its own stream keyed by (seed, name),
+  // so a tensor's initial values do not depend on which other tensors this set holds.
+  void init(uint64_t seed);
+  void zero_grads();
+
+ private:
+  void add(std::string name, std::vector<int64_t> shape, bool decay, float init_std);
+  std::vector<ParamTensor> tensors_;
+  std::unordered_map<std::string, size_t> index_;
+  size_t numel_ = 0;
+  AlignedBuffer values_, grads_;
+};
+
+// Checkpoint names.
+std::string layer_param(int layer, const char* what);
+std::string expert_param(int layer, int expert, const char* what);
+std::string dense_param(int layer, const char* what);
+
+}  // namespace pcmoe

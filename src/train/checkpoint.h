@@ -1,0 +1,24 @@
+// Checkpoints: DIR/model.safetensors (parameters, and AdamW state under "adam_m." / "adam_v.")
+// plus DIR/config.json (the run config) and DIR/tokenizer.model. A checkpoint is written beside
+// the old one and swapped in by renames, so a crash mid-write never loses the last good one.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "model/params.h"
+#include "train/adamw.h"
+#include "train/train_config.h"
+
+namespace pcmoe {
+
+void save_checkpoint(const std::string& dir, const RunConfig& cfg, const ParamSet& params,
+                     const AdamW* opt, int64_t step, const std::string& tokenizer_model);
+
+// The checkpoint directory to read: `dir`, or its ".old" twin if a swap was interrupted.
+std::string resolve_checkpoint(const std::string& dir);
+RunConfig read_checkpoint_config(const std::string& dir);
+// Loads parameters (and optimizer state if opt is given). Throws std::runtime_error if the
+// checkpoint is corrupt or was made with a different model config than `cfg`. Returns the step.
+int64_t load_checkpoint(const std::string& dir, const ModelConfig& cfg, ParamSet& params, AdamW* opt);
+
+}  // namespace pcmoe

@@ -1,0 +1,96 @@
+#include "train/train_config.h"
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "common/json_fields.h"
+
+namespace pcmoe {
+
+void TrainConfig::validate() const {
+  auto require = [](bool ok, const char* what) {
+    if (!ok) throw std::runtime_error(std::string("invalid train config: ") + what);
+  };
+  require(batch_size >= 1 && grad_accum >= 1 && steps >= 1, "batch_size, grad_accum and steps must be >= 1");
+  require(lr > 0 && min_lr >= 0 && min_lr <= lr, "need lr > 0 and 0 <= min_lr <= lr");
+  require(warmup >= 0 && warmup < steps, "warmup must be in [0, steps)");
+  require(weight_decay >= 0, "weight_decay must be >= 0");
+  require(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps > 0, "need betas in [0, 1) and eps > 0");
+  require(grad_clip >= 0, "grad_clip must be >= 0");
+  require(threads >= 1 && threads <= 256, "threads must be in [1, 256]");
+  require(eval_every >= 0 && eval_windows >= 1 && log_every >= 1 && checkpoint_every >= 0,
+          "eval_every >= 0, eval_windows >= 1, log_every >= 1, checkpoint_every >= 0");
+}
+
+TrainConfig train_config_from_json(const nlohmann::json& j) {
+  TrainConfig c;
+  JsonFields f(j, "train");
+  f.read("batch_size", c.batch_size);
+  f.read("grad_accum", c.grad_accum);
+  f.read("steps", c.steps);
+  f.read("lr", c.lr);
+  f.read("min_lr", c.min_lr);
+  f.read("warmup", c.warmup);
+  f.read("weight_decay", c.weight_decay);
+  f.read("beta1", c.beta1);
+  f.read("beta2", c.beta2);
+  f.read("eps", c.eps);
+  f.read("grad_clip", c.grad_clip);
+  f.read("seed", c.seed);
+  f.read("threads", c.threads);
+  f.read("eval_every", c.eval_every);
+  f.read("eval_windows", c.eval_windows);
+  f.read("log_every", c.log_every);
+  f.read("checkpoint_every", c.checkpoint_every);
+  f.reject_unknown();
+  c.validate();
+  return c;
+}
+
+nlohmann::json to_json(const TrainConfig& c) {
+  return {{"batch_size", c.batch_size}, {"grad_accum", c.grad_accum}, {"steps", c.steps},
+          {"lr", c.lr}, {"min_lr", c.min_lr}, {"warmup", c.warmup},
+          {"weight_decay", c.weight_decay}, {"beta1", c.beta1}, {"beta2", c.beta2},
+          {"eps", c.eps}, {"grad_clip", c.grad_clip}, {"seed", c.seed}, {"threads", c.threads},
+          {"eval_every", c.eval_every}, {"eval_windows", c.eval_windows},
+          {"log_every", c.log_every}, {"checkpoint_every", c.checkpoint_every}};
+}
+
+RunConfig run_config_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data");
+  for (auto& [key, value] : j.items())
+    if (key != "model" && key != "train" && key != "data")
+      throw std::runtime_error("unknown config section '" + key + "' (expected model, train, data)");
+  RunConfig c;
+  static const nlohmann::json empty = nlohmann::json::object();
+  c.model = model_config_from_json(j.contains("model") ? j["model"] : empty);
+  c.train = train_config_from_json(j.contains("train") ? j["train"] : empty);
+  c.data = data::data_config_from_json(j.contains("data") ? j["data"] : empty);
+  c.data.vocab_size = c.model.vocab_size;
+  return c;
+}
+
+RunConfig load_run_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open config file '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error("config file '" + path + "' is not valid JSON: " + e.what());
+  }
+  try {
+    return run_config_from_json(j);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("config file '" + path + "': " + e.what());
+  }
+}
+
+nlohmann::json to_json(const RunConfig& c) {
+  return {{"model", to_json(c.model)}, {"train", to_json(c.train)}, {"data", data::to_json(c.data)}};
+}
+
+}  // namespace pcmoe

@@ -1,0 +1,45 @@
+// The "train" section of a run config, and the whole run config (model + train + data).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "data/data.h"
+#include "model/config.h"
+
+namespace pcmoe {
+
+struct TrainConfig {
+  int batch_size = 16;     // sequences per micro-batch
+  int grad_accum = 1;      // micro-batches per optimizer step
+  int steps = 600;         // optimizer steps (also the cosine schedule's horizon)
+  float lr = 3e-3f;
+  float min_lr = 3e-4f;
+  int warmup = 50;
+  float weight_decay = 0.1f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float grad_clip = 1.0f;  // global L2 norm; 0 disables clipping
+  uint64_t seed = 1;       // initialisation and batch sampling
+  int threads = 2;         // fixed thread count: results are bitwise reproducible at a given count
+  int eval_every = 100;    // steps between validation evaluations (0: only at the end)
+  int eval_windows = 64;   // validation windows of seq_len tokens per evaluation
+  int log_every = 10;      // steps between metrics.jsonl lines
+  int checkpoint_every = 0;  // steps between checkpoints (0: only at the end)
+  void validate() const;
+};
+TrainConfig train_config_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const TrainConfig& c);
+
+struct RunConfig {
+  ModelConfig model;
+  TrainConfig train;
+  data::DataConfig data;
+};
+// Reads and checks a config file: clear errors for a missing file, bad JSON, unknown keys.
+RunConfig load_run_config(const std::string& path);
+RunConfig run_config_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const RunConfig& c);
+
+}  // namespace pcmoe

@@ -1,0 +1,196 @@
+#include "train/trainer.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "model/local_experts.h"
+#include "tensor/gemm.h"
+#include "train/checkpoint.h"
+#include "train/step.h"
+
+namespace fs = std::filesystem;
+
+namespace pcmoe {
+
+Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model) {
+  Dataset d;
+  d.corpus = data::load_corpus(cfg.data);
+  d.split = data::split_documents(d.corpus, cfg.data.val_fraction, cfg.data.split_seed);
+  if (d.split.train.empty() || d.split.val.empty())
+    throw std::runtime_error("corpus '" + d.corpus.name + "' has too few documents for a train/validation split (" +
+                             std::to_string(d.corpus.docs.size()) + " documents)");
+  d.tokenizer = tokenizer_model.empty() ? data::Tokenizer::train_or_load(d.corpus, d.split.train, cfg.data)
+                                        : data::Tokenizer::load(tokenizer_model);
+  if (d.tokenizer.vocab_size() != cfg.model.vocab_size)
+    throw std::runtime_error("tokenizer has " + std::to_string(d.tokenizer.vocab_size()) +
+                             " pieces but model.vocab_size is " + std::to_string(cfg.model.vocab_size));
+  d.train = data::encode_documents(d.tokenizer, d.corpus, d.split.train);
+  d.val = data::encode_documents(d.tokenizer, d.corpus, d.split.val);
+  const size_t need = cfg.model.seq_len + 1;
+  if (d.train.tokens.size() < need || d.val.tokens.size() < need)
+    throw std::runtime_error("corpus too small: train has " + std::to_string(d.train.tokens.size()) +
+                             " tokens, validation " + std::to_string(d.val.tokens.size()) +
+                             "; each needs at least seq_len+1 = " + std::to_string(need));
+  return d;
+}
+
+double evaluate(Model& model, const std::vector<int32_t>& windows, int n) {
+  const int row = model.config().seq_len + 1, B = model.max_batch();
+  double sum = 0;
+  for (int i = 0; i < n; i += B) {
+    const int b = std::min(B, n - i);
+    sum += (double)model.forward(windows.data() + (size_t)i * row, b, 0.0f).ce * b;
+  }
+  return sum / n;
+}
+
+double unigram_entropy(const std::vector<int32_t>& tokens, int vocab_size) {
+  std::vector<double> count(vocab_size, 0);
+  for (int32_t t : tokens) count[t] += 1;
+  double h = 0;
+  for (double c : count)
+    if (c > 0) {
+      const double p = c / tokens.size();
+      h -= p * std::log(p);
+    }
+  return h;
+}
+
+size_t peak_rss_bytes() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<size_t>(ru.ru_maxrss) * 1024;
+}
+
+namespace {
+
+std::string format_duration(double s) {
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
+  else std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(s) % 60);
+  return buf;
+}
+
+// Keeps the metrics lines of steps a resumed run has already done, drops the rest.
+void truncate_metrics(const fs::path& path, int64_t keep_through_step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::stringstream kept;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.contains("step") && j["step"].get<int64_t>() <= keep_through_step) kept << line << "\n";
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept.str();
+}
+
+}  // namespace
+
+nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
+  const ModelConfig& mc = cfg.model;
+  const TrainConfig& tc = cfg.train;
+  set_num_threads(tc.threads);
+  fs::create_directories(opts.out_dir);
+  const fs::path out(opts.out_dir), ckpt = out / "checkpoint", metrics_path = out / "metrics.jsonl";
+
+  Dataset ds = prepare_dataset(cfg);
+  ParamSet params(mc, ParamSelection{});
+  LocalExperts experts(mc, params, tc.batch_size * mc.seq_len * mc.top_k);
+  Model model(mc, params, experts, tc.batch_size);
+  AdamW opt(params, tc);
+  params.init(tc.seed);
+  int64_t start = 0;
+  if (opts.resume) {
+    start = load_checkpoint(ckpt.string(), mc, params, &opt);
+    std::fprintf(stderr, "resuming from %s at step %lld\n", ckpt.c_str(), (long long)start);
+    truncate_metrics(metrics_path, start);
+  } else {
+    fs::remove(metrics_path);
+  }
+
+  data::BatchSampler sampler(ds.train, mc.seq_len, tc.seed);
+  int n_val = 0;
+  const std::vector<int32_t> val = data::validation_windows(ds.val, mc.seq_len, tc.eval_windows, &n_val);
+  const double h_unigram = unigram_entropy(ds.train.tokens, mc.vocab_size);
+  const size_t row = mc.seq_len + 1, per_step = (size_t)tc.grad_accum * tc.batch_size;
+  std::vector<int32_t> windows(per_step * row);
+  const int64_t tokens_per_step = (int64_t)per_step * mc.seq_len;
+
+  std::fprintf(stderr,
+               "pcmoe train: %zu parameters | train %zu tokens, val %zu tokens (%d windows) | "
+               "unigram entropy %.3f nats | %d threads\n",
+               params.numel(), ds.train.tokens.size(), ds.val.tokens.size(), n_val, h_unigram, tc.threads);
+  std::ofstream metrics(metrics_path, std::ios::app);
+  const bool tty = isatty(STDERR_FILENO);
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  double train_seconds = 0, last_val = NAN;
+  LossStats last{};
+  for (int64_t step = start; step < tc.steps; ++step) {
+    const auto ts = clock::now();
+    for (size_t m = 0; m < (size_t)tc.grad_accum; ++m)
+      sampler.sample(step, (int)m, tc.batch_size, windows.data() + m * tc.batch_size * row);
+    last = accumulate_gradients(model, params, windows.data(), tc.batch_size, tc.grad_accum);
+    const UpdateStats us = apply_update(params, opt, tc, step);
+    train_seconds += std::chrono::duration<double>(clock::now() - ts).count();
+    const int64_t done = step + 1 - start;
+    const double tok_s = done * tokens_per_step / train_seconds;
+    const double eta = (tc.steps - step - 1) * train_seconds / done;
+    if (tty || (step + 1) % tc.log_every == 0 || step + 1 == tc.steps)
+      std::fprintf(stderr, "%sstep %lld/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s", tty ? "\r" : "",
+                   (long long)step + 1, tc.steps, last.ce, us.lr, tok_s, format_duration(eta).c_str(),
+                   tty ? "   " : "\n");
+    if ((step + 1) % tc.log_every == 0 || step + 1 == tc.steps) {
+      metrics << nlohmann::json{{"step", step + 1}, {"loss", last.total}, {"ce", last.ce},
+                                {"aux", last.aux}, {"z", last.z}, {"lr", us.lr},
+                                {"grad_norm", us.grad_norm}, {"tokens", (step + 1) * tokens_per_step},
+                                {"tok_per_s", tok_s}}.dump()
+              << "\n";
+      metrics.flush();
+    }
+    const bool last_step = step + 1 == tc.steps;
+    if ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last_step) {
+      last_val = evaluate(model, val, n_val);
+      metrics << nlohmann::json{{"step", step + 1}, {"val_loss", last_val}, {"val_ppl", std::exp(last_val)}}.dump() << "\n";
+      metrics.flush();
+      std::fprintf(stderr, "%sstep %lld: validation loss %.4f (perplexity %.1f)\n", tty ? "\n" : "",
+                   (long long)step + 1, last_val, std::exp(last_val));
+    }
+    if ((tc.checkpoint_every > 0 && (step + 1) % tc.checkpoint_every == 0) || last_step)
+      save_checkpoint(ckpt.string(), cfg, params, &opt, step + 1, ds.tokenizer.model_file());
+  }
+  if (std::isnan(last_val)) last_val = evaluate(model, val, n_val);
+
+  const size_t param_bytes = params.numel() * sizeof(float);
+  nlohmann::json report = {
+      {"steps", tc.steps},
+      {"resumed_from_step", start},
+      {"tokens_trained", (tc.steps - start) * tokens_per_step},
+      {"final_train_loss", last.ce},
+      {"final_val_loss", last_val},
+      {"final_val_ppl", std::exp(last_val)},
+      {"unigram_entropy", h_unigram},
+      {"tokens_per_s", train_seconds > 0 ? (tc.steps - start) * tokens_per_step / train_seconds : 0.0},
+      {"train_seconds", train_seconds},
+      {"wall_seconds", std::chrono::duration<double>(clock::now() - t0).count()},
+      {"peak_rss_bytes", peak_rss_bytes()},
+      {"parameters", params.numel()},
+      {"arena_bytes",
+       {{"parameters", param_bytes},
+        {"gradients", param_bytes},
+        {"optimizer", opt.state_bytes()},
+        {"activations", model.activation_bytes() + experts.activation_bytes()},
+        {"scratch", model.scratch_bytes()}}},
+      {"config", to_json(cfg)}};
+  std::ofstream(out / "report.json") << report.dump(2) << "\n";
+  return report;
+}
+
+}  // namespace pcmoe

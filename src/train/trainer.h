@@ -1,0 +1,38 @@
+// The training loop behind `pcmoe train`: data, model, optimizer, progress, metrics, checkpoints
+// and the final report.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/data.h"
+#include "model/model.h"
+#include "train/train_config.h"
+
+namespace pcmoe {
+
+struct Dataset {
+  data::Corpus corpus;
+  data::Split split;
+  data::Tokenizer tokenizer;
+  data::TokenStream train, val;
+};
+// Loads the corpus, splits it, encodes both sides with the tokenizer at `tokenizer_model`, or
+// (when empty) with the one trained on the training split (cached).
+Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model = "");
+
+// Mean cross-entropy over `n` windows of seq_len+1 tokens, in batches of model.max_batch().
+double evaluate(Model& model, const std::vector<int32_t>& windows, int n);
+// Entropy (nats) of the token frequencies of `tokens`: the loss of the best context-free model.
+double unigram_entropy(const std::vector<int32_t>& tokens, int vocab_size);
+// Peak resident set size of this process, bytes.
+size_t peak_rss_bytes();
+
+struct TrainOptions {
+  std::string out_dir;
+  bool resume = false;  // continue from out_dir/checkpoint
+};
+// Trains, writes out_dir/{metrics.jsonl, report.json, checkpoint/}; returns the report.
+nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts);
+
+}  // namespace pcmoe

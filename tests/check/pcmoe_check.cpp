@@ -1,0 +1,231 @@
+// Test harness for the PyTorch reference tests (tests/reference/): reads tensors from a
+// safetensors file, runs one layer or the whole model, writes outputs and gradients.
+//   pcmoe_check unit NAME IN.safetensors OUT.safetensors
+//   pcmoe_check model CONFIG.json IN.safetensors OUT.safetensors
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/layers.h"
+#include "model/local_experts.h"
+#include "model/model.h"
+#include "model/moe.h"
+#include "tensor/arena.h"
+#include "tensor/cpu.h"
+#include "tensor/gemm.h"
+#include "tensor/safetensors.h"
+#include "train/step.h"
+
+using namespace pcmoe;
+using Shape = std::vector<int64_t>;
+
+namespace {
+
+std::vector<float> copy_f32(const StFile& in, const std::string& name, const Shape& shape) {
+  const StTensor& t = in.get(name, shape);
+  return std::vector<float>(t.f32(), t.f32() + t.numel());
+}
+
+const Shape& shape_of(const StFile& in, const std::string& name) {
+  auto it = in.tensors.find(name);
+  if (it == in.tensors.end()) throw std::runtime_error("input tensor '" + name + "' is missing");
+  return it->second.shape;
+}
+
+void unit_rmsnorm(const StFile& in, const nlohmann::json& args, StFile& out) {
+  const Shape xs = shape_of(in, "x");
+  const int N = (int)xs[0], C = (int)xs[1];
+  auto x = copy_f32(in, "x", xs), w = copy_f32(in, "w", {C}), dout = copy_f32(in, "dout", xs);
+  std::vector<float> y(N * C), rstd(N), dx(N * C, 0), dw(C, 0);
+  rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, args.at("eps").get<float>());
+  rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), N, C);
+  out.put_f32("out", xs, y.data());
+  out.put_f32("dx", xs, dx.data());
+  out.put_f32("dw", {C}, dw.data());
+}
+
+void unit_rope_attention(const StFile& in, const nlohmann::json& args, StFile& out) {
+  const int B = args.at("B"), T = args.at("T"), H = args.at("H"), KV = args.at("KV");
+  const float theta = args.at("rope_theta");
+  const int N = B * T;
+  const int D = (int)shape_of(in, "q")[1] / H;
+  auto q = copy_f32(in, "q", {N, H * D}), k = copy_f32(in, "k", {N, KV * D}), v = copy_f32(in, "v", {N, KV * D});
+  auto dout = copy_f32(in, "dout", {N, H * D});
+  std::vector<float> y(N * H * D), att((size_t)B * H * T * T), dq(N * H * D), dk(N * KV * D), dv(N * KV * D);
+  rope_apply(q.data(), B, T, H, D, theta, false);
+  rope_apply(k.data(), B, T, KV, D, theta, false);
+  attention_forward(y.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
+  attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
+  rope_apply(dq.data(), B, T, H, D, theta, true);
+  rope_apply(dk.data(), B, T, KV, D, theta, true);
+  out.put_f32("out", {N, H * D}, y.data());
+  out.put_f32("dq", {N, H * D}, dq.data());
+  out.put_f32("dk", {N, KV * D}, dk.data());
+  out.put_f32("dv", {N, KV * D}, dv.data());
+}
+
+void unit_swiglu(const StFile& in, StFile& out) {
+  const Shape xs = shape_of(in, "x"), w1s = shape_of(in, "w1");
+  const int N = (int)xs[0], C = (int)xs[1], F = (int)w1s[0];
+  auto x = copy_f32(in, "x", xs), w1 = copy_f32(in, "w1", {F, C}), w3 = copy_f32(in, "w3", {F, C});
+  auto w2 = copy_f32(in, "w2", {C, F}), dout = copy_f32(in, "dout", xs);
+  std::vector<float> y(N * C), g(N * F), u(N * F), act(N * F), dx(N * C), dw1(F * C, 0), dw3(F * C, 0), dw2(C * F, 0);
+  swiglu_forward(y.data(), g.data(), u.data(), act.data(), x.data(), w1.data(), w3.data(), w2.data(), N, C, F);
+  swiglu_backward(dx.data(), dw1.data(), dw3.data(), dw2.data(), dout.data(), g.data(), u.data(), act.data(),
+                  x.data(), w1.data(), w3.data(), w2.data(), N, C, F);
+  out.put_f32("out", xs, y.data());
+  out.put_f32("dx", xs, dx.data());
+  out.put_f32("dw1", {F, C}, dw1.data());
+  out.put_f32("dw3", {F, C}, dw3.data());
+  out.put_f32("dw2", {C, F}, dw2.data());
+}
+
+void unit_moe(const StFile& in, const nlohmann::json& args, StFile& out) {
+  const Shape xs = shape_of(in, "x"), w1s = shape_of(in, "w1");
+  const int N = (int)xs[0], C = (int)xs[1], E = (int)w1s[0], F = (int)w1s[1];
+  ModelConfig cfg;
+  cfg.n_layers = 1;
+  cfg.d_model = C;
+  cfg.n_heads = 1;
+  cfg.n_kv_heads = 1;
+  cfg.n_experts = E;
+  cfg.d_ff = F;
+  cfg.top_k = args.at("top_k");
+  cfg.renormalize = args.at("renormalize");
+  ParamSet params(cfg, ParamSelection{});
+  auto x = copy_f32(in, "x", xs), router = copy_f32(in, "router", {E, C}), dout = copy_f32(in, "dout", xs);
+  auto w1 = copy_f32(in, "w1", {E, F, C}), w3 = copy_f32(in, "w3", {E, F, C}), w2 = copy_f32(in, "w2", {E, C, F});
+  for (int e = 0; e < E; ++e) {
+    std::memcpy(params.value(expert_param(0, e, "w1")), w1.data() + (size_t)e * F * C, F * C * 4);
+    std::memcpy(params.value(expert_param(0, e, "w3")), w3.data() + (size_t)e * F * C, F * C * 4);
+    std::memcpy(params.value(expert_param(0, e, "w2")), w2.data() + (size_t)e * C * F, C * F * 4);
+  }
+  const int K = cfg.top_k;
+  LocalExperts experts(cfg, params, N * K);
+  MoeShape shape{N, C, E, K, cfg.renormalize};
+  MoeSaved saved{};
+  MoeScratch scratch{};
+  AlignedBuffer block;
+  plan_and_place(block, [&](Arena& a) {
+    saved.plan(a, shape);
+    scratch.plan(a, shape);
+  });
+  std::vector<float> y(N * C), dx(N * C), drouter(E * C, 0);
+  moe_forward(y.data(), saved, scratch, x.data(), router.data(), experts, 0, shape);
+  moe_backward(dx.data(), drouter.data(), dout.data(), saved, scratch, x.data(), router.data(), experts, 0,
+               shape, args.at("aux_loss_weight").get<float>(), args.at("z_loss_weight").get<float>());
+  out.put_f32("out", xs, y.data());
+  out.put_f32("aux", {1}, &saved.aux);
+  out.put_f32("z", {1}, &saved.z);
+  out.put_i32("expert_idx", {N, K}, saved.expert);
+  out.put_f32("dx", xs, dx.data());
+  out.put_f32("drouter", {E, C}, drouter.data());
+  std::vector<float> dw1(E * F * C), dw3(E * F * C), dw2(E * C * F);
+  for (int e = 0; e < E; ++e) {
+    std::memcpy(dw1.data() + (size_t)e * F * C, params.grad(expert_param(0, e, "w1")), F * C * 4);
+    std::memcpy(dw3.data() + (size_t)e * F * C, params.grad(expert_param(0, e, "w3")), F * C * 4);
+    std::memcpy(dw2.data() + (size_t)e * C * F, params.grad(expert_param(0, e, "w2")), C * F * 4);
+  }
+  out.put_f32("dw1", {E, F, C}, dw1.data());
+  out.put_f32("dw3", {E, F, C}, dw3.data());
+  out.put_f32("dw2", {E, C, F}, dw2.data());
+}
+
+void unit_embedding(const StFile& in, StFile& out) {
+  const Shape ws = shape_of(in, "wte");
+  const int V = (int)ws[0], C = (int)ws[1];
+  const int N = (int)shape_of(in, "tokens")[0];
+  const int32_t* tokens = in.get("tokens", {N}, "I32").i32();
+  auto wte = copy_f32(in, "wte", ws), dout = copy_f32(in, "dout", {N, C});
+  std::vector<float> y(N * C), dwte(V * C, 0);
+  embedding_forward(y.data(), tokens, wte.data(), N, C);
+  embedding_backward(dwte.data(), dout.data(), tokens, N, C);
+  out.put_f32("out", {N, C}, y.data());
+  out.put_f32("dwte", ws, dwte.data());
+}
+
+void unit_lm_head_ce(const StFile& in, StFile& out) {
+  const Shape xs = shape_of(in, "x"), ws = shape_of(in, "w");
+  const int N = (int)xs[0], C = (int)xs[1], V = (int)ws[0];
+  auto x = copy_f32(in, "x", xs), w = copy_f32(in, "w", ws);
+  const int32_t* targets = in.get("targets", {N}, "I32").i32();
+  std::vector<float> logits((size_t)N * V), dx(N * C), dw(V * C, 0);
+  matmul_nt(logits.data(), x.data(), w.data(), N, V, C, false);
+  float loss = cross_entropy_forward_backward(logits.data(), targets, N, V, 1.0f);
+  matmul_nn(dx.data(), logits.data(), w.data(), N, C, V, false);
+  matmul_tn(dw.data(), logits.data(), x.data(), V, C, N, true);
+  out.put_f32("loss", {1}, &loss);
+  out.put_f32("dx", xs, dx.data());
+  out.put_f32("dw", ws, dw.data());
+}
+
+void run_model(const std::string& config_path, const StFile& in, StFile& out) {
+  RunConfig rc = load_run_config(config_path);
+  const ModelConfig& cfg = rc.model;
+  const TrainConfig& tc = rc.train;
+  set_num_threads(tc.threads);
+  ParamSet params(cfg, ParamSelection{});
+  for (const ParamTensor& t : params.tensors()) {
+    const StTensor& src = in.get(t.name, t.shape);
+    std::memcpy(params.value(t.name), src.f32(), t.numel * 4);
+  }
+  const Shape& ts = shape_of(in, "tokens");
+  const int S = (int)ts[0];
+  const StTensor& tokens = in.get("tokens", {S, (int64_t)tc.grad_accum * tc.batch_size, cfg.seq_len + 1}, "I32");
+  LocalExperts experts(cfg, params, tc.batch_size * cfg.seq_len * cfg.top_k);
+  Model model(cfg, params, experts, tc.batch_size);
+  AdamW opt(params, tc);
+  std::vector<float> loss(S), ce(S), norm(S), lr(S);
+  const size_t per_step = (size_t)tc.grad_accum * tc.batch_size * (cfg.seq_len + 1);
+  for (int s = 0; s < S; ++s) {
+    LossStats ls = accumulate_gradients(model, params, tokens.i32() + s * per_step, tc.batch_size, tc.grad_accum);
+    if (s == 0)
+      for (const ParamTensor& t : params.tensors()) out.put_f32("grad." + t.name, t.shape, params.grad(t.name));
+    UpdateStats us = apply_update(params, opt, tc, s);
+    loss[s] = ls.total;
+    ce[s] = ls.ce;
+    norm[s] = (float)us.grad_norm;
+    lr[s] = us.lr;
+  }
+  for (const ParamTensor& t : params.tensors()) out.put_f32("param." + t.name, t.shape, params.value(t.name));
+  out.put_f32("loss", {S}, loss.data());
+  out.put_f32("ce", {S}, ce.data());
+  out.put_f32("grad_norm", {S}, norm.data());
+  out.put_f32("lr", {S}, lr.data());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  select_blas_kernels(argv);
+  try {
+    if (argc != 5) throw std::runtime_error("usage: pcmoe_check unit NAME IN OUT | model CONFIG IN OUT");
+    const std::string mode = argv[1], what = argv[2];
+    StFile in = read_safetensors(argv[3]);
+    StFile out;
+    if (mode == "model") {
+      run_model(what, in, out);
+    } else if (mode == "unit") {
+      set_num_threads(2);
+      nlohmann::json args = nlohmann::json::object();
+      if (in.metadata.count("args")) args = nlohmann::json::parse(in.metadata.at("args"));
+      if (what == "rmsnorm") unit_rmsnorm(in, args, out);
+      else if (what == "rope_attention") unit_rope_attention(in, args, out);
+      else if (what == "swiglu") unit_swiglu(in, out);
+      else if (what == "moe") unit_moe(in, args, out);
+      else if (what == "embedding") unit_embedding(in, out);
+      else if (what == "lm_head_ce") unit_lm_head_ce(in, out);
+      else throw std::runtime_error("unknown unit '" + what + "'");
+    } else {
+      throw std::runtime_error("unknown mode '" + mode + "'");
+    }
+    write_safetensors(argv[4], out);
+  } catch (const std::exception& e) {
+    std::cerr << "pcmoe_check: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
