@@ -23,12 +23,13 @@ namespace {
 constexpr const char* kUsage = R"(pcmoe — collaborative Mixture-of-Experts training
 
 usage:
-  pcmoe train    --config FILE --out DIR [--resume]
+  pcmoe train    --config FILE --out DIR [--resume] [--until STEP]
   pcmoe eval     --checkpoint DIR [--windows N]
   pcmoe generate --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]
 
   train     trains the model of FILE; writes DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/
             --resume continues from DIR/checkpoint with the exact loss curve of an unbroken run
+            --until stops after STEP (with a checkpoint), to train in several sittings
   eval      validation loss and perplexity of a checkpoint on its config's validation split
   generate  samples text from a checkpoint (temperature 0 = greedy)
 )";
@@ -75,9 +76,9 @@ double number(const std::map<std::string, std::string>& a, const std::string& ke
 }
 
 int cmd_train(int argc, char** argv) {
-  auto a = parse_args(argc, argv, {"--config", "--out"}, {"--resume"});
+  auto a = parse_args(argc, argv, {"--config", "--out", "--until"}, {"--resume"});
   RunConfig cfg = load_run_config(need(a, "--config"));
-  TrainOptions opts{need(a, "--out"), a.count("--resume") > 0};
+  TrainOptions opts{need(a, "--out"), a.count("--resume") > 0, (int64_t)number(a, "--until", -1)};
   nlohmann::json r = run_training(cfg, opts);
   std::printf("final train loss %.4f | validation loss %.4f (perplexity %.1f) | unigram entropy %.4f\n",
               r["final_train_loss"].get<double>(), r["final_val_loss"].get<double>(),

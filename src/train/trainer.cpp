@@ -133,7 +133,8 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const auto t0 = clock::now();
   double train_seconds = 0, last_val = NAN;
   LossStats last{};
-  for (int64_t step = start; step < tc.steps; ++step) {
+  const int64_t stop = opts.until >= 0 ? std::min<int64_t>(opts.until, tc.steps) : tc.steps;
+  for (int64_t step = start; step < stop; ++step) {
     const auto ts = clock::now();
     for (size_t m = 0; m < (size_t)tc.grad_accum; ++m)
       sampler.sample(step, (int)m, tc.batch_size, windows.data() + m * tc.batch_size * row);
@@ -163,7 +164,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
       std::fprintf(stderr, "%sstep %lld: validation loss %.4f (perplexity %.1f)\n", tty ? "\n" : "",
                    (long long)step + 1, last_val, std::exp(last_val));
     }
-    if ((tc.checkpoint_every > 0 && (step + 1) % tc.checkpoint_every == 0) || last_step)
+    if ((tc.checkpoint_every > 0 && (step + 1) % tc.checkpoint_every == 0) || step + 1 == stop)
       save_checkpoint(ckpt.string(), cfg, params, &opt, step + 1, ds.tokenizer.model_file());
   }
   if (std::isnan(last_val)) last_val = evaluate(model, val, n_val);
@@ -172,12 +173,13 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   nlohmann::json report = {
       {"steps", tc.steps},
       {"resumed_from_step", start},
-      {"tokens_trained", (tc.steps - start) * tokens_per_step},
+      {"stopped_at_step", stop},
+      {"tokens_trained", (stop - start) * tokens_per_step},
       {"final_train_loss", last.ce},
       {"final_val_loss", last_val},
       {"final_val_ppl", std::exp(last_val)},
       {"unigram_entropy", h_unigram},
-      {"tokens_per_s", train_seconds > 0 ? (tc.steps - start) * tokens_per_step / train_seconds : 0.0},
+      {"tokens_per_s", train_seconds > 0 ? (stop - start) * tokens_per_step / train_seconds : 0.0},
       {"train_seconds", train_seconds},
       {"wall_seconds", std::chrono::duration<double>(clock::now() - t0).count()},
       {"peak_rss_bytes", peak_rss_bytes()},

@@ -31,6 +31,7 @@ size_t peak_rss_bytes();
 struct TrainOptions {
   std::string out_dir;
   bool resume = false;  // continue from out_dir/checkpoint
+  int64_t until = -1;   // stop (with a checkpoint) after this step, as an interrupted run would
 };
 // Trains, writes out_dir/{metrics.jsonl, report.json, checkpoint/}; returns the report.
 nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts);

@@ -1,0 +1,66 @@
+"""Helpers for the end-to-end tests of the pcmoe command (no PyTorch needed)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+PCMOE = sys.argv[1]
+SOURCE = sys.argv[2]
+FAILURES = []
+PASSES = []
+
+
+def run(*args, cwd=None):
+    """Runs pcmoe; returns (exit code, stdout, stderr)."""
+    p = subprocess.run([PCMOE, *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+    return p.returncode, p.stdout, p.stderr
+
+
+def check(ok, what):
+    print(("PASS " if ok else "FAIL ") + what, flush=True)
+    (PASSES if ok else FAILURES).append(what)
+
+
+def finish():
+    print(f"{len(PASSES)} passed, {len(FAILURES)} failed")
+    if FAILURES:
+        print("failed:", *FAILURES, sep="\n  ")
+        sys.exit(1)
+
+
+def tiny_corpus(root):
+    """A small generated text corpus: two categories of simple, learnable sentences."""
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "north", "quiet", "green"]
+    for cat in ("one", "two"):
+        os.makedirs(os.path.join(root, cat), exist_ok=True)
+        for d in range(6):
+            lines = []
+            for s in range(40):
+                w = [words[(d * 7 + s * 3 + k * (2 if cat == "one" else 5)) % len(words)] for k in range(8)]
+                lines.append(" ".join(w) + ".")
+            with open(os.path.join(root, cat, f"doc{d}.txt"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+
+
+def tiny_config(data_dir, cache_dir, **train):
+    cfg = {
+        "model": {"vocab_size": 384, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+                  "d_ff": 32, "d_ff_dense": 64, "n_experts": 4, "top_k": 2, "moe_every": 1,
+                  "seq_len": 32},
+        "train": {"batch_size": 4, "steps": 12, "warmup": 2, "lr": 0.01, "min_lr": 0.001,
+                  "eval_every": 4, "eval_windows": 8, "log_every": 1, "threads": 2, "seed": 7},
+        "data": {"corpus": "text", "path": data_dir, "cache_dir": cache_dir, "val_fraction": 0.2},
+    }
+    cfg["train"].update(train)
+    return cfg
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
