@@ -69,9 +69,12 @@ class Workdir:
 
 def run_harness(cmd, argv, timeout=600):
     """Runs the harness; returns (ok, combined output)."""
+    # passive OpenMP waiting: busy-spinning threads make runs crawl on a loaded machine
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         p = subprocess.run(cmd + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           timeout=timeout)
+                           timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {timeout}s"
     out = p.stdout.decode("utf-8", "replace")

@@ -93,6 +93,9 @@ def swiglu(x, w1, w3, w2):
     return torch.matmul(F.silu(torch.matmul(x, w1.t())) * torch.matmul(x, w3.t()), w2.t())
 
 
+ROUTING_LOG = None  # set to a list to record every moe() call's expert_idx (diagnostics)
+
+
 def route(p, top_k):
     """Chosen experts [N, K] in descending p order, ties to the lower expert index."""
     _, order = torch.sort(p.detach(), dim=-1, descending=True, stable=True)
@@ -112,6 +115,8 @@ def moe(h, router, w1, w3, w2, top_k, renormalize):
     r = torch.matmul(h, router.t())          # [N, E]
     p = torch.softmax(r, dim=-1)
     idx = route(p, K)                        # [N, K]
+    if ROUTING_LOG is not None:
+        ROUTING_LOG.append((E, idx.clone()))
     g = p.gather(1, idx)                     # [N, K]
     if renormalize:
         g = g / g.sum(dim=-1, keepdim=True)

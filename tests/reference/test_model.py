@@ -6,7 +6,8 @@
 For each configuration (tied / untied head, moe_every 1 and 2, grad_accum 1 and 2, renormalize
 on and off, GQA and MHA, top_k 1..3): the same float32 parameters and tokens go to both sides;
 S = 5 optimizer steps run with warm-up, cosine decay (train.steps > S) and gradient clipping
-active (grad_clip is set below the step-0 gradient norm).  Compared, per tensor with
+active (grad_clip is set below the step-0 gradient norm; one configuration has grad_clip = 0,
+i.e. no clipping, where grad_norm must still be reported).  Compared, per tensor with
 max|a-b| / max|b| <= 1e-4: loss[S], ce[S], grad_norm[S], lr[S], grad.<name> (step 0, before
 clipping) and param.<name> after S steps, for every parameter.
 
@@ -42,14 +43,14 @@ def base_model(**kw):
 def base_train(**kw):
     t = {"batch_size": 2, "grad_accum": 1, "steps": 12, "lr": 1e-2, "min_lr": 1e-3, "warmup": 2,
          "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-4, "grad_clip": 1.0,
-         "seed": 1234, "threads": 2}
+         "seed": 1234, "threads": 1}
     t.update(kw)
     return t
 
 
 CONFIGS = [
     ("tied moe_every=1 ga=1 renorm=F K2 GQA",
-     base_model(), base_train()),
+     base_model(), base_train(threads=2)),
     ("untied moe_every=2 ga=2 renorm=T K1 MHA",
      base_model(tie_embeddings=False, moe_every=2, renormalize=True, top_k=1, n_kv_heads=4,
                 aux_loss_weight=0.05, z_loss_weight=0.01),
@@ -61,11 +62,17 @@ CONFIGS = [
     ("untied moe_every=1 ga=1 renorm=F K3 E5 B3 T16",
      base_model(tie_embeddings=False, n_layers=1, n_kv_heads=1, n_experts=5, top_k=3,
                 seq_len=16, vocab_size=50),
-     base_train(batch_size=3, warmup=1, steps=6)),
+     base_train(batch_size=3, warmup=1, steps=6, threads=2)),
     ("untied moe_every=1 ga=2 renorm=T K2 E8",
      base_model(tie_embeddings=False, n_experts=8, renormalize=True, aux_loss_weight=0.1,
                 z_loss_weight=0.01, d_ff=16),
      base_train(grad_accum=2, weight_decay=0.0, beta2=0.999)),
+    ("untied moe_every=1 ga=1 renorm=F K1 E8 empty-expert",
+     base_model(tie_embeddings=False, n_experts=8, top_k=1, n_layers=1, d_ff=16),
+     base_train()),
+    ("tied moe_every=1 ga=1 renorm=T K2 no-clip",
+     base_model(renormalize=True, n_layers=1),
+     base_train(grad_clip=0.0, warmup=4, steps=20)),
 ]
 
 
@@ -97,18 +104,34 @@ def main():
             if args.only and args.only not in tag:
                 continue
             tensors = make_inputs(m, t, seed=100 + i)
-            # clip below the step-0 gradient norm so that clipping is active
-            probe = dict(tensors)
-            probe["tokens"] = tensors["tokens"][:1]
-            t0 = dict(t, grad_clip=0.0)
-            norm0 = float(R.run_model_check({"model": m, "train": t0}, probe)["grad_norm"][0])
-            t = dict(t, grad_clip=float(f"{0.6 * norm0:.4g}"))
+            no_clip = t["grad_clip"] == 0
+            if not no_clip:
+                # clip below the step-0 gradient norm so that clipping is active
+                probe = dict(tensors)
+                probe["tokens"] = tensors["tokens"][:1]
+                t0 = dict(t, grad_clip=0.0)
+                norm0 = float(R.run_model_check({"model": m, "train": t0}, probe)["grad_norm"][0])
+                t = dict(t, grad_clip=float(f"{0.6 * norm0:.4g}"))
             cfg = {"model": m, "train": t}
             print(f"=== {tag}\n    config {json.dumps(cfg)}")
+            R.ROUTING_LOG = []
             ref = R.run_model_check(cfg, tensors, dtype=torch.float64)
-            clipped = int((ref["grad_norm"] > t["grad_clip"]).sum())
-            res.line(f"{tag} [guard: clipping active]", clipped > 0,
-                     f"{clipped}/{S} steps clipped")
+            if "empty-expert" in tag:  # some expert gets no token in a whole step
+                per_step = len(R.ROUTING_LOG) // S
+                empty = 0
+                for s in range(S):
+                    chunk = R.ROUTING_LOG[s * per_step:(s + 1) * per_step]
+                    n_moe = sum(1 for l in range(m["n_layers"]) if R.is_moe(l, m["moe_every"]))
+                    for l in range(n_moe):
+                        used = torch.cat([idx.flatten() for _, idx in chunk[l::n_moe]])
+                        empty += int((torch.bincount(used, minlength=m["n_experts"]) == 0).sum())
+                res.line(f"{tag} [guard: (step, layer, expert) without tokens]", empty > 0,
+                         f"{empty} found")
+            R.ROUTING_LOG = None
+            if not no_clip:
+                clipped = int((ref["grad_norm"] > t["grad_clip"]).sum())
+                res.line(f"{tag} [guard: clipping active]", clipped > 0,
+                         f"{clipped}/{S} steps clipped")
             res.line(f"{tag} [guard: warm-up and cosine both used]",
                      0 < t["warmup"] < S < t["steps"], f"warmup {t['warmup']} S {S}")
             cfg_path = work.file(f"model{i}_config.json")
