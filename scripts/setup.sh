@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what pcmoe needs on Debian 12 (build tools, libraries, the PyTorch used only by tests
+# and benchmarks), fetches the Brown corpus and builds everything into build/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+PACKAGES=(build-essential cmake ninja-build pkg-config git ca-certificates
+          libopenblas-openmp-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev
+          python3 python3-torch)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+bash scripts/fetch_brown.sh data
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$(nproc)"
+echo "setup: built build/pcmoe"
