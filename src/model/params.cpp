@@ -18,7 +18,15 @@ std::string dense_param(int layer, const char* what) {
   return "layers." + std::to_string(layer) + ".mlp." + what;
 }
 
-ParamSet::ParamSet(const ModelConfig& cfg, const ParamSelection& sel) {
+std::vector<ParamTensor> param_layout(const ModelConfig& cfg, const ParamSelection& sel) {
+  std::vector<ParamTensor> out;
+  size_t numel = 0;
+  auto add = [&](std::string name, std::vector<int64_t> shape, bool decay, float init_std) {
+    ParamTensor t{std::move(name), std::move(shape), numel, 1, decay, init_std};
+    for (int64_t d : t.shape) t.numel *= static_cast<size_t>(d);
+    numel += (t.numel + 15) / 16 * 16;  // each tensor starts on a 16-float boundary
+    out.push_back(std::move(t));
+  };
   const int64_t C = cfg.d_model, V = cfg.vocab_size, D = cfg.head_dim();
   const int64_t HD = cfg.n_heads * D, KVD = cfg.n_kv_heads * D;
   const float std_in = 0.02f, std_out = 0.02f / std::sqrt(2.0f * cfg.n_layers);
@@ -50,17 +58,14 @@ ParamSet::ParamSet(const ModelConfig& cfg, const ParamSelection& sel) {
     add("final_norm", {C}, false, 0);
     if (!cfg.tie_embeddings) add("head", {V, C}, true, std_in);
   }
-  values_ = AlignedBuffer(numel_ * sizeof(float));
-  grads_ = AlignedBuffer(numel_ * sizeof(float));
+  return out;
 }
 
-void ParamSet::add(std::string name, std::vector<int64_t> shape, bool decay, float init_std) {
-  ParamTensor t{std::move(name), std::move(shape), numel_, 1, decay, init_std};
-  for (int64_t d : t.shape) t.numel *= static_cast<size_t>(d);
-  // Each tensor starts on a 16-float boundary so vector loads stay aligned.
-  numel_ += (t.numel + 15) / 16 * 16;
-  index_[t.name] = tensors_.size();
-  tensors_.push_back(std::move(t));
+ParamSet::ParamSet(const ModelConfig& cfg, const ParamSelection& sel) : tensors_(param_layout(cfg, sel)) {
+  for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
+  if (!tensors_.empty()) numel_ = (tensors_.back().offset + tensors_.back().numel + 15) / 16 * 16;
+  values_ = AlignedBuffer(numel_ * sizeof(float));
+  grads_ = AlignedBuffer(numel_ * sizeof(float));
 }
 
 const ParamTensor& ParamSet::info(const std::string& name) const {

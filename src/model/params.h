@@ -28,6 +28,9 @@ struct ParamSelection {
   std::function<bool(int layer, int expert)> expert = [](int, int) { return true; };
 };
 
+// The tensors a selection holds, in the canonical (checkpoint) order, with offsets into one block.
+std::vector<ParamTensor> param_layout(const ModelConfig& cfg, const ParamSelection& selection);
+
 class ParamSet {
  public:
   ParamSet(const ModelConfig& cfg, const ParamSelection& selection);
@@ -49,7 +52,6 @@ class ParamSet {
   void zero_grads();
 
  private:
-  void add(std::string name, std::vector<int64_t> shape, bool decay, float init_std);
   std::vector<ParamTensor> tensors_;
   std::unordered_map<std::string, size_t> index_;
   size_t numel_ = 0;

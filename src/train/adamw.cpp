@@ -11,32 +11,37 @@ float learning_rate(const TrainConfig& c, int64_t step) {
   return static_cast<float>(c.min_lr + 0.5 * (c.lr - c.min_lr) * (1.0 + std::cos(M_PI * p)));
 }
 
-double grad_norm(const ParamSet& params) {
+std::vector<double> grad_sq_sums(const ParamSet& params) {
+  const std::vector<ParamTensor>& ts = params.tensors();
+  std::vector<double> sums(ts.size());
   const float* g = params.grads();
-  const size_t n = params.numel();
-  double total = 0;
-  constexpr size_t kChunk = 4096;  // fixed chunks: the sum order does not depend on threads
-  const size_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> partial(chunks);
-#pragma omp parallel for schedule(static)
-  for (size_t c = 0; c < chunks; ++c) {
+  // One tensor per task: each sum runs in element order whatever the thread count.
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < ts.size(); ++i) {
     double s = 0;
-    for (size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) s += double(g[i]) * g[i];
-    partial[c] = s;
+    for (size_t j = ts[i].offset; j < ts[i].offset + ts[i].numel; ++j) s += double(g[j]) * g[j];
+    sums[i] = s;
   }
-  for (double s : partial) total += s;
+  return sums;
+}
+
+double grad_norm(const ParamSet& params) {
+  double total = 0;
+  for (double s : grad_sq_sums(params)) total += s;
   return std::sqrt(total);
 }
 
-double clip_grad_norm(ParamSet& params, float max_norm) {
-  const double norm = grad_norm(params);
+float clip_coefficient(double norm, float max_norm) {
+  if (max_norm <= 0) return 1.0f;
   const float coef = static_cast<float>(max_norm / (norm + 1e-6));
-  if (max_norm > 0 && coef < 1.0f) {
-    float* g = params.grads();
+  return coef < 1.0f ? coef : 1.0f;
+}
+
+void scale_grads(ParamSet& params, float coef) {
+  if (coef == 1.0f) return;
+  float* g = params.grads();
 #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < params.numel(); ++i) g[i] *= coef;
-  }
-  return norm;
+  for (size_t i = 0; i < params.numel(); ++i) g[i] *= coef;
 }
 
 AdamW::AdamW(const ParamSet& params, const TrainConfig& c)

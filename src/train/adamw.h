@@ -1,6 +1,7 @@
 // AdamW (as torch.optim.AdamW), the learning-rate schedule and global gradient-norm clipping.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "model/params.h"
 #include "tensor/buffer.h"
@@ -11,11 +12,16 @@ namespace pcmoe {
 // lr at optimizer step `step` (0-based): linear warm-up, then cosine decay to min_lr.
 float learning_rate(const TrainConfig& c, int64_t step);
 
-// Global L2 norm of all gradients of `params` (accumulated in double, in a fixed order).
+// Sum of squared gradients of each tensor of `params`, in double, in layout order.
+std::vector<double> grad_sq_sums(const ParamSet& params);
+// Global L2 norm: the per-tensor sums added in canonical (layout) order, so a model whose
+// tensors are spread over several parties gets the same norm when its parts are merged in
+// that order.
 double grad_norm(const ParamSet& params);
-// Scales the gradients so that their norm is at most max_norm (as clip_grad_norm_). Returns the
-// norm before clipping.
-double clip_grad_norm(ParamSet& params, float max_norm);
+// torch.nn.utils.clip_grad_norm_'s factor: max_norm / (norm + 1e-6) when that is below 1, else 1
+// (and 1 when clipping is off, max_norm = 0).
+float clip_coefficient(double norm, float max_norm);
+void scale_grads(ParamSet& params, float coef);
 
 class AdamW {
  public:

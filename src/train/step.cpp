@@ -21,7 +21,8 @@ LossStats accumulate_gradients(Model& model, ParamSet& params, const int32_t* wi
 
 UpdateStats apply_update(ParamSet& params, AdamW& opt, const TrainConfig& c, int64_t step) {
   UpdateStats u;
-  u.grad_norm = c.grad_clip > 0 ? clip_grad_norm(params, c.grad_clip) : grad_norm(params);
+  u.grad_norm = grad_norm(params);
+  scale_grads(params, clip_coefficient(u.grad_norm, c.grad_clip));
   u.lr = learning_rate(c, step);
   opt.step(params, u.lr);
   return u;
