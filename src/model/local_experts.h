@@ -16,6 +16,7 @@ class LocalExperts final : public ExpertBackend {
   void forward(int layer, const int* offsets, const float* x, float* y) override;
   void backward(int layer, const int* offsets, const float* dy, float* dx) override;
   size_t activation_bytes() const { return acts_.bytes(); }
+  int max_rows() const { return max_rows_; }
 
  private:
   struct Saved {  // per MoE layer, what backward needs

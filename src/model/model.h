@@ -37,6 +37,8 @@ class Model {
   const float* logits(const int32_t* inputs, int batch);
 
   const ModelConfig& config() const { return cfg_; }
+  // The routing of MoE layer `layer` in the last forward (tests and audits read it).
+  const MoeSaved& moe_saved(int layer) const { return layers_[layer].moe; }
   int max_batch() const { return max_batch_; }
   size_t activation_bytes() const { return acts_.bytes(); }
   size_t scratch_bytes() const { return scratch_.bytes(); }

@@ -1,0 +1,39 @@
+#include "collab/remote_experts.h"
+
+#include <cstring>
+
+#include "collab/expert_host.h"
+
+namespace pcmoe {
+
+RemoteExperts::RemoteExperts(const ModelConfig& cfg, Transport& transport, int party, int n_parties)
+    : cfg_(cfg), transport_(transport), party_(party), n_parties_(n_parties) {}
+
+void RemoteExperts::forward(int layer, const int* offsets, const float* x, float* y) {
+  exchange(MsgKind::kExpertForward, layer, offsets, x, y);
+}
+
+void RemoteExperts::backward(int layer, const int* offsets, const float* dy, float* dx) {
+  exchange(MsgKind::kExpertBackward, layer, offsets, dy, dx);
+}
+
+void RemoteExperts::exchange(MsgKind kind, int layer, const int* offsets, const float* in, float* out) {
+  const size_t C = cfg_.d_model;
+  for (int h = 0; h < n_parties_; ++h) {
+    const std::vector<int> experts = hosted_experts(cfg_.n_experts, h, n_parties_);
+    size_t rows = 0;
+    for (int e : experts) rows += offsets[e + 1] - offsets[e];
+    if (rows == 0) continue;
+    Writer w;
+    w.u32((uint32_t)layer);
+    w.u32((uint32_t)experts.size());
+    for (int e : experts) w.u32((uint32_t)(offsets[e + 1] - offsets[e]));
+    for (int e : experts) w.floats(in + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
+    const Bytes reply = transport_.call(party_, h, kind, w.take());
+    Reader r(reply);
+    for (int e : experts) r.floats(out + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
+    r.expect_end();
+  }
+}
+
+}  // namespace pcmoe

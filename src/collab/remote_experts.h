@@ -1,0 +1,32 @@
+// The ExpertBackend of a PC-MoE party: splits an MoE layer's grouped rows by hosting party and
+// sends each host only the rows routed to its own experts, with the count per hosted expert.
+//
+// Expert call wire format (little-endian; the same for forward and backward):
+//   request : u32 layer, u32 k = number of experts the host holds, k x u32 rows per hosted
+//             expert (ascending expert id), then sum(rows) x d_model f32 (hidden states on
+//             forward, gradients of the expert outputs on backward)
+//   response: sum(rows) x d_model f32 (expert outputs on forward, input gradients on backward)
+// Hosts with no routed row in a layer are not called.
+#pragma once
+#include <vector>
+
+#include "collab/transport.h"
+#include "model/config.h"
+#include "model/expert_backend.h"
+
+namespace pcmoe {
+
+class RemoteExperts final : public ExpertBackend {
+ public:
+  RemoteExperts(const ModelConfig& cfg, Transport& transport, int party, int n_parties);
+  void forward(int layer, const int* offsets, const float* x, float* y) override;
+  void backward(int layer, const int* offsets, const float* dy, float* dx) override;
+
+ private:
+  void exchange(MsgKind kind, int layer, const int* offsets, const float* in, float* out);
+  ModelConfig cfg_;
+  Transport& transport_;
+  int party_, n_parties_;
+};
+
+}  // namespace pcmoe

@@ -1,0 +1,92 @@
+#include "collab/session.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "tensor/rng.h"
+#include "train/step.h"
+
+namespace pcmoe {
+namespace {
+ParamSelection backbone_only() {
+  ParamSelection sel;
+  sel.expert = [](int, int) { return false; };
+  return sel;
+}
+
+Bytes control_message(ControlOp op) {
+  Writer w;
+  w.u32(static_cast<uint32_t>(op));
+  return w.take();
+}
+}  // namespace
+
+CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id_, int n)
+    : id(id_), backbone(cfg, backbone_only()), optimizer(backbone, tc), experts(cfg, transport, id_, n),
+      model(cfg, backbone, experts, tc.batch_size),
+      host(cfg, tc, id_, n, tc.batch_size * cfg.seq_len * cfg.top_k) {
+  backbone.init(tc.seed);
+}
+
+PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport)
+    : cfg_(cfg), tc_(tc), transport_(transport) {
+  if (n_parties < 1 || n_parties > cfg.n_experts)
+    throw std::runtime_error("need 1 <= parties <= n_experts (" + std::to_string(cfg.n_experts) + "), got " +
+                             std::to_string(n_parties));
+  for (int p = 0; p < n_parties; ++p) {
+    parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties));
+    ExpertHost* host = &parties_.back()->host;
+    transport.serve(p, [host](MsgKind kind, int from, const Bytes& req) { return host->handle(kind, from, req); });
+    std::vector<std::string> names;
+    for (const ParamTensor& t : host->params().tensors()) names.push_back(t.name);
+    host_tensors_.push_back(std::move(names));
+  }
+  for (const ParamTensor& t : param_layout(cfg, ParamSelection{})) canonical_.push_back(t.name);
+}
+
+std::vector<int> PcMoeSession::round_order(int64_t round) const {
+  std::vector<int> order(parties_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = (int)i;
+  Rng rng(splitmix64(tc_.seed ^ 0x70636d6f65ULL) + (uint64_t)round * 0x9e3779b97f4a7c15ULL);
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.next_u64() % i]);
+  return order;
+}
+
+TurnResult PcMoeSession::train_turn(int p, const int32_t* windows) {
+  CollabParty& me = party(p);
+  const int n = n_parties();
+  for (int h = 0; h < n; ++h) transport_.call(p, h, MsgKind::kControl, control_message(ControlOp::kBeginTurn));
+  TurnResult r;
+  r.loss = accumulate_gradients(me.model, me.backbone, windows, tc_.batch_size, tc_.grad_accum);
+
+  // The global gradient norm, with the tensors' sums added in the full model's order.
+  std::unordered_map<std::string, double> sums;
+  const std::vector<double> own = grad_sq_sums(me.backbone);
+  for (size_t i = 0; i < own.size(); ++i) sums[me.backbone.tensors()[i].name] = own[i];
+  for (int h = 0; h < n; ++h) {
+    const Bytes reply = transport_.call(p, h, MsgKind::kControl, control_message(ControlOp::kGradSqSums));
+    Reader rd(reply);
+    for (const std::string& name : host_tensors_[h]) sums[name] = rd.f64();
+    rd.expect_end();
+  }
+  double total = 0;
+  for (const std::string& name : canonical_) total += sums.at(name);
+  r.grad_norm = std::sqrt(total);
+  const float coef = clip_coefficient(r.grad_norm, tc_.grad_clip);
+  r.lr = learning_rate(tc_, me.turns);
+
+  scale_grads(me.backbone, coef);
+  me.optimizer.step(me.backbone, r.lr);
+  for (int h = 0; h < n; ++h) {
+    Writer w;
+    w.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
+    w.f32(coef);
+    w.f32(r.lr);
+    transport_.call(p, h, MsgKind::kControl, w.take());
+  }
+  ++me.turns;
+  return r;
+}
+
+}  // namespace pcmoe

@@ -1,0 +1,55 @@
+// PC-MoE with every party in one process: each party's backbone, optimizer and model, its
+// expert host, and the turns of the seeded round-robin. All traffic between parties goes
+// through the Transport, so a multi-process transport can replace the in-process one.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "collab/expert_host.h"
+#include "collab/remote_experts.h"
+#include "collab/transport.h"
+#include "model/model.h"
+#include "train/adamw.h"
+
+namespace pcmoe {
+
+struct CollabParty {
+  CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id, int n_parties);
+  int id;
+  ParamSet backbone;  // embedding, attention, norms, routers, head: never leaves the party
+  AdamW optimizer;    // for the backbone
+  RemoteExperts experts;
+  Model model;
+  ExpertHost host;    // this party's shard of the experts, served to every party
+  int64_t turns = 0;  // optimizer steps taken on this party's data (its lr schedule position)
+};
+
+struct TurnResult {
+  LossStats loss;
+  double grad_norm;  // global norm before clipping: backbone + every expert
+  float lr;
+};
+
+class PcMoeSession {
+ public:
+  PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport);
+  int n_parties() const { return (int)parties_.size(); }
+  CollabParty& party(int p) { return *parties_[p]; }
+
+  // Party p trains one step on windows[grad_accum * batch_size, T+1]: forward and backward
+  // through the hosts, then one clipped update of its backbone and of every expert.
+  TurnResult train_turn(int p, const int32_t* windows);
+  // The order in which the parties take their turns in round r: a permutation drawn from the
+  // seed and r alone.
+  std::vector<int> round_order(int64_t round) const;
+
+ private:
+  ModelConfig cfg_;
+  TrainConfig tc_;
+  Transport& transport_;
+  std::vector<std::unique_ptr<CollabParty>> parties_;
+  std::vector<std::string> canonical_;                 // full-model tensor names, layout order
+  std::vector<std::vector<std::string>> host_tensors_;  // per host: its tensor names, layout order
+};
+
+}  // namespace pcmoe

@@ -1,0 +1,121 @@
+#include "collab/transport.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace pcmoe {
+
+const char* to_string(MsgKind k) {
+  switch (k) {
+    case MsgKind::kExpertForward: return "expert_forward";
+    case MsgKind::kExpertBackward: return "expert_backward";
+    case MsgKind::kControl: return "control";
+  }
+  return "unknown";
+}
+
+void TrafficStats::add(MsgKind k, int from, int to, size_t bytes) {
+  TrafficCount& c = by_kind_pair[{k, from, to}];
+  c.messages += 1;
+  c.bytes += bytes;
+}
+
+uint64_t TrafficStats::bytes_sent(int party) const {
+  uint64_t s = 0;
+  for (const auto& [key, c] : by_kind_pair)
+    if (std::get<1>(key) == party) s += c.bytes;
+  return s;
+}
+
+uint64_t TrafficStats::bytes_received(int party) const {
+  uint64_t s = 0;
+  for (const auto& [key, c] : by_kind_pair)
+    if (std::get<2>(key) == party) s += c.bytes;
+  return s;
+}
+
+uint64_t TrafficStats::total_bytes() const {
+  uint64_t s = 0;
+  for (const auto& [key, c] : by_kind_pair) s += c.bytes;
+  return s;
+}
+
+void InProcessTransport::serve(int party, Handler handler) { handlers_[party] = std::move(handler); }
+
+Bytes InProcessTransport::call(int from, int to, MsgKind kind, const Bytes& request) {
+  auto it = handlers_.find(to);
+  if (it == handlers_.end()) throw std::runtime_error("no party " + std::to_string(to) + " on the transport");
+  if (from == to) return it->second(kind, from, request);
+  const Bytes delivered(request);  // the copy a network would make
+  stats_.add(kind, from, to, delivered.size());
+  if (tap_) tap_(kind, from, to, false, delivered);
+  Bytes response = it->second(kind, from, delivered);
+  stats_.add(kind, to, from, response.size());
+  if (tap_) tap_(kind, to, from, true, response);
+  largest_ = std::max({largest_, delivered.size(), response.size()});
+  return Bytes(response);
+}
+
+namespace {
+template <class T>
+void put(Bytes& b, T v) {
+  const size_t at = b.size();
+  b.resize(at + sizeof(T));
+  std::memcpy(b.data() + at, &v, sizeof(T));  // x86-64 and aarch64 are little-endian
+}
+}  // namespace
+
+void Writer::u32(uint32_t v) { put(buf_, v); }
+void Writer::i64(int64_t v) { put(buf_, v); }
+void Writer::f32(float v) { put(buf_, v); }
+void Writer::f64(double v) { put(buf_, v); }
+void Writer::floats(const float* p, size_t n) {
+  const size_t at = buf_.size();
+  buf_.resize(at + n * sizeof(float));
+  if (n) std::memcpy(buf_.data() + at, p, n * sizeof(float));
+}
+
+void Reader::need(size_t n) const {
+  if (b_.size() - pos_ < n)
+    throw std::runtime_error("truncated message: needs " + std::to_string(pos_ + n) + " bytes, has " +
+                             std::to_string(b_.size()));
+}
+uint32_t Reader::u32() {
+  need(4);
+  uint32_t v;
+  std::memcpy(&v, b_.data() + pos_, 4);
+  pos_ += 4;
+  return v;
+}
+int64_t Reader::i64() {
+  need(8);
+  int64_t v;
+  std::memcpy(&v, b_.data() + pos_, 8);
+  pos_ += 8;
+  return v;
+}
+float Reader::f32() {
+  need(4);
+  float v;
+  std::memcpy(&v, b_.data() + pos_, 4);
+  pos_ += 4;
+  return v;
+}
+double Reader::f64() {
+  need(8);
+  double v;
+  std::memcpy(&v, b_.data() + pos_, 8);
+  pos_ += 8;
+  return v;
+}
+void Reader::floats(float* p, size_t n) {
+  need(n * sizeof(float));
+  if (n) std::memcpy(p, b_.data() + pos_, n * sizeof(float));
+  pos_ += n * sizeof(float);
+}
+void Reader::expect_end() const {
+  if (pos_ != b_.size())
+    throw std::runtime_error("message has " + std::to_string(b_.size() - pos_) + " unexpected trailing bytes");
+}
+
+}  // namespace pcmoe
