@@ -26,6 +26,9 @@ class JsonFields {
         if (!it->is_boolean()) throw std::runtime_error("expected true or false");
       } else if constexpr (std::is_integral_v<T>) {
         if (!it->is_number_integer()) throw std::runtime_error("expected an integer");
+        // A negative value would silently wrap around in an unsigned field.
+        if (std::is_unsigned_v<T> && !it->is_number_unsigned() && it->template get<int64_t>() < 0)
+          throw std::runtime_error("expected a non-negative integer");
       } else if constexpr (std::is_floating_point_v<T>) {
         if (!it->is_number()) throw std::runtime_error("expected a number");
       } else if constexpr (std::is_same_v<T, std::string>) {

@@ -27,11 +27,6 @@ DataConfig data_config_from_json(const nlohmann::json& j) {
   if (j.contains("vocab_size")) {
     throw std::runtime_error("unknown config key 'data.vocab_size' (set model.vocab_size instead)");
   }
-  // JsonFields accepts any integer; a negative seed would silently wrap around.
-  if (j.contains("split_seed") && j["split_seed"].is_number_integer() && !j["split_seed"].is_number_unsigned()) {
-    throw std::runtime_error("config key 'data.split_seed': expected a non-negative integer, got " +
-                             j["split_seed"].dump());
-  }
   DataConfig c;
   fields.read("corpus", c.corpus);
   fields.read("path", c.path);
