@@ -30,6 +30,7 @@ class ExpertHost {
   Bytes handle(MsgKind kind, int from, const Bytes& request);
 
   ParamSet& params() { return shard_; }
+  const ParamSet& params() const { return shard_; }
   const AdamW& optimizer() const { return opt_; }
   size_t activation_bytes() const { return compute_.activation_bytes(); }
 

@@ -29,6 +29,23 @@ CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transpor
   backbone.init(tc.seed);
 }
 
+nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes) {
+  const size_t bb = p.backbone.numel() * sizeof(float), sh = p.host.params().numel() * sizeof(float);
+  nlohmann::json j = {{"parameters", bb + sh},
+                      {"gradients", bb + sh},
+                      {"optimizer", p.optimizer.state_bytes() + p.host.optimizer().state_bytes()},
+                      {"activations", p.model.activation_bytes() + p.host.activation_bytes()},
+                      {"scratch", p.model.scratch_bytes()},
+                      {"transport", transport_bytes},
+                      {"backbone_parameters", bb},
+                      {"expert_parameters", sh}};
+  size_t total = 0;
+  for (const char* k : {"parameters", "gradients", "optimizer", "activations", "scratch", "transport"})
+    total += j[k].get<size_t>();
+  j["total"] = total;
+  return j;
+}
+
 PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport)
     : cfg_(cfg), tc_(tc), transport_(transport) {
   if (n_parties < 1 || n_parties > cfg.n_experts)

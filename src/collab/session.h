@@ -3,6 +3,7 @@
 // through the Transport, so a multi-process transport can replace the in-process one.
 #pragma once
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "collab/expert_host.h"
@@ -23,6 +24,12 @@ struct CollabParty {
   ExpertHost host;    // this party's shard of the experts, served to every party
   int64_t turns = 0;  // optimizer steps taken on this party's data (its lr schedule position)
 };
+
+// A party's planned memory in bytes by category: its backbone (parameters, gradients, AdamW
+// state), its expert shard (likewise), the activations of its model and of its host's experts,
+// scratch, and the transport buffers (`transport_bytes`: the largest request and response it
+// holds at once).
+nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes);
 
 struct TurnResult {
   LossStats loss;
