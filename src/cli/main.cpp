@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "collab/runner.h"
 #include "model/local_experts.h"
 #include "model/model.h"
 #include "tensor/cpu.h"
@@ -26,12 +27,18 @@ usage:
   pcmoe train    --config FILE --out DIR [--resume] [--until STEP]
   pcmoe eval     --checkpoint DIR [--windows N]
   pcmoe generate --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]
+  pcmoe collab   --config FILE --out DIR
+  pcmoe memory   --config FILE --parties N [--party P]
 
   train     trains the model of FILE; writes DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/
             --resume continues from DIR/checkpoint with the exact loss curve of an unbroken run
             --until stops after STEP (with a checkpoint), to train in several sittings
   eval      validation loss and perplexity of a checkpoint on its config's validation split
   generate  samples text from a checkpoint (temperature 0 = greedy)
+  collab    PC-MoE with all parties simulated in one process, beside centralised and
+            local-only training on the same data and tokens per party; prints a table,
+            writes DIR/report.json and DIR/metrics.jsonl
+  memory    one party's planned memory and peak RSS, measured in its own process
 )";
 
 struct UsageError : std::runtime_error {
@@ -164,7 +171,53 @@ int cmd_generate(int argc, char** argv) {
   return 0;
 }
 
+std::string mib(const nlohmann::json& bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", bytes.get<double>() / 1048576.0);
+  return buf;
+}
+
+int cmd_collab(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--config", "--out"}, {});
+  RunConfig cfg = load_run_config(need(a, "--config"));
+  const std::string out = need(a, "--out");
+  nlohmann::json r = run_collab(cfg, out);
+  auto cell = [](const nlohmann::json& row, const char* mode) -> std::string {
+    if (!row.contains(mode)) return "-";
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%.3f / %.3f", row[mode]["val_loss_own"].get<double>(),
+                  row[mode]["val_loss_pooled"].get<double>());
+    return buf;
+  };
+  std::printf("\nvalidation loss (nats), own data / pooled data, after %lld tokens per party\n",
+              r["tokens_per_party"].get<long long>());
+  std::printf("%-5s %-17s %-17s %-17s %-17s %10s %12s\n", "party", "pc-moe", "centralised", "local full", "local budget",
+              "pcmoe MiB", "bytes/token");
+  for (const auto& row : r["per_party"]) {
+    const int p = row["party"];
+    std::string mem = "-", traffic = "-";
+    if (row.contains("pc-moe")) {
+      mem = mib(row["pc-moe"]["memory"]["total"]);
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.0f", row["pc-moe"]["bytes_sent_per_token"].get<double>() +
+                                                 row["pc-moe"]["bytes_received_per_token"].get<double>());
+      traffic = buf;
+    }
+    std::printf("%-5d %-17s %-17s %-17s %-17s %10s %12s\n", p, cell(row, "pc-moe").c_str(), cell(row, "centralised").c_str(),
+                cell(row, "local-only-full").c_str(), cell(row, "local-only-budget").c_str(), mem.c_str(), traffic.c_str());
+  }
+  if (r["modes"].contains("centralised"))
+    std::printf("centralised model: %s MiB planned\n", mib(r["modes"]["centralised"]["memory"]["total"]).c_str());
+  if (r.contains("peak_memory_ratio"))
+    std::printf("peak_memory_ratio (largest party / centralised): %.3f\n", r["peak_memory_ratio"].get<double>());
+  std::printf("peak RSS of this one-process run: %s MiB | %.0f s | report: %s\n", mib(r["peak_rss_bytes"]).c_str(),
+              r["wall_seconds"].get<double>(), (fs::path(out) / "report.json").c_str());
+  return 0;
+}
+
 }  // namespace
+
+int cmd_memory(int argc, char** argv);
 
 int main(int argc, char** argv) {
   select_blas_kernels(argv);
@@ -177,6 +230,8 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(argc, argv);
     if (cmd == "eval") return cmd_eval(argc, argv);
     if (cmd == "generate") return cmd_generate(argc, argv);
+    if (cmd == "collab") return cmd_collab(argc, argv);
+    if (cmd == "memory") return cmd_memory(argc, argv);
     throw UsageError("unknown command '" + cmd + "'");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "pcmoe %s: %s\n\n%s", cmd.c_str(), e.what(), kUsage);

@@ -62,10 +62,10 @@ PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_
   for (const ParamTensor& t : param_layout(cfg, ParamSelection{})) canonical_.push_back(t.name);
 }
 
-std::vector<int> PcMoeSession::round_order(int64_t round) const {
-  std::vector<int> order(parties_.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = (int)i;
-  Rng rng(splitmix64(tc_.seed ^ 0x70636d6f65ULL) + (uint64_t)round * 0x9e3779b97f4a7c15ULL);
+std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round) {
+  std::vector<int> order(n_parties);
+  for (int i = 0; i < n_parties; ++i) order[i] = i;
+  Rng rng(splitmix64(seed ^ 0x70636d6f65ULL) + (uint64_t)round * 0x9e3779b97f4a7c15ULL);
   for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.next_u64() % i]);
   return order;
 }

@@ -37,6 +37,10 @@ struct TurnResult {
   float lr;
 };
 
+// The order in which n parties take their turns in round r: a permutation drawn from the seed
+// and r alone (the seeded, randomised round-robin).
+std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round);
+
 class PcMoeSession {
  public:
   PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport);
@@ -46,9 +50,6 @@ class PcMoeSession {
   // Party p trains one step on windows[grad_accum * batch_size, T+1]: forward and backward
   // through the hosts, then one clipped update of its backbone and of every expert.
   TurnResult train_turn(int p, const int32_t* windows);
-  // The order in which the parties take their turns in round r: a permutation drawn from the
-  // seed and r alone.
-  std::vector<int> round_order(int64_t round) const;
 
  private:
   ModelConfig cfg_;

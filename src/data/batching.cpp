@@ -67,15 +67,19 @@ std::vector<int32_t> validation_windows(const TokenStream& stream, int seq_len, 
   if (max_windows < 0) throw std::runtime_error("max_windows must not be negative");
   const size_t window = static_cast<size_t>(seq_len) + 1;
   const size_t len = stream.tokens.size();
-  std::vector<int32_t> out;
-  int count = 0;
   // Window k covers [k*T, k*T + T]: consecutive windows share one token, so every token after the
-  // first is a target exactly once.
-  for (size_t start = 0; count < max_windows && start + window <= len; start += seq_len) {
+  // first is a target exactly once. When there are more than max_windows, take max_windows of
+  // them spread evenly over the stream, so that every part of it (every document group) counts.
+  const size_t available = len >= window ? (len - 1) / static_cast<size_t>(seq_len) : 0;
+  const size_t count_wanted = std::min(available, static_cast<size_t>(max_windows));
+  std::vector<int32_t> out;
+  out.reserve(count_wanted * window);
+  for (size_t i = 0; i < count_wanted; ++i) {
+    const size_t start = (i * available / count_wanted) * static_cast<size_t>(seq_len);
     out.insert(out.end(), stream.tokens.begin() + static_cast<ptrdiff_t>(start),
                stream.tokens.begin() + static_cast<ptrdiff_t>(start + window));
-    ++count;
   }
+  const int count = static_cast<int>(count_wanted);
   if (n_windows) *n_windows = count;
   return out;
 }

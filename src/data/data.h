@@ -92,8 +92,9 @@ class BatchSampler {
   uint64_t seed_;
 };
 
-// Validation windows: consecutive non-overlapping windows of T+1 tokens (overlapping by one token
-// so that every token but the first is a target), at most max_windows of them.
+// Validation windows of T+1 tokens at positions k*T (neighbours share one token, so every token
+// but the first is a target once); when there are more than max_windows, max_windows of them
+// spread evenly over the stream.
 std::vector<int32_t> validation_windows(const TokenStream& stream, int seq_len, int max_windows,
                                         int* n_windows);
 

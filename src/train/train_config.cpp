@@ -57,17 +57,33 @@ nlohmann::json to_json(const TrainConfig& c) {
           {"log_every", c.log_every}, {"checkpoint_every", c.checkpoint_every}};
 }
 
+CollabConfig collab_config_from_json(const nlohmann::json& j) {
+  CollabConfig c;
+  JsonFields f(j, "collab");
+  f.read("modes", c.modes);
+  f.reject_unknown();
+  if (c.modes.empty()) throw std::runtime_error("config key 'collab.modes' must name at least one mode");
+  for (const std::string& m : c.modes)
+    if (m != "pc-moe" && m != "centralised" && m != "local-only")
+      throw std::runtime_error("config key 'collab.modes': unknown mode '" + m + "' (expected pc-moe, centralised, local-only)");
+  return c;
+}
+
+nlohmann::json to_json(const CollabConfig& c) { return {{"modes", c.modes}}; }
+
 RunConfig run_config_from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data");
+  if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data, parties, collab");
   for (auto& [key, value] : j.items())
-    if (key != "model" && key != "train" && key != "data")
-      throw std::runtime_error("unknown config section '" + key + "' (expected model, train, data)");
+    if (key != "model" && key != "train" && key != "data" && key != "parties" && key != "collab")
+      throw std::runtime_error("unknown config section '" + key + "' (expected model, train, data, parties, collab)");
   RunConfig c;
   static const nlohmann::json empty = nlohmann::json::object();
   c.model = model_config_from_json(j.contains("model") ? j["model"] : empty);
   c.train = train_config_from_json(j.contains("train") ? j["train"] : empty);
   c.data = data::data_config_from_json(j.contains("data") ? j["data"] : empty);
   c.data.vocab_size = c.model.vocab_size;
+  c.parties = data::party_split_config_from_json(j.contains("parties") ? j["parties"] : empty);
+  c.collab = collab_config_from_json(j.contains("collab") ? j["collab"] : empty);
   return c;
 }
 
@@ -90,7 +106,8 @@ RunConfig load_run_config(const std::string& path) {
 }
 
 nlohmann::json to_json(const RunConfig& c) {
-  return {{"model", to_json(c.model)}, {"train", to_json(c.train)}, {"data", data::to_json(c.data)}};
+  return {{"model", to_json(c.model)}, {"train", to_json(c.train)}, {"data", data::to_json(c.data)},
+          {"parties", data::to_json(c.parties)}, {"collab", to_json(c.collab)}};
 }
 
 }  // namespace pcmoe

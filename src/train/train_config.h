@@ -5,6 +5,7 @@
 #include <string>
 
 #include "data/data.h"
+#include "data/parties.h"
 #include "model/config.h"
 
 namespace pcmoe {
@@ -32,10 +33,21 @@ struct TrainConfig {
 TrainConfig train_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const TrainConfig& c);
 
+// The "collab" section: which training modes `pcmoe collab` runs side by side.
+struct CollabConfig {
+  // "pc-moe", "centralised", "local-only" (each party alone, with the full model and with a
+  // model of its own memory budget: the backbone and its share of the experts)
+  std::vector<std::string> modes = {"pc-moe", "centralised", "local-only"};
+};
+CollabConfig collab_config_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const CollabConfig& c);
+
 struct RunConfig {
   ModelConfig model;
   TrainConfig train;
   data::DataConfig data;
+  data::PartySplitConfig parties;  // how documents are dealt to parties (pcmoe collab)
+  CollabConfig collab;
 };
 // Reads and checks a config file: clear errors for a missing file, bad JSON, unknown keys.
 RunConfig load_run_config(const std::string& path);

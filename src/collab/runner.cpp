@@ -1,0 +1,260 @@
+#include "collab/runner.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "collab/session.h"
+#include "model/local_experts.h"
+#include "tensor/gemm.h"
+#include "train/step.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace pcmoe {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+// One party's data: its training stream and sampler, its own validation windows.
+struct PartyStreams {
+  data::TokenStream train, val;
+  std::unique_ptr<data::BatchSampler> sampler;
+  std::vector<int32_t> val_windows;
+  int n_val = 0;
+  std::vector<std::string> categories;
+};
+
+struct Shared {
+  const RunConfig& cfg;
+  std::vector<PartyStreams> parties;
+  std::vector<int32_t> pooled_val;
+  int n_pooled_val = 0;
+  std::ofstream metrics;
+  int64_t tokens_per_turn = 0;
+};
+
+// Evaluation of one model on every party's validation data and on the pooled one.
+nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
+  nlohmann::json j;
+  j["val_loss_pooled"] = evaluate(model, sh.pooled_val, sh.n_pooled_val);
+  if (own >= 0) j["val_loss_own"] = evaluate(model, sh.parties[own].val_windows, sh.parties[own].n_val);
+  return j;
+}
+
+nlohmann::json memory_of(const ParamSet& params, const AdamW& opt, const Model& model, const LocalExperts& ex) {
+  const size_t p = params.numel() * sizeof(float);
+  nlohmann::json j = {{"parameters", p},
+                      {"gradients", p},
+                      {"optimizer", opt.state_bytes()},
+                      {"activations", model.activation_bytes() + ex.activation_bytes()},
+                      {"scratch", model.scratch_bytes()},
+                      {"transport", 0}};
+  j["total"] = p * 2 + opt.state_bytes() + model.activation_bytes() + ex.activation_bytes() + model.scratch_bytes();
+  return j;
+}
+
+void progress(const char* mode, int64_t done, int64_t total, float loss, clock_type::time_point t0) {
+  const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+  const bool tty = isatty(STDERR_FILENO);
+  if (!tty && done % 50 != 0 && done != total) return;
+  std::fprintf(stderr, "%s[%s] turn %lld/%lld | loss %.4f | %.0fs, ETA %.0fs%s", tty ? "\r" : "", mode,
+               (long long)done, (long long)total, loss, s, s / done * (total - done), tty ? "   " : "\n");
+  if (tty && done == total) std::fprintf(stderr, "\n");
+}
+
+void fill_turn(const Shared& sh, int party, int64_t step, std::vector<int32_t>& windows) {
+  const TrainConfig& tc = sh.cfg.train;
+  const size_t row = sh.cfg.model.seq_len + 1;
+  for (int m = 0; m < tc.grad_accum; ++m)
+    sh.parties[party].sampler->sample(step, m, tc.batch_size, windows.data() + (size_t)m * tc.batch_size * row);
+}
+
+// PC-MoE: every party trains on its own data in the seeded round-robin; experts on their hosts.
+nlohmann::json run_pcmoe(Shared& sh) {
+  const RunConfig& cfg = sh.cfg;
+  const int n = (int)sh.parties.size();
+  InProcessTransport net;
+  PcMoeSession session(cfg.model, cfg.train, n, net);
+  std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
+  const auto t0 = clock_type::now();
+  int64_t done = 0;
+  for (int64_t round = 0; round < cfg.train.steps; ++round) {
+    for (int p : round_order(cfg.train.seed, n, round)) {
+      fill_turn(sh, p, round, windows);
+      const TurnResult r = session.train_turn(p, windows.data());
+      sh.metrics << nlohmann::json{{"mode", "pc-moe"}, {"round", round}, {"party", p}, {"loss", r.loss.total},
+                                   {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}}.dump()
+                 << "\n";
+      progress("pc-moe", ++done, (int64_t)n * cfg.train.steps, r.loss.ce, t0);
+    }
+  }
+  const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
+  const TrafficStats training = net.stats();  // before evaluation adds its own traffic
+  nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}};
+  const size_t transport_bytes = 2 * net.largest_payload();
+  for (int p = 0; p < n; ++p) {
+    nlohmann::json j = evaluate_everywhere(session.party(p).model, sh, p);
+    j["memory"] = party_memory(session.party(p), transport_bytes);
+    const double tokens = (double)cfg.train.steps * sh.tokens_per_turn;
+    j["bytes_sent_per_token"] = training.bytes_sent(p) / tokens;
+    j["bytes_received_per_token"] = training.bytes_received(p) / tokens;
+    out["parties"].push_back(j);
+  }
+  nlohmann::json traffic = nlohmann::json::array();
+  for (const auto& [key, c] : training.by_kind_pair)
+    traffic.push_back({{"kind", to_string(std::get<0>(key))}, {"from", std::get<1>(key)}, {"to", std::get<2>(key)},
+                       {"messages", c.messages}, {"bytes", c.bytes}});
+  out["traffic"] = traffic;
+  return out;
+}
+
+// One model trained on the turns of `parties` in the round-robin order (all of them: the
+// centralised model on the pooled data; one: a local-only model).
+struct Solo {
+  ParamSet params;
+  LocalExperts experts;
+  Model model;
+  AdamW opt;
+  Solo(const ModelConfig& m, const TrainConfig& t)
+      : params(m, ParamSelection{}), experts(m, params, t.batch_size * m.seq_len * m.top_k),
+        model(m, params, experts, t.batch_size), opt(params, t) {
+    params.init(t.seed);
+  }
+};
+
+nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, const std::vector<int>& parties,
+                        int own) {
+  const RunConfig& cfg = sh.cfg;
+  const int n_all = (int)sh.parties.size();
+  TrainConfig tc = cfg.train;
+  const int k = (int)parties.size();
+  tc.steps *= k;  // one optimizer step per turn, as PC-MoE's experts take
+  tc.warmup *= k;
+  Solo s(mc, tc);
+  std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
+  const auto t0 = clock_type::now();
+  int64_t step = 0;
+  for (int64_t round = 0; round < cfg.train.steps; ++round) {
+    for (int p : round_order(cfg.train.seed, n_all, round)) {
+      if (std::find(parties.begin(), parties.end(), p) == parties.end()) continue;
+      fill_turn(sh, p, round, windows);
+      const LossStats ls = accumulate_gradients(s.model, s.params, windows.data(), tc.batch_size, tc.grad_accum);
+      const UpdateStats us = apply_update(s.params, s.opt, tc, step);
+      sh.metrics << nlohmann::json{{"mode", mode}, {"round", round}, {"party", p}, {"loss", ls.total},
+                                   {"ce", ls.ce}, {"lr", us.lr}, {"grad_norm", us.grad_norm}}.dump()
+                 << "\n";
+      progress(mode, ++step, tc.steps, ls.ce, t0);
+    }
+  }
+  nlohmann::json out = {{"train_seconds", std::chrono::duration<double>(clock_type::now() - t0).count()},
+                        {"memory", memory_of(s.params, s.opt, s.model, s.experts)},
+                        {"parameters", s.params.numel()}};
+  if (own >= 0) {
+    out["eval"] = evaluate_everywhere(s.model, sh, own);
+  } else {
+    out["eval"] = nlohmann::json::array();
+    for (int p = 0; p < n_all; ++p) out["eval"].push_back(evaluate_everywhere(s.model, sh, p));
+  }
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
+  const ModelConfig& mc = cfg.model;
+  const TrainConfig& tc = cfg.train;
+  const int n = cfg.parties.n_parties;
+  set_num_threads(tc.threads);
+  fs::create_directories(out_dir);
+  const auto t_start = clock_type::now();
+
+  const data::Corpus corpus = cfg.parties.mode == "paths" ? data::load_party_corpora(cfg.parties) : data::load_corpus(cfg.data);
+  const data::Split split = data::split_documents(corpus, cfg.data.val_fraction, cfg.data.split_seed);
+  const std::vector<data::PartyData> assignment = data::assign_parties(corpus, split, cfg.parties);
+  // One tokenizer for all: trained on the union of the parties' training documents (a shared
+  // vocabulary is part of the shared model; in a deployment it would come from public text).
+  std::vector<size_t> union_train;
+  for (const auto& pd : assignment) union_train.insert(union_train.end(), pd.train.begin(), pd.train.end());
+  std::sort(union_train.begin(), union_train.end());
+  const data::Tokenizer tok = data::Tokenizer::train_or_load(corpus, union_train, cfg.data);
+  if (tok.vocab_size() != mc.vocab_size)
+    throw std::runtime_error("tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but model.vocab_size is " +
+                             std::to_string(mc.vocab_size));
+
+  Shared sh{cfg, {}, {}, 0, std::ofstream(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc),
+            (int64_t)tc.grad_accum * tc.batch_size * mc.seq_len};
+  for (int p = 0; p < n; ++p) {
+    PartyStreams ps;
+    ps.train = data::encode_documents(tok, corpus, assignment[p].train);
+    ps.val = data::encode_documents(tok, corpus, assignment[p].val);
+    if (ps.train.tokens.size() <= (size_t)mc.seq_len + 1 || ps.val.tokens.size() <= (size_t)mc.seq_len + 1)
+      throw std::runtime_error("party " + std::to_string(p) + " has fewer than seq_len+1 tokens of training or validation text");
+    ps.val_windows = data::validation_windows(ps.val, mc.seq_len, tc.eval_windows, &ps.n_val);
+    ps.categories = assignment[p].categories;
+    std::fprintf(stderr, "party %d: %zu train tokens, %zu validation tokens, categories:", p, ps.train.tokens.size(),
+                 ps.val.tokens.size());
+    for (const auto& c : ps.categories) std::fprintf(stderr, " %s", c.c_str());
+    std::fprintf(stderr, "\n");
+    sh.parties.push_back(std::move(ps));
+  }
+  // Samplers point at their streams: made once the streams have stopped moving.
+  for (int p = 0; p < n; ++p)
+    sh.parties[p].sampler = std::make_unique<data::BatchSampler>(sh.parties[p].train, mc.seq_len, tc.seed + 7919 * (uint64_t)(p + 1));
+  // The pooled validation set: every party's own windows, each party weighted alike.
+  for (const PartyStreams& ps : sh.parties) {
+    sh.pooled_val.insert(sh.pooled_val.end(), ps.val_windows.begin(), ps.val_windows.end());
+    sh.n_pooled_val += ps.n_val;
+  }
+
+  auto wants = [&](const char* m) { return std::find(cfg.collab.modes.begin(), cfg.collab.modes.end(), m) != cfg.collab.modes.end(); };
+  nlohmann::json report = {{"parties", n}, {"tokens_per_party", tc.steps * sh.tokens_per_turn}, {"modes", nlohmann::json::object()}};
+  std::vector<int> everyone(n);
+  for (int p = 0; p < n; ++p) everyone[p] = p;
+  if (wants("pc-moe")) report["modes"]["pc-moe"] = run_pcmoe(sh);
+  if (wants("centralised")) report["modes"]["centralised"] = run_solo(sh, "centralised", mc, everyone, -1);
+  if (wants("local-only")) {
+    ModelConfig budget = mc;  // the backbone and this party's share of the experts
+    budget.n_experts = std::max(1, mc.n_experts / n);
+    budget.top_k = std::min(mc.top_k, budget.n_experts);
+    nlohmann::json full = nlohmann::json::array(), small = nlohmann::json::array();
+    for (int p = 0; p < n; ++p) {
+      full.push_back(run_solo(sh, ("local-only full, party " + std::to_string(p)).c_str(), mc, {p}, p));
+      small.push_back(run_solo(sh, ("local-only budget, party " + std::to_string(p)).c_str(), budget, {p}, p));
+    }
+    report["modes"]["local-only-full"] = full;
+    report["modes"]["local-only-budget"] = small;
+    report["local_only_budget_experts"] = budget.n_experts;
+  }
+
+  // Per party: validation loss on its own data and on the pooled data, for each mode.
+  nlohmann::json table = nlohmann::json::array();
+  for (int p = 0; p < n; ++p) {
+    nlohmann::json row = {{"party", p}, {"categories", sh.parties[p].categories}};
+    const auto& modes = report["modes"];
+    if (modes.contains("pc-moe")) row["pc-moe"] = modes["pc-moe"]["parties"][p];
+    if (modes.contains("centralised")) row["centralised"] = modes["centralised"]["eval"][p];
+    if (modes.contains("local-only-full")) row["local-only-full"] = modes["local-only-full"][p]["eval"];
+    if (modes.contains("local-only-budget")) row["local-only-budget"] = modes["local-only-budget"][p]["eval"];
+    table.push_back(row);
+  }
+  report["per_party"] = table;
+  if (report["modes"].contains("pc-moe") && report["modes"].contains("centralised")) {
+    size_t largest = 0;
+    for (const auto& pp : report["modes"]["pc-moe"]["parties"]) largest = std::max(largest, pp["memory"]["total"].get<size_t>());
+    report["peak_memory_ratio"] = (double)largest / report["modes"]["centralised"]["memory"]["total"].get<double>();
+  }
+  report["peak_rss_bytes"] = peak_rss_bytes();
+  report["wall_seconds"] = std::chrono::duration<double>(clock_type::now() - t_start).count();
+  report["config"] = to_json(cfg);
+  std::ofstream(fs::path(out_dir) / "report.json") << report.dump(2) << "\n";
+  return report;
+}
+
+}  // namespace pcmoe
