@@ -10,8 +10,8 @@
 #include <memory>
 
 #include "collab/session.h"
-#include "model/local_experts.h"
 #include "tensor/gemm.h"
+#include "train/local_model.h"
 #include "train/step.h"
 #include "train/trainer.h"
 
@@ -45,18 +45,6 @@ nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
   nlohmann::json j;
   j["val_loss_pooled"] = evaluate(model, sh.pooled_val, sh.n_pooled_val);
   if (own >= 0) j["val_loss_own"] = evaluate(model, sh.parties[own].val_windows, sh.parties[own].n_val);
-  return j;
-}
-
-nlohmann::json memory_of(const ParamSet& params, const AdamW& opt, const Model& model, const LocalExperts& ex) {
-  const size_t p = params.numel() * sizeof(float);
-  nlohmann::json j = {{"parameters", p},
-                      {"gradients", p},
-                      {"optimizer", opt.state_bytes()},
-                      {"activations", model.activation_bytes() + ex.activation_bytes()},
-                      {"scratch", model.scratch_bytes()},
-                      {"transport", 0}};
-  j["total"] = p * 2 + opt.state_bytes() + model.activation_bytes() + ex.activation_bytes() + model.scratch_bytes();
   return j;
 }
 
@@ -117,18 +105,6 @@ nlohmann::json run_pcmoe(Shared& sh) {
 
 // One model trained on the turns of `parties` in the round-robin order (all of them: the
 // centralised model on the pooled data; one: a local-only model).
-struct Solo {
-  ParamSet params;
-  LocalExperts experts;
-  Model model;
-  AdamW opt;
-  Solo(const ModelConfig& m, const TrainConfig& t)
-      : params(m, ParamSelection{}), experts(m, params, t.batch_size * m.seq_len * m.top_k),
-        model(m, params, experts, t.batch_size), opt(params, t) {
-    params.init(t.seed);
-  }
-};
-
 nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, const std::vector<int>& parties,
                         int own) {
   const RunConfig& cfg = sh.cfg;
@@ -137,7 +113,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   const int k = (int)parties.size();
   tc.steps *= k;  // one optimizer step per turn, as PC-MoE's experts take
   tc.warmup *= k;
-  Solo s(mc, tc);
+  LocalModel s(mc, tc);
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
   const auto t0 = clock_type::now();
   int64_t step = 0;
@@ -154,7 +130,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
     }
   }
   nlohmann::json out = {{"train_seconds", std::chrono::duration<double>(clock_type::now() - t0).count()},
-                        {"memory", memory_of(s.params, s.opt, s.model, s.experts)},
+                        {"memory", s.memory()},
                         {"parameters", s.params.numel()}};
   if (own >= 0) {
     out["eval"] = evaluate_everywhere(s.model, sh, own);

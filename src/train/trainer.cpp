@@ -10,7 +10,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "model/local_experts.h"
+#include "train/local_model.h"
 #include "tensor/gemm.h"
 #include "train/checkpoint.h"
 #include "train/step.h"
@@ -101,11 +101,10 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const fs::path out(opts.out_dir), ckpt = out / "checkpoint", metrics_path = out / "metrics.jsonl";
 
   Dataset ds = prepare_dataset(cfg);
-  ParamSet params(mc, ParamSelection{});
-  LocalExperts experts(mc, params, tc.batch_size * mc.seq_len * mc.top_k);
-  Model model(mc, params, experts, tc.batch_size);
-  AdamW opt(params, tc);
-  params.init(tc.seed);
+  LocalModel lm(mc, tc);
+  ParamSet& params = lm.params;
+  Model& model = lm.model;
+  AdamW& opt = lm.opt;
   int64_t start = 0;
   if (opts.resume) {
     start = load_checkpoint(ckpt.string(), mc, params, &opt);
@@ -169,7 +168,6 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   }
   if (std::isnan(last_val)) last_val = evaluate(model, val, n_val);
 
-  const size_t param_bytes = params.numel() * sizeof(float);
   nlohmann::json report = {
       {"steps", tc.steps},
       {"resumed_from_step", start},
@@ -184,12 +182,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
       {"wall_seconds", std::chrono::duration<double>(clock::now() - t0).count()},
       {"peak_rss_bytes", peak_rss_bytes()},
       {"parameters", params.numel()},
-      {"arena_bytes",
-       {{"parameters", param_bytes},
-        {"gradients", param_bytes},
-        {"optimizer", opt.state_bytes()},
-        {"activations", model.activation_bytes() + experts.activation_bytes()},
-        {"scratch", model.scratch_bytes()}}},
+      {"arena_bytes", lm.memory()},
       {"config", to_json(cfg)}};
   std::ofstream(out / "report.json") << report.dump(2) << "\n";
   return report;

@@ -10,6 +10,7 @@
 #include "model/local_experts.h"
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
+#include "train/local_model.h"
 #include "train/step.h"
 
 using namespace pcmoe;
@@ -53,16 +54,8 @@ std::vector<int32_t> random_windows(const ModelConfig& m, const TrainConfig& t, 
 }
 
 // The centralised twin: one ParamSet with every expert, computed locally.
-struct Central {
-  ParamSet params;
-  LocalExperts experts;
-  Model model;
-  AdamW opt;
-  Central(const ModelConfig& m, const TrainConfig& t)
-      : params(m, ParamSelection{}), experts(m, params, t.batch_size * m.seq_len * m.top_k),
-        model(m, params, experts, t.batch_size), opt(params, t) {
-    params.init(t.seed);
-  }
+struct Central : LocalModel {
+  using LocalModel::LocalModel;
   TurnResult step(const TrainConfig& t, const int32_t* windows, int64_t step) {
     TurnResult r;
     r.loss = accumulate_gradients(model, params, windows, t.batch_size, t.grad_accum);
