@@ -10,14 +10,12 @@ std::vector<int> hosted_experts(int n_experts, int party, int n_parties) {
   return out;
 }
 
-namespace {
 ParamSelection shard_selection(int party, int n_parties) {
   ParamSelection sel;
   sel.backbone = false;
   sel.expert = [=](int, int e) { return host_of(e, n_parties) == party; };
   return sel;
 }
-}  // namespace
 
 ExpertHost::ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows)
     : cfg_(cfg), party_(party), n_parties_(n_parties), local_(hosted_experts(cfg.n_experts, party, n_parties)),

@@ -14,6 +14,8 @@ namespace pcmoe {
 // Experts of one MoE layer that party `party` of `n_parties` hosts: party, party + n, ...
 std::vector<int> hosted_experts(int n_experts, int party, int n_parties);
 inline int host_of(int expert, int n_parties) { return expert % n_parties; }
+// The parameters party `party` hosts: its experts of every MoE layer, no backbone.
+ParamSelection shard_selection(int party, int n_parties);
 
 // Control operations (MsgKind::kControl), first u32 of the request.
 enum class ControlOp : uint32_t {

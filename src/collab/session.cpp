@@ -46,8 +46,17 @@ nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes) {
   return j;
 }
 
+TurnPlan::TurnPlan(const ModelConfig& cfg, int n_parties) {
+  for (const ParamTensor& t : param_layout(cfg, ParamSelection{})) canonical.push_back(t.name);
+  for (int h = 0; h < n_parties; ++h) {
+    std::vector<std::string> names;
+    for (const ParamTensor& t : param_layout(cfg, shard_selection(h, n_parties))) names.push_back(t.name);
+    host_tensors.push_back(std::move(names));
+  }
+}
+
 PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport)
-    : cfg_(cfg), tc_(tc), transport_(transport) {
+    : cfg_(cfg), tc_(tc), transport_(transport), plan_(cfg, n_parties) {
   if (n_parties < 1 || n_parties > cfg.n_experts)
     throw std::runtime_error("need 1 <= parties <= n_experts (" + std::to_string(cfg.n_experts) + "), got " +
                              std::to_string(n_parties));
@@ -55,11 +64,7 @@ PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_
     parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties));
     ExpertHost* host = &parties_.back()->host;
     transport.serve(p, [host](MsgKind kind, int from, const Bytes& req) { return host->handle(kind, from, req); });
-    std::vector<std::string> names;
-    for (const ParamTensor& t : host->params().tensors()) names.push_back(t.name);
-    host_tensors_.push_back(std::move(names));
   }
-  for (const ParamTensor& t : param_layout(cfg, ParamSelection{})) canonical_.push_back(t.name);
 }
 
 std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round) {
@@ -70,28 +75,28 @@ std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round) {
   return order;
 }
 
-TurnResult PcMoeSession::train_turn(int p, const int32_t* windows) {
-  CollabParty& me = party(p);
-  const int n = n_parties();
-  for (int h = 0; h < n; ++h) transport_.call(p, h, MsgKind::kControl, control_message(ControlOp::kBeginTurn));
+TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
+                    const int32_t* windows) {
+  const int p = me.id, n = (int)plan.host_tensors.size();
+  for (int h = 0; h < n; ++h) transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kBeginTurn));
   TurnResult r;
-  r.loss = accumulate_gradients(me.model, me.backbone, windows, tc_.batch_size, tc_.grad_accum);
+  r.loss = accumulate_gradients(me.model, me.backbone, windows, tc.batch_size, tc.grad_accum);
 
   // The global gradient norm, with the tensors' sums added in the full model's order.
   std::unordered_map<std::string, double> sums;
   const std::vector<double> own = grad_sq_sums(me.backbone);
   for (size_t i = 0; i < own.size(); ++i) sums[me.backbone.tensors()[i].name] = own[i];
   for (int h = 0; h < n; ++h) {
-    const Bytes reply = transport_.call(p, h, MsgKind::kControl, control_message(ControlOp::kGradSqSums));
+    const Bytes reply = transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kGradSqSums));
     Reader rd(reply);
-    for (const std::string& name : host_tensors_[h]) sums[name] = rd.f64();
+    for (const std::string& name : plan.host_tensors[h]) sums[name] = rd.f64();
     rd.expect_end();
   }
   double total = 0;
-  for (const std::string& name : canonical_) total += sums.at(name);
+  for (const std::string& name : plan.canonical) total += sums.at(name);
   r.grad_norm = std::sqrt(total);
-  const float coef = clip_coefficient(r.grad_norm, tc_.grad_clip);
-  r.lr = learning_rate(tc_, me.turns);
+  const float coef = clip_coefficient(r.grad_norm, tc.grad_clip);
+  r.lr = learning_rate(tc, me.turns);
 
   scale_grads(me.backbone, coef);
   me.optimizer.step(me.backbone, r.lr);
@@ -100,7 +105,7 @@ TurnResult PcMoeSession::train_turn(int p, const int32_t* windows) {
     w.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
     w.f32(coef);
     w.f32(r.lr);
-    transport_.call(p, h, MsgKind::kControl, w.take());
+    transport.call(p, h, MsgKind::kControl, w.take());
   }
   ++me.turns;
   return r;

@@ -37,6 +37,22 @@ struct TurnResult {
   float lr;
 };
 
+// What a turn needs to know of the others: every tensor name in the full model's order, and
+// the names each host holds, so the global gradient norm adds the parts in canonical order.
+// Derived from (config, number of parties) alone.
+struct TurnPlan {
+  TurnPlan(const ModelConfig& cfg, int n_parties);
+  std::vector<std::string> canonical;
+  std::vector<std::vector<std::string>> host_tensors;
+};
+
+// Party `me` trains one step on windows[grad_accum * batch_size, T+1]: every host zeroes its
+// gradients; forward and backward through the hosts; the global gradient norm from the
+// backbone's and every host's per-tensor sums; one clipped update of the backbone here and of
+// every expert on its host.
+TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
+                    const int32_t* windows);
+
 // The order in which n parties take their turns in round r: a permutation drawn from the seed
 // and r alone (the seeded, randomised round-robin).
 std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round);
@@ -47,17 +63,15 @@ class PcMoeSession {
   int n_parties() const { return (int)parties_.size(); }
   CollabParty& party(int p) { return *parties_[p]; }
 
-  // Party p trains one step on windows[grad_accum * batch_size, T+1]: forward and backward
-  // through the hosts, then one clipped update of its backbone and of every expert.
-  TurnResult train_turn(int p, const int32_t* windows);
+  // Party p's turn (run_turn) on windows[grad_accum * batch_size, T+1].
+  TurnResult train_turn(int p, const int32_t* windows) { return run_turn(party(p), transport_, tc_, plan_, windows); }
 
  private:
   ModelConfig cfg_;
   TrainConfig tc_;
   Transport& transport_;
   std::vector<std::unique_ptr<CollabParty>> parties_;
-  std::vector<std::string> canonical_;                 // full-model tensor names, layout order
-  std::vector<std::vector<std::string>> host_tensors_;  // per host: its tensor names, layout order
+  TurnPlan plan_;
 };
 
 }  // namespace pcmoe

@@ -1,0 +1,82 @@
+"""`pcmoe memory`: one party of a 4-party PC-MoE, measured in its own process, needs about
+(1 - f) + f/4 of the centralised memory when the experts hold a fraction f of the parameters;
+its parameter bytes are exactly its backbone and its own experts; bad usage is refused."""
+import json
+import os
+
+from common import SOURCE, check, finish, run
+
+CONFIG = os.path.join(SOURCE, "configs", "memory.json")
+
+
+def padded(*shape):
+    """Floats a tensor takes in a ParamSet: each tensor starts on a 16-float boundary."""
+    n = 1
+    for d in shape:
+        n *= d
+    return (n + 15) // 16 * 16
+
+
+def param_counts(m, n_parties, party):
+    """(backbone floats, floats of the experts `party` hosts), per docs/model.md's parameter list."""
+    C, V, H, KV, E = m["d_model"], m["vocab_size"], m["n_heads"], m["n_kv_heads"], m["n_experts"]
+    D = C // H
+    backbone = padded(V, C) + padded(C) + (0 if m.get("tie_embeddings", True) else padded(V, C))
+    experts = 0
+    for layer in range(m["n_layers"]):
+        backbone += 2 * padded(C) + padded(H * D, C) + 2 * padded(KV * D, C) + padded(C, H * D)
+        if (layer + 1) % m.get("moe_every", 1) == 0:
+            backbone += padded(E, C)
+            experts += sum(2 * padded(m["d_ff"], C) + padded(C, m["d_ff"])
+                           for e in range(E) if e % n_parties == party)
+        else:
+            backbone += 2 * padded(m["d_ff_dense"], C) + padded(C, m["d_ff_dense"])
+    return backbone, experts
+
+
+def measure(n, party=0):
+    code, out, err = run("memory", "--config", CONFIG, "--parties", str(n), "--party", str(party))
+    check(code == 0, f"pcmoe memory --parties {n} --party {party} runs")
+    if code != 0:
+        print("   stderr was:", err.strip()[:500])
+        finish()
+    return json.loads(out)
+
+
+model = json.load(open(CONFIG))["model"]
+central, four = measure(1), measure(4, party=1)
+f = central["expert_fraction"]
+floor = (1 - f) + f / 4
+ratio = four["arena_bytes"]["total"] / central["arena_bytes"]["total"]
+print(f"expert fraction {f:.4f}; n=4 arena ratio {ratio:.4f}, floor {floor:.4f}; "
+      f"peak RSS {central['peak_rss_bytes'] / 2**20:.1f} -> {four['peak_rss_bytes'] / 2**20:.1f} MiB")
+
+backbone, all_experts = param_counts(model, 1, 0)
+check(central["parameters_total"] == backbone + all_experts, "parameters_total matches the docs/model.md count")
+check(abs(f - all_experts / (backbone + all_experts)) < 1e-12, "expert_fraction matches it too")
+check(central["arena_bytes"]["parameters"] == 4 * (backbone + all_experts), "the centralised process holds every parameter")
+check(f >= 0.95, f"experts hold >= 95% of the parameters ({f:.4f})")
+check(ratio <= 0.30, f"a party of 4 needs <= 30% of the centralised arena ({ratio:.4f})")
+check(ratio <= floor * 1.10, f"and within 10% of the floor (1-f)+f/4 = {floor:.4f} ({ratio:.4f})")
+_, own_experts = param_counts(model, 4, 1)
+check(four["arena_bytes"]["parameters"] == 4 * (backbone + own_experts),
+      f"party 1 of 4 holds exactly its backbone and its experts ({four['arena_bytes']['parameters']} bytes, "
+      f"expected {4 * (backbone + own_experts)})")
+check(central["arena_bytes"]["transport"] == 0, "the centralised process sends nothing")
+check(four["peak_rss_bytes"] < central["peak_rss_bytes"] * 0.5, "a party's peak RSS is well below the centralised")
+
+
+def expect_usage_error(args, needle, what):
+    code, _, err = run("memory", *args)
+    check(code != 0 and needle in err, f"{what}: exit {code}, stderr mentions {needle!r}")
+    if code == 0 or needle not in err:
+        print("   stderr was:", err.strip()[:500])
+
+
+expect_usage_error(["--parties", "4"], "missing --config", "missing --config")
+expect_usage_error(["--config", CONFIG, "--parties", "0"], "--parties", "--parties 0")
+expect_usage_error(["--config", CONFIG, "--parties", "4", "--party", "4"], "--party", "--party >= n")
+expect_usage_error(["--config", CONFIG, "--parties", "17"], "n_experts", "more parties than experts")
+expect_usage_error(["--config", os.path.join(SOURCE, "no-such.json"), "--parties", "2"], "cannot open config",
+                   "missing config file")
+finish()
