@@ -11,6 +11,7 @@
 
 #include "collab/session.h"
 #include "tensor/gemm.h"
+#include "train/checkpoint.h"
 #include "train/local_model.h"
 #include "train/step.h"
 #include "train/trainer.h"
@@ -70,6 +71,11 @@ nlohmann::json run_pcmoe(Shared& sh) {
   const int n = (int)sh.parties.size();
   InProcessTransport net;
   PcMoeSession session(cfg.model, cfg.train, n, net);
+  if (!cfg.collab.init_from.empty())
+    for (int p = 0; p < n; ++p) {
+      load_checkpoint(cfg.collab.init_from, cfg.model, session.party(p).backbone, nullptr);
+      load_checkpoint(cfg.collab.init_from, cfg.model, session.party(p).host.params(), nullptr);
+    }
   std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
   const auto t0 = clock_type::now();
   int64_t done = 0;
@@ -114,6 +120,9 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   tc.steps *= k;  // one optimizer step per turn, as PC-MoE's experts take
   tc.warmup *= k;
   LocalModel s(mc, tc);
+  // The budget model has fewer experts (another router shape): it always starts from the seed.
+  if (!cfg.collab.init_from.empty() && mc.n_experts == cfg.model.n_experts)
+    load_checkpoint(cfg.collab.init_from, mc, s.params, nullptr);
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
   const auto t0 = clock_type::now();
   int64_t step = 0;

@@ -61,6 +61,7 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   CollabConfig c;
   JsonFields f(j, "collab");
   f.read("modes", c.modes);
+  f.read("init_from", c.init_from);
   f.reject_unknown();
   if (c.modes.empty()) throw std::runtime_error("config key 'collab.modes' must name at least one mode");
   for (const std::string& m : c.modes)
@@ -69,7 +70,7 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
-nlohmann::json to_json(const CollabConfig& c) { return {{"modes", c.modes}}; }
+nlohmann::json to_json(const CollabConfig& c) { return {{"modes", c.modes}, {"init_from", c.init_from}}; }
 
 RunConfig run_config_from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data, parties, collab");

@@ -38,6 +38,9 @@ struct CollabConfig {
   // "pc-moe", "centralised", "local-only" (each party alone, with the full model and with a
   // model of its own memory budget: the backbone and its share of the experts)
   std::vector<std::string> modes = {"pc-moe", "centralised", "local-only"};
+  // A `pcmoe train` checkpoint directory every party's backbone and every expert starts from
+  // (the same model config); empty: the seeded initialisation of train.seed.
+  std::string init_from;
 };
 CollabConfig collab_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const CollabConfig& c);

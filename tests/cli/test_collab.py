@@ -62,6 +62,25 @@ turns = [(m["round"], m["party"]) for m in metrics if m["mode"] == "pc-moe"]
 check(len(turns) == 12 and all(sorted(p for rr, p in turns if rr == k) == [0, 1] for k in range(6)),
       "schedule recorded: each round every party exactly once")
 
+# Starting from a checkpoint: PC-MoE and centralised begin from the trained weights, so their
+# first-round losses are those of the checkpoint, far below the fresh model's.
+single = tiny_config(data_dir, cache, steps=6, warmup=1, eval_windows=4)
+write_json(os.path.join(tmp, "single.json"), single)
+code, _, err = run("train", "--config", os.path.join(tmp, "single.json"), "--out", os.path.join(tmp, "pre"))
+check(code == 0, "a checkpoint to start from")
+warm = dict(cfg)
+warm["collab"] = {"modes": ["pc-moe", "centralised"], "init_from": os.path.join(tmp, "pre", "checkpoint")}
+write_json(path, warm)
+code, _, err = run("collab", "--config", path, "--out", os.path.join(tmp, "w"))
+check(code == 0, "collab from a checkpoint runs")
+first = lambda d, mode: [m["ce"] for m in read_metrics(os.path.join(tmp, d, "metrics.jsonl")) if m["mode"] == mode][0]
+check(first("w", "pc-moe") < first("a", "pc-moe") - 0.5, f"pc-moe starts from the checkpoint: {first('w', 'pc-moe'):.3f} vs {first('a', 'pc-moe'):.3f}")
+check(first("w", "pc-moe") == first("w", "centralised"), "both modes start from the same weights (same first loss)")
+warm["collab"]["init_from"] = os.path.join(tmp, "nowhere")
+write_json(path, warm)
+code, _, err = run("collab", "--config", path, "--out", os.path.join(tmp, "w2"))
+check(code != 0 and "no checkpoint" in err, "a missing init checkpoint is an error")
+
 bad = dict(cfg)
 bad["collab"] = {"modes": ["pc-moe", "fedsomething"]}
 write_json(path, bad)
