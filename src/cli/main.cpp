@@ -29,6 +29,7 @@ usage:
   pcmoe generate --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]
   pcmoe collab   --config FILE --out DIR
   pcmoe memory   --config FILE --parties N [--party P]
+  pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T --delta D [--json]
 
   train     trains the model of FILE; writes DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/
             --resume continues from DIR/checkpoint with the exact loss curve of an unbroken run
@@ -39,6 +40,8 @@ usage:
             local-only training on the same data and tokens per party; prints a table,
             writes DIR/report.json and DIR/metrics.jsonl
   memory    one party's planned memory and peak RSS, measured in its own process
+  dp-budget DP-SGD privacy budget (RDP accountant, Poisson sampling rate Q, T steps): the epsilon
+            that noise multiplier S spends, or the noise multiplier that target epsilon E needs
 )";
 
 struct UsageError : std::runtime_error {
@@ -218,6 +221,7 @@ int cmd_collab(int argc, char** argv) {
 }  // namespace
 
 int cmd_memory(int argc, char** argv);
+int cmd_dp_budget(int argc, char** argv);
 
 int main(int argc, char** argv) {
   select_blas_kernels(argv);
@@ -232,6 +236,7 @@ int main(int argc, char** argv) {
     if (cmd == "generate") return cmd_generate(argc, argv);
     if (cmd == "collab") return cmd_collab(argc, argv);
     if (cmd == "memory") return cmd_memory(argc, argv);
+    if (cmd == "dp-budget") return cmd_dp_budget(argc, argv);
     throw UsageError("unknown command '" + cmd + "'");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "pcmoe %s: %s\n\n%s", cmd.c_str(), e.what(), kUsage);
