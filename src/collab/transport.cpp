@@ -80,34 +80,18 @@ void Reader::need(size_t n) const {
     throw std::runtime_error("truncated message: needs " + std::to_string(pos_ + n) + " bytes, has " +
                              std::to_string(b_.size()));
 }
-uint32_t Reader::u32() {
-  need(4);
-  uint32_t v;
-  std::memcpy(&v, b_.data() + pos_, 4);
-  pos_ += 4;
+template <class T>
+T Reader::get() {
+  need(sizeof(T));
+  T v;
+  std::memcpy(&v, b_.data() + pos_, sizeof(T));
+  pos_ += sizeof(T);
   return v;
 }
-int64_t Reader::i64() {
-  need(8);
-  int64_t v;
-  std::memcpy(&v, b_.data() + pos_, 8);
-  pos_ += 8;
-  return v;
-}
-float Reader::f32() {
-  need(4);
-  float v;
-  std::memcpy(&v, b_.data() + pos_, 4);
-  pos_ += 4;
-  return v;
-}
-double Reader::f64() {
-  need(8);
-  double v;
-  std::memcpy(&v, b_.data() + pos_, 8);
-  pos_ += 8;
-  return v;
-}
+uint32_t Reader::u32() { return get<uint32_t>(); }
+int64_t Reader::i64() { return get<int64_t>(); }
+float Reader::f32() { return get<float>(); }
+double Reader::f64() { return get<double>(); }
 void Reader::floats(float* p, size_t n) {
   need(n * sizeof(float));
   if (n) std::memcpy(p, b_.data() + pos_, n * sizeof(float));

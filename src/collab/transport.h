@@ -95,6 +95,8 @@ class Reader {
 
  private:
   void need(size_t n) const;
+  template <class T>
+  T get();
   const Bytes& b_;
   size_t pos_ = 0;
 };
