@@ -11,6 +11,7 @@
 
 #include "collab/session.h"
 #include "tensor/gemm.h"
+#include "tensor/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/local_model.h"
 #include "train/step.h"
@@ -41,7 +42,7 @@ struct Shared {
   int64_t tokens_per_turn = 0;
 };
 
-// Evaluation of one model on every party's validation data and on the pooled one.
+// Validation loss of one model on the pooled validation data and, for own >= 0, on that party's own.
 nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
   nlohmann::json j;
   j["val_loss_pooled"] = evaluate(model, sh.pooled_val, sh.n_pooled_val);
@@ -109,6 +110,33 @@ nlohmann::json run_pcmoe(Shared& sh) {
   return out;
 }
 
+// Party p's memory-budget model from a full checkpoint: the backbone, and of the experts only
+// the first of those p hosts (expert p + j*n becomes expert j, with its router row).
+void load_budget_model(const std::string& dir, const ModelConfig& full, int p, int n, ParamSet& params) {
+  const std::string where = resolve_checkpoint(dir);
+  if (to_json(read_checkpoint_config(where).model) != to_json(full))
+    throw std::runtime_error("checkpoint '" + where + "' was made with another model config than this run's");
+  const StFile file = read_safetensors((fs::path(where) / "model.safetensors").string());
+  const int E = full.n_experts, C = full.d_model;
+  for (const ParamTensor& t : params.tensors()) {
+    if (t.name.find(".experts.") != std::string::npos || t.name.find(".router") != std::string::npos) continue;
+    std::copy_n(file.get(t.name, t.shape).f32(), t.numel, params.value(t.name));
+  }
+  const int kept = (int)params.info(layer_param(full.moe_every - 1, "router")).shape[0];
+  for (int l = 0; l < full.n_layers; ++l) {
+    if (!full.is_moe(l)) continue;
+    const float* router = file.get(layer_param(l, "router"), {E, C}).f32();
+    for (int j = 0; j < kept; ++j) {
+      const int e = p + j * n;
+      std::copy_n(router + (size_t)e * C, C, params.value(layer_param(l, "router")) + (size_t)j * C);
+      for (const char* w : {"w1", "w3", "w2"}) {
+        const ParamTensor& dst = params.info(expert_param(l, j, w));
+        std::copy_n(file.get(expert_param(l, e, w), dst.shape).f32(), dst.numel, params.value(dst.name));
+      }
+    }
+  }
+}
+
 // One model trained on the turns of `parties` in the round-robin order (all of them: the
 // centralised model on the pooled data; one: a local-only model).
 nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, const std::vector<int>& parties,
@@ -120,9 +148,10 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   tc.steps *= k;  // one optimizer step per turn, as PC-MoE's experts take
   tc.warmup *= k;
   LocalModel s(mc, tc);
-  // The budget model has fewer experts (another router shape): it always starts from the seed.
-  if (!cfg.collab.init_from.empty() && mc.n_experts == cfg.model.n_experts)
-    load_checkpoint(cfg.collab.init_from, mc, s.params, nullptr);
+  if (!cfg.collab.init_from.empty()) {
+    if (mc.n_experts == cfg.model.n_experts) load_checkpoint(cfg.collab.init_from, mc, s.params, nullptr);
+    else load_budget_model(cfg.collab.init_from, cfg.model, own, n_all, s.params);
+  }
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
   const auto t0 = clock_type::now();
   int64_t step = 0;
@@ -163,12 +192,16 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
   const data::Corpus corpus = cfg.parties.mode == "paths" ? data::load_party_corpora(cfg.parties) : data::load_corpus(cfg.data);
   const data::Split split = data::split_documents(corpus, cfg.data.val_fraction, cfg.data.split_seed);
   const std::vector<data::PartyData> assignment = data::assign_parties(corpus, split, cfg.parties);
-  // One tokenizer for all: trained on the union of the parties' training documents (a shared
-  // vocabulary is part of the shared model; in a deployment it would come from public text).
+  // One tokenizer for all: the starting checkpoint's, or one trained on the union of the
+  // parties' training documents (a shared vocabulary is part of the shared model; in a
+  // deployment it would come from public text).
   std::vector<size_t> union_train;
   for (const auto& pd : assignment) union_train.insert(union_train.end(), pd.train.begin(), pd.train.end());
   std::sort(union_train.begin(), union_train.end());
-  const data::Tokenizer tok = data::Tokenizer::train_or_load(corpus, union_train, cfg.data);
+  const data::Tokenizer tok =
+      cfg.collab.init_from.empty()
+          ? data::Tokenizer::train_or_load(corpus, union_train, cfg.data)
+          : data::Tokenizer::load((fs::path(resolve_checkpoint(cfg.collab.init_from)) / "tokenizer.model").string());
   if (tok.vocab_size() != mc.vocab_size)
     throw std::runtime_error("tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but model.vocab_size is " +
                              std::to_string(mc.vocab_size));

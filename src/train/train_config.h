@@ -39,7 +39,8 @@ struct CollabConfig {
   // model of its own memory budget: the backbone and its share of the experts)
   std::vector<std::string> modes = {"pc-moe", "centralised", "local-only"};
   // A `pcmoe train` checkpoint directory every party's backbone and every expert starts from
-  // (the same model config); empty: the seeded initialisation of train.seed.
+  // (the same model config), with its tokenizer; empty: the seeded initialisation of train.seed
+  // and a tokenizer trained on the parties' training documents.
   std::string init_from;
 };
 CollabConfig collab_config_from_json(const nlohmann::json& j);

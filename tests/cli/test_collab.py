@@ -69,13 +69,16 @@ write_json(os.path.join(tmp, "single.json"), single)
 code, _, err = run("train", "--config", os.path.join(tmp, "single.json"), "--out", os.path.join(tmp, "pre"))
 check(code == 0, "a checkpoint to start from")
 warm = dict(cfg)
-warm["collab"] = {"modes": ["pc-moe", "centralised"], "init_from": os.path.join(tmp, "pre", "checkpoint")}
+warm["collab"] = {"modes": ["pc-moe", "centralised", "local-only"], "init_from": os.path.join(tmp, "pre", "checkpoint")}
 write_json(path, warm)
 code, _, err = run("collab", "--config", path, "--out", os.path.join(tmp, "w"))
 check(code == 0, "collab from a checkpoint runs")
 first = lambda d, mode: [m["ce"] for m in read_metrics(os.path.join(tmp, d, "metrics.jsonl")) if m["mode"] == mode][0]
 check(first("w", "pc-moe") < first("a", "pc-moe") - 0.5, f"pc-moe starts from the checkpoint: {first('w', 'pc-moe'):.3f} vs {first('a', 'pc-moe'):.3f}")
 check(first("w", "pc-moe") == first("w", "centralised"), "both modes start from the same weights (same first loss)")
+budget = "local-only budget, party 0"
+check(first("w", budget) < first("a", budget) - 0.5,
+      f"the budget model starts from the checkpoint's backbone and own experts: {first('w', budget):.3f} vs {first('a', budget):.3f}")
 warm["collab"]["init_from"] = os.path.join(tmp, "nowhere")
 write_json(path, warm)
 code, _, err = run("collab", "--config", path, "--out", os.path.join(tmp, "w2"))
