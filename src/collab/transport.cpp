@@ -66,7 +66,6 @@ void put(Bytes& b, T v) {
 }  // namespace
 
 void Writer::u32(uint32_t v) { put(buf_, v); }
-void Writer::i64(int64_t v) { put(buf_, v); }
 void Writer::f32(float v) { put(buf_, v); }
 void Writer::f64(double v) { put(buf_, v); }
 void Writer::floats(const float* p, size_t n) {
@@ -89,7 +88,6 @@ T Reader::get() {
   return v;
 }
 uint32_t Reader::u32() { return get<uint32_t>(); }
-int64_t Reader::i64() { return get<int64_t>(); }
 float Reader::f32() { return get<float>(); }
 double Reader::f64() { return get<double>(); }
 void Reader::floats(float* p, size_t n) {

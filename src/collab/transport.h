@@ -71,7 +71,6 @@ class InProcessTransport final : public Transport {
 class Writer {
  public:
   void u32(uint32_t v);
-  void i64(int64_t v);
   void f32(float v);
   void f64(double v);
   void floats(const float* p, size_t n);
@@ -87,7 +86,6 @@ class Reader {
   explicit Reader(const Bytes& b) : b_(b) {}
   explicit Reader(Bytes&&) = delete;  // would dangle: keep the message in a named variable
   uint32_t u32();
-  int64_t i64();
   float f32();
   double f64();
   void floats(float* p, size_t n);

@@ -17,8 +17,6 @@ class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
   uint64_t next_u64() { return splitmix64(state_++); }
-  // Uniform in [0, 1) with 24 random bits.
-  float uniform() { return static_cast<float>(next_u64() >> 40) * (1.0f / 16777216.0f); }
   // Uniform in (0, 1) with 53 bits, for Box-Muller.
   double uniform_open() { return (static_cast<double>(next_u64() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
   double normal() {
