@@ -84,6 +84,21 @@ write_json(path, warm)
 code, _, err = run("collab", "--config", path, "--out", os.path.join(tmp, "w2"))
 check(code != 0 and "no checkpoint" in err, "a missing init checkpoint is an error")
 
+# Users' own data: one directory per party.
+own = dict(cfg)
+own["parties"] = {"mode": "paths", "n_parties": 2,
+                  "paths": [os.path.join(data_dir, "one"), os.path.join(data_dir, "two")]}
+own["collab"] = {"modes": ["pc-moe"]}
+write_json(path, own)
+code, _, err = run("collab", "--config", path, "--out", os.path.join(tmp, "own"))
+check(code == 0, "collab on one directory per party runs")
+if code == 0:
+    rp = json.load(open(os.path.join(tmp, "own", "report.json")))
+    cats = [row["categories"] for row in rp["per_party"]]
+    check(all(len(c) == 1 and c[0].startswith(f"party{i}/") for i, c in enumerate(cats)), f"each party holds its own directory: {cats}")
+else:
+    print(err[-1500:])
+
 bad = dict(cfg)
 bad["collab"] = {"modes": ["pc-moe", "fedsomething"]}
 write_json(path, bad)
