@@ -40,6 +40,8 @@ struct Shared {
   int n_pooled_val = 0;
   std::ofstream metrics;
   int64_t tokens_per_turn = 0;
+  fs::path out_dir;
+  std::string tokenizer_model;
 };
 
 // Validation loss of one model on the pooled validation data and, for own >= 0, on that party's own.
@@ -92,6 +94,18 @@ nlohmann::json run_pcmoe(Shared& sh) {
   }
   const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
   const TrafficStats training = net.stats();  // before evaluation adds its own traffic
+  // Each party's model as it would use it: its own backbone with the shared experts, saved for
+  // `pcmoe eval` and `pcmoe generate` (the simulation can gather what a deployment keeps apart).
+  for (int p = 0; p < n; ++p) {
+    ParamSet model(cfg.model, ParamSelection{});
+    auto take = [&model](const ParamSet& part) {
+      for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, model.value(t.name));
+    };
+    take(session.party(p).backbone);
+    for (int h = 0; h < n; ++h) take(session.party(h).host.params());
+    save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, model, nullptr,
+                    cfg.train.steps, sh.tokenizer_model);
+  }
   nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}};
   const size_t transport_bytes = 2 * net.largest_payload();
   for (int p = 0; p < n; ++p) {
@@ -167,6 +181,8 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
       progress(mode, ++step, tc.steps, ls.ce, t0);
     }
   }
+  if (own < 0)
+    save_checkpoint((sh.out_dir / mode / "checkpoint").string(), cfg, s.params, nullptr, step, sh.tokenizer_model);
   nlohmann::json out = {{"train_seconds", std::chrono::duration<double>(clock_type::now() - t0).count()},
                         {"memory", s.memory()},
                         {"parameters", s.params.numel()}};
@@ -207,7 +223,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
                              std::to_string(mc.vocab_size));
 
   Shared sh{cfg, {}, {}, 0, std::ofstream(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc),
-            (int64_t)tc.grad_accum * tc.batch_size * mc.seq_len};
+            (int64_t)tc.grad_accum * tc.batch_size * mc.seq_len, out_dir, tok.model_file()};
   for (int p = 0; p < n; ++p) {
     PartyStreams ps;
     ps.train = data::encode_documents(tok, corpus, assignment[p].train);

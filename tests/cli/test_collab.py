@@ -57,6 +57,25 @@ check(0 < r["peak_memory_ratio"] < 1, f"peak_memory_ratio {r['peak_memory_ratio'
 kinds = {t["kind"] for t in pc["traffic"]}
 check(kinds <= {"expert_forward", "expert_backward", "control"}, f"only allowed kinds cross: {sorted(kinds)}")
 check(all(t["from"] != t["to"] for t in pc["traffic"]), "no self-traffic is counted")
+
+
+def tensors(path):
+    """name -> raw bytes of a safetensors file (stdlib only)."""
+    blob = open(path, "rb").read()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    return {k: blob[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
+
+
+# Each party's model is saved: its own backbone, the shared experts; eval and generate use it.
+p0, p1 = (tensors(os.path.join(tmp, "a", f"party{p}", "checkpoint", "model.safetensors")) for p in (0, 1))
+experts = [k for k in p0 if ".experts." in k]
+check(len(experts) > 0 and all(p0[k] == p1[k] for k in experts), "both parties' saved models hold the same experts")
+check(p0["wte"] != p1["wte"] and p0["layers.0.router"] != p1["layers.0.router"], "and their own backbones")
+code, out_text, err = run("eval", "--checkpoint", os.path.join(tmp, "a", "party0", "checkpoint"))
+check(code == 0 and "validation loss" in out_text, "a party's saved model evaluates")
+code, out_text, err = run("generate", "--checkpoint", os.path.join(tmp, "a", "centralised", "checkpoint"), "--tokens", "5")
+check(code == 0, "the centralised model is saved and generates")
 metrics = read_metrics(os.path.join(tmp, "a", "metrics.jsonl"))
 turns = [(m["round"], m["party"]) for m in metrics if m["mode"] == "pc-moe"]
 check(len(turns) == 12 and all(sorted(p for rr, p in turns if rr == k) == [0, 1] for k in range(6)),
