@@ -226,8 +226,8 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
             (int64_t)tc.grad_accum * tc.batch_size * mc.seq_len, out_dir, tok.model_file()};
   for (int p = 0; p < n; ++p) {
     PartyStreams ps;
-    ps.train = data::encode_documents(tok, corpus, assignment[p].train);
-    ps.val = data::encode_documents(tok, corpus, assignment[p].val);
+    ps.train = data::encode_documents(tok, corpus, assignment[p].train, cfg.data.cache_dir);
+    ps.val = data::encode_documents(tok, corpus, assignment[p].val, cfg.data.cache_dir);
     if (ps.train.tokens.size() <= (size_t)mc.seq_len + 1 || ps.val.tokens.size() <= (size_t)mc.seq_len + 1)
       throw std::runtime_error("party " + std::to_string(p) + " has fewer than seq_len+1 tokens of training or validation text");
     ps.val_windows = data::validation_windows(ps.val, mc.seq_len, tc.eval_windows, &ps.n_val);

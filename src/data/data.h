@@ -75,8 +75,10 @@ class Tokenizer {
 struct TokenStream {
   std::vector<int32_t> tokens;
 };
+// With a cache_dir, the stream is cached there, keyed by the tokenizer model and the texts, so
+// that a later run starts without encoding the corpus again.
 TokenStream encode_documents(const Tokenizer& tok, const Corpus& corpus,
-                             const std::vector<size_t>& docs);
+                             const std::vector<size_t>& docs, const std::string& cache_dir = "");
 
 // Training windows of T+1 tokens. Stateless: the window for (step, micro, row) depends only on
 // the seed and those numbers, so a resumed run sees exactly the batches it would have seen.

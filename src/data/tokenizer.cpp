@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <cstring>
+#include <sstream>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -202,7 +204,9 @@ const std::string& Tokenizer::model_file() const {
   return impl_->model_file;
 }
 
-TokenStream encode_documents(const Tokenizer& tok, const Corpus& corpus, const std::vector<size_t>& docs) {
+namespace {
+
+TokenStream encode_uncached(const Tokenizer& tok, const Corpus& corpus, const std::vector<size_t>& docs) {
   TokenStream stream;
   for (size_t index : docs) {
     const std::vector<int32_t> ids = tok.encode(corpus.docs.at(index).text);
@@ -210,6 +214,55 @@ TokenStream encode_documents(const Tokenizer& tok, const Corpus& corpus, const s
     stream.tokens.insert(stream.tokens.end(), ids.begin(), ids.end());
     stream.tokens.push_back(tok.eos_id());
   }
+  return stream;
+}
+
+uint64_t token_checksum(const std::vector<int32_t>& tokens) {
+  detail::Fnv1a64 h;
+  h.update(std::string_view(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(int32_t)));
+  return h.digest();
+}
+
+// A cached stream file: u64 token count, u64 checksum of the tokens, then the tokens (int32,
+// little-endian). Anything else (truncated, altered) reads as a miss.
+bool read_stream(const fs::path& path, TokenStream& out) {
+  std::ifstream in(path, std::ios::binary);
+  uint64_t count = 0, checksum = 0;
+  if (!in.read(reinterpret_cast<char*>(&count), 8) || !in.read(reinterpret_cast<char*>(&checksum), 8)) return false;
+  if (count != (fs::file_size(path) - 16) / sizeof(int32_t) || (fs::file_size(path) - 16) % sizeof(int32_t)) return false;
+  out.tokens.resize(count);
+  if (!in.read(reinterpret_cast<char*>(out.tokens.data()), static_cast<std::streamsize>(count * sizeof(int32_t)))) return false;
+  return token_checksum(out.tokens) == checksum;
+}
+
+}  // namespace
+
+TokenStream encode_documents(const Tokenizer& tok, const Corpus& corpus, const std::vector<size_t>& docs,
+                             const std::string& cache_dir) {
+  if (cache_dir.empty()) return encode_uncached(tok, corpus, docs);
+  // Keyed by the tokenizer model's bytes and the documents' texts, in order.
+  detail::Fnv1a64 key;
+  key.update_field("pcmoe-stream-1");
+  {
+    std::ifstream model(tok.model_file(), std::ios::binary);
+    std::ostringstream bytes;
+    bytes << model.rdbuf();
+    key.update_field(bytes.str());
+  }
+  for (size_t index : docs) key.update_field(corpus.docs.at(index).text);
+  char name[40];
+  std::snprintf(name, sizeof name, "stream-%016llx.bin", static_cast<unsigned long long>(key.digest()));
+  const fs::path path = fs::path(cache_dir) / name;
+  TokenStream stream;
+  if (fs::is_regular_file(path) && read_stream(path, stream)) return stream;
+  stream = encode_uncached(tok, corpus, docs);
+  fs::create_directories(cache_dir);
+  std::string bytes(16 + stream.tokens.size() * sizeof(int32_t), '\0');
+  const uint64_t count = stream.tokens.size(), checksum = token_checksum(stream.tokens);
+  std::memcpy(bytes.data(), &count, 8);
+  std::memcpy(bytes.data() + 8, &checksum, 8);
+  if (count) std::memcpy(bytes.data() + 16, stream.tokens.data(), count * sizeof(int32_t));
+  write_atomically(path, bytes);
   return stream;
 }
 

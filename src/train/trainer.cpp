@@ -31,8 +31,8 @@ Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model
   if (d.tokenizer.vocab_size() != cfg.model.vocab_size)
     throw std::runtime_error("tokenizer has " + std::to_string(d.tokenizer.vocab_size()) +
                              " pieces but model.vocab_size is " + std::to_string(cfg.model.vocab_size));
-  d.train = data::encode_documents(d.tokenizer, d.corpus, d.split.train);
-  d.val = data::encode_documents(d.tokenizer, d.corpus, d.split.val);
+  d.train = data::encode_documents(d.tokenizer, d.corpus, d.split.train, cfg.data.cache_dir);
+  d.val = data::encode_documents(d.tokenizer, d.corpus, d.split.val, cfg.data.cache_dir);
   const size_t need = cfg.model.seq_len + 1;
   if (d.train.tokens.size() < need || d.val.tokens.size() < need)
     throw std::runtime_error("corpus too small: train has " + std::to_string(d.train.tokens.size()) +

