@@ -37,11 +37,6 @@ int parse_int(const std::string& key, const std::string& text) {
   throw MemoryUsageError(key + " expects an integer, got '" + text + "'");
 }
 
-// Floats a ParamSet of this layout would hold (each tensor padded to 16 floats, as params.cpp).
-size_t layout_numel(const std::vector<ParamTensor>& layout) {
-  return layout.empty() ? 0 : (layout.back().offset + layout.back().numel + 15) / 16 * 16;
-}
-
 // Party p's transport. Calls to p itself reach p's own host; every other host is answered as a
 // host would answer (zero expert outputs and gradients, zero gradient sums, empty acks) from
 // the request alone, with no weights behind it. Records the largest payload that crosses a
@@ -125,10 +120,8 @@ int measure(const std::string& config_path, int n, int p) {
     run_turn(party, transport, tc, plan, windows.data());
   }
 
-  ParamSelection backbone_only;
-  backbone_only.expert = [](int, int) { return false; };
   const size_t total = layout_numel(param_layout(mc, ParamSelection{}));
-  const size_t experts = total - layout_numel(param_layout(mc, backbone_only));
+  const size_t experts = total - layout_numel(param_layout(mc, backbone_selection()));
   const nlohmann::json out = {{"parties", n},
                               {"party", p},
                               {"arena_bytes", party_memory(party, 2 * transport.largest_payload())},

@@ -18,7 +18,7 @@ ParamSelection shard_selection(int party, int n_parties) {
 }
 
 ExpertHost::ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows)
-    : cfg_(cfg), party_(party), n_parties_(n_parties), local_(hosted_experts(cfg.n_experts, party, n_parties)),
+    : cfg_(cfg), party_(party), local_(hosted_experts(cfg.n_experts, party, n_parties)),
       shard_(cfg, shard_selection(party, n_parties)), compute_(cfg, shard_, max_rows), opt_(shard_, tc),
       forward_offsets_(cfg.n_layers) {
   shard_.init(tc.seed);
@@ -57,16 +57,15 @@ Bytes ExpertHost::expert_call(bool forward, const Bytes& request) {
   rows_in_.resize(total);
   r.floats(rows_in_.data(), total);
   r.expect_end();
-  Writer w;
-  std::vector<float> out(total);
+  Bytes reply(total * sizeof(float));  // the results go straight into the reply
+  float* out = reinterpret_cast<float*>(reply.data());
   if (forward) {
-    compute_.forward((int)layer, offsets.data(), rows_in_.data(), out.data());
+    compute_.forward((int)layer, offsets.data(), rows_in_.data(), out);
     forward_offsets_[layer] = offsets;
   } else {
-    compute_.backward((int)layer, offsets.data(), rows_in_.data(), out.data());
+    compute_.backward((int)layer, offsets.data(), rows_in_.data(), out);
   }
-  w.floats(out.data(), total);
-  return w.take();
+  return reply;
 }
 
 Bytes ExpertHost::control(const Bytes& request) {

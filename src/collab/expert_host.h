@@ -41,13 +41,12 @@ class ExpertHost {
   Bytes control(const Bytes& request);
 
   ModelConfig cfg_;
-  int party_, n_parties_;
+  int party_;
   std::vector<int> local_;  // hosted expert ids (the same in every MoE layer)
   ParamSet shard_;
   LocalExperts compute_;
   AdamW opt_;
   std::vector<std::vector<int>> forward_offsets_;  // per layer: offsets of the last forward
-  Bytes scratch_out_;
   std::vector<float> rows_in_;
 };
 

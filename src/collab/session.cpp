@@ -9,12 +9,6 @@
 
 namespace pcmoe {
 namespace {
-ParamSelection backbone_only() {
-  ParamSelection sel;
-  sel.expert = [](int, int) { return false; };
-  return sel;
-}
-
 Bytes control_message(ControlOp op) {
   Writer w;
   w.u32(static_cast<uint32_t>(op));
@@ -23,7 +17,7 @@ Bytes control_message(ControlOp op) {
 }  // namespace
 
 CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id_, int n)
-    : id(id_), backbone(cfg, backbone_only()), optimizer(backbone, tc), experts(cfg, transport, id_, n),
+    : id(id_), backbone(cfg, backbone_selection()), optimizer(backbone, tc), experts(cfg, transport, id_, n),
       model(cfg, backbone, experts, tc.batch_size),
       host(cfg, tc, id_, n, tc.batch_size * cfg.seq_len * cfg.top_k) {
   backbone.init(tc.seed);
@@ -56,7 +50,7 @@ TurnPlan::TurnPlan(const ModelConfig& cfg, int n_parties) {
 }
 
 PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport)
-    : cfg_(cfg), tc_(tc), transport_(transport), plan_(cfg, n_parties) {
+    : tc_(tc), transport_(transport), plan_(cfg, n_parties) {
   if (n_parties < 1 || n_parties > cfg.n_experts)
     throw std::runtime_error("need 1 <= parties <= n_experts (" + std::to_string(cfg.n_experts) + "), got " +
                              std::to_string(n_parties));

@@ -67,7 +67,6 @@ class PcMoeSession {
   TurnResult train_turn(int p, const int32_t* windows) { return run_turn(party(p), transport_, tc_, plan_, windows); }
 
  private:
-  ModelConfig cfg_;
   TrainConfig tc_;
   Transport& transport_;
   std::vector<std::unique_ptr<CollabParty>> parties_;

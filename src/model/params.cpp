@@ -61,9 +61,19 @@ std::vector<ParamTensor> param_layout(const ModelConfig& cfg, const ParamSelecti
   return out;
 }
 
-ParamSet::ParamSet(const ModelConfig& cfg, const ParamSelection& sel) : tensors_(param_layout(cfg, sel)) {
+ParamSelection backbone_selection() {
+  ParamSelection sel;
+  sel.expert = [](int, int) { return false; };
+  return sel;
+}
+
+size_t layout_numel(const std::vector<ParamTensor>& layout) {
+  return layout.empty() ? 0 : (layout.back().offset + layout.back().numel + 15) / 16 * 16;
+}
+
+ParamSet::ParamSet(const ModelConfig& cfg, const ParamSelection& sel)
+    : tensors_(param_layout(cfg, sel)), numel_(layout_numel(tensors_)) {
   for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
-  if (!tensors_.empty()) numel_ = (tensors_.back().offset + tensors_.back().numel + 15) / 16 * 16;
   values_ = AlignedBuffer(numel_ * sizeof(float));
   grads_ = AlignedBuffer(numel_ * sizeof(float));
 }

@@ -28,8 +28,13 @@ struct ParamSelection {
   std::function<bool(int layer, int expert)> expert = [](int, int) { return true; };
 };
 
+// Everything but the experts (a party's backbone).
+ParamSelection backbone_selection();
+
 // The tensors a selection holds, in the canonical (checkpoint) order, with offsets into one block.
 std::vector<ParamTensor> param_layout(const ModelConfig& cfg, const ParamSelection& selection);
+// Floats of the block that holds `layout` (each tensor padded to 16 floats).
+size_t layout_numel(const std::vector<ParamTensor>& layout);
 
 class ParamSet {
  public:
