@@ -1,5 +1,7 @@
 #include "collab/expert_host.h"
 
+#include <cmath>
+#include <cstring>
 #include <stdexcept>
 
 namespace pcmoe {
@@ -17,23 +19,29 @@ ParamSelection shard_selection(int party, int n_parties) {
   return sel;
 }
 
-ExpertHost::ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows)
+ExpertHost::ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows,
+                       const HostPrivacy& privacy)
     : cfg_(cfg), party_(party), local_(hosted_experts(cfg.n_experts, party, n_parties)),
-      shard_(cfg, shard_selection(party, n_parties)), compute_(cfg, shard_, max_rows), opt_(shard_, tc),
-      forward_offsets_(cfg.n_layers) {
+      shard_(cfg, shard_selection(party, n_parties)), compute_(cfg, shard_, max_rows, privacy.per_unit),
+      opt_(shard_, tc), forward_offsets_(cfg.n_layers), privacy_(privacy), n_units_(cfg.n_layers, 0) {
   shard_.init(tc.seed);
 }
 
 Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
   switch (kind) {
-    case MsgKind::kExpertForward: return expert_call(true, request);
-    case MsgKind::kExpertBackward: return expert_call(false, request);
+    case MsgKind::kExpertForward: return expert_call(Call::kForward, request);
+    case MsgKind::kExpertBackward: return expert_call(Call::kBackward, request);
+    case MsgKind::kExpertBackwardUnits:
+      if (!privacy_.per_unit) break;
+      return expert_call(Call::kBackwardUnits, request);
     case MsgKind::kControl: return control(request);
   }
-  throw std::runtime_error("party " + std::to_string(party_) + ": unknown message kind from party " + std::to_string(from));
+  throw std::runtime_error("party " + std::to_string(party_) + ": unexpected message kind " + to_string(kind) +
+                           " from party " + std::to_string(from));
 }
 
-Bytes ExpertHost::expert_call(bool forward, const Bytes& request) {
+Bytes ExpertHost::expert_call(Call call, const Bytes& request) {
+  const bool forward = call == Call::kForward;
   const int C = cfg_.d_model;
   Reader r(request);
   const uint32_t layer = r.u32();
@@ -54,16 +62,41 @@ Bytes ExpertHost::expert_call(bool forward, const Bytes& request) {
   const size_t total = (size_t)offsets[cfg_.n_experts] * C;
   if (!forward && offsets != forward_offsets_[layer])
     throw std::runtime_error("backward call does not match the rows of the last forward of layer " + std::to_string(layer));
+  uint32_t n_units = 0;
+  if (call == Call::kBackwardUnits) {
+    n_units = r.u32();
+    if (n_units < 1 || n_units > (uint32_t)compute_.max_rows())
+      throw std::runtime_error("per-unit backward names " + std::to_string(n_units) + " units");
+    units_in_.resize(offsets[cfg_.n_experts]);
+    for (int& u : units_in_) {
+      u = (int)r.u32();
+      if (u < 0 || (uint32_t)u >= n_units) throw std::runtime_error("per-unit backward: unit index out of range");
+    }
+    for (int e : local_)
+      for (int i = offsets[e] + 1; i < offsets[e + 1]; ++i)
+        if (units_in_[i] < units_in_[i - 1]) throw std::runtime_error("per-unit backward: units not ascending within an expert");
+  }
   rows_in_.resize(total);
   r.floats(rows_in_.data(), total);
   r.expect_end();
-  Bytes reply(total * sizeof(float));  // the results go straight into the reply
+  // The results go straight into the reply (f32 rows, then f64 unit norms for kBackwardUnits).
+  Bytes reply(total * sizeof(float) + n_units * sizeof(double));
   float* out = reinterpret_cast<float*>(reply.data());
-  if (forward) {
-    compute_.forward((int)layer, offsets.data(), rows_in_.data(), out);
-    forward_offsets_[layer] = offsets;
-  } else {
-    compute_.backward((int)layer, offsets.data(), rows_in_.data(), out);
+  switch (call) {
+    case Call::kForward:
+      compute_.forward((int)layer, offsets.data(), rows_in_.data(), out);
+      forward_offsets_[layer] = offsets;
+      n_units_[layer] = 0;
+      break;
+    case Call::kBackward: compute_.backward((int)layer, offsets.data(), rows_in_.data(), out); break;
+    case Call::kBackwardUnits: {
+      std::vector<double> sq(n_units, 0.0);
+      compute_.backward_unit_norms((int)layer, offsets.data(), rows_in_.data(), units_in_.data(), (int)n_units, out,
+                                   sq.data());
+      std::memcpy(reply.data() + total * sizeof(float), sq.data(), n_units * sizeof(double));
+      n_units_[layer] = (int)n_units;
+      break;
+    }
   }
   return reply;
 }
@@ -90,10 +123,47 @@ Bytes ExpertHost::control(const Bytes& request) {
       opt_.step(shard_, lr);
       break;
     }
+    case ControlOp::kClipFactors: {
+      const uint32_t layer = r.u32(), n_units = r.u32();
+      if (!privacy_.per_unit || layer >= (uint32_t)cfg_.n_layers || n_units_[layer] == 0 ||
+          n_units != (uint32_t)n_units_[layer])
+        throw std::runtime_error("clip factors for layer " + std::to_string(layer) +
+                                 " do not follow a per-unit backward of that layer");
+      std::vector<float> factor(n_units);
+      r.floats(factor.data(), n_units);
+      r.expect_end();
+      for (float f : factor)
+        if (!(f >= 0 && f <= 1)) throw std::runtime_error("clip factor outside [0, 1]");
+      compute_.add_clipped_grads((int)layer, factor.data());
+      n_units_[layer] = 0;  // each pass 1 is clipped once
+      break;
+    }
+    case ControlOp::kApplyNoisyUpdate: {
+      const float std = r.f32(), scale = r.f32(), lr = r.f32();
+      const uint64_t stream = r.u64();
+      r.expect_end();
+      if (!privacy_.per_unit || !(std >= 0) || !(scale > 0) || !(lr >= 0) || !std::isfinite(std) || !std::isfinite(scale))
+        throw std::runtime_error("noisy-update order out of range");
+      add_noise(std, stream);
+      scale_grads(shard_, scale);
+      opt_.step(shard_, lr);
+      break;
+    }
     default:
       throw std::runtime_error("unknown control operation " + std::to_string((uint32_t)op));
   }
   return w.take();
+}
+
+void ExpertHost::add_noise(float std, uint64_t stream) {
+  if (privacy_.seeded_noise) {
+    // The stream names (party, turn); the host id keeps hosts' noise apart.
+    NoiseSource src = NoiseSource::seeded(privacy_.noise_seed, stream * 1024 + (uint64_t)party_);
+    add_gaussian_noise(shard_, src, std);
+    return;
+  }
+  if (!noise_) noise_ = std::make_unique<NoiseSource>(NoiseSource::secure());
+  add_gaussian_noise(shard_, *noise_, std);
 }
 
 }  // namespace pcmoe

@@ -2,11 +2,13 @@
 // host runs forward and backward on the hidden states a party sends, accumulates its experts'
 // gradients over that party's batch, and steps its own AdamW state when the party says so.
 #pragma once
+#include <memory>
 #include <vector>
 
 #include "collab/transport.h"
 #include "model/local_experts.h"
 #include "model/params.h"
+#include "privacy/noise.h"
 #include "train/adamw.h"
 
 namespace pcmoe {
@@ -22,12 +24,25 @@ enum class ControlOp : uint32_t {
   kBeginTurn = 1,    // zero the shard's gradients: a party's batch starts
   kGradSqSums = 2,   // reply: per-tensor sums of squared gradients (f64 each, layout order)
   kApplyUpdate = 3,  // f32 clip coefficient, f32 lr: scale gradients, step AdamW
+  // DP-SGD (docs/privacy.md)
+  kClipFactors = 4,  // u32 layer, u32 n_units, n_units x f32: add the units' clipped gradient sum
+                     // of that layer's experts (rows of the last kExpertBackwardUnits)
+  kApplyNoisyUpdate = 5,  // f32 noise std, f32 scale, f32 lr, u64 noise stream: add Gaussian noise
+                          // to every gradient coordinate of the shard, scale, step AdamW
+};
+
+// What a host needs for DP-SGD turns.
+struct HostPrivacy {
+  bool per_unit = false;       // serve kExpertBackwardUnits and kClipFactors
+  bool seeded_noise = false;   // noise from (noise_seed, stream) instead of the secure source
+  uint64_t noise_seed = 0;
 };
 
 class ExpertHost {
  public:
   // max_rows: the most routed rows one call may carry (a party's micro-batch tokens x top_k).
-  ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows);
+  ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows,
+             const HostPrivacy& privacy = {});
   // Serves one request; throws std::runtime_error on a malformed one, with no state change.
   Bytes handle(MsgKind kind, int from, const Bytes& request);
 
@@ -37,8 +52,10 @@ class ExpertHost {
   size_t activation_bytes() const { return compute_.activation_bytes(); }
 
  private:
-  Bytes expert_call(bool forward, const Bytes& request);
+  enum class Call { kForward, kBackward, kBackwardUnits };
+  Bytes expert_call(Call call, const Bytes& request);
   Bytes control(const Bytes& request);
+  void add_noise(float std, uint64_t stream);
 
   ModelConfig cfg_;
   int party_;
@@ -48,6 +65,10 @@ class ExpertHost {
   AdamW opt_;
   std::vector<std::vector<int>> forward_offsets_;  // per layer: offsets of the last forward
   std::vector<float> rows_in_;
+  HostPrivacy privacy_;
+  std::vector<int> units_in_;
+  std::vector<int> n_units_;  // per layer: units of the last kExpertBackwardUnits (0: none)
+  std::unique_ptr<NoiseSource> noise_;  // the secure source, when not seeded
 };
 
 }  // namespace pcmoe

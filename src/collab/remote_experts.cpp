@@ -7,7 +7,8 @@
 namespace pcmoe {
 
 RemoteExperts::RemoteExperts(const ModelConfig& cfg, Transport& transport, int party, int n_parties)
-    : cfg_(cfg), transport_(transport), party_(party), n_parties_(n_parties) {}
+    : cfg_(cfg), transport_(transport), party_(party), n_parties_(n_parties), units_called_(cfg.n_layers),
+      n_units_(cfg.n_layers, 0) {}
 
 void RemoteExperts::forward(int layer, const int* offsets, const float* x, float* y) {
   exchange(MsgKind::kExpertForward, layer, offsets, x, y);
@@ -15,6 +16,45 @@ void RemoteExperts::forward(int layer, const int* offsets, const float* x, float
 
 void RemoteExperts::backward(int layer, const int* offsets, const float* dy, float* dx) {
   exchange(MsgKind::kExpertBackward, layer, offsets, dy, dx);
+}
+
+void RemoteExperts::backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit,
+                                        int n_units, float* dx, double* unit_sq) {
+  const size_t C = cfg_.d_model;
+  units_called_[layer].clear();
+  n_units_[layer] = n_units;
+  for (int h = 0; h < n_parties_; ++h) {
+    const std::vector<int> experts = hosted_experts(cfg_.n_experts, h, n_parties_);
+    size_t rows = 0;
+    for (int e : experts) rows += offsets[e + 1] - offsets[e];
+    if (rows == 0) continue;
+    Writer w;
+    w.u32((uint32_t)layer);
+    w.u32((uint32_t)experts.size());
+    for (int e : experts) w.u32((uint32_t)(offsets[e + 1] - offsets[e]));
+    w.u32((uint32_t)n_units);
+    for (int e : experts)
+      for (int r = offsets[e]; r < offsets[e + 1]; ++r) w.u32((uint32_t)unit[r]);
+    for (int e : experts) w.floats(dy + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
+    const Bytes reply = transport_.call(party_, h, MsgKind::kExpertBackwardUnits, w.take());
+    Reader r(reply);
+    for (int e : experts) r.floats(dx + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
+    for (int u = 0; u < n_units; ++u) unit_sq[u] += r.f64();
+    r.expect_end();
+    units_called_[layer].push_back(h);
+  }
+}
+
+void RemoteExperts::add_clipped_grads(int layer, const float* factor) {
+  for (int h : units_called_[layer]) {
+    Writer w;
+    w.u32(static_cast<uint32_t>(ControlOp::kClipFactors));
+    w.u32((uint32_t)layer);
+    w.u32((uint32_t)n_units_[layer]);
+    w.floats(factor, n_units_[layer]);
+    const Bytes reply = transport_.call(party_, h, MsgKind::kControl, w.take());
+    Reader(reply).expect_end();
+  }
 }
 
 void RemoteExperts::exchange(MsgKind kind, int layer, const int* offsets, const float* in, float* out) {

@@ -7,6 +7,14 @@
 //             forward, gradients of the expert outputs on backward)
 //   response: sum(rows) x d_model f32 (expert outputs on forward, input gradients on backward)
 // Hosts with no routed row in a layer are not called.
+//
+// DP-SGD (MsgKind::kExpertBackwardUnits), pass 1 of a per-unit clipped backward:
+//   request : u32 layer, u32 k, k x u32 rows (as above), u32 n_units, sum(rows) x u32 unit of
+//             each row (ascending within each expert), then sum(rows) x d_model f32 gradients
+//   response: sum(rows) x d_model f32 input gradients, then n_units x f64: each unit's squared
+//             gradient norm over the host's experts of this layer
+// Pass 2 is a control message (ControlOp::kClipFactors: the factor of each unit), sent to the
+// hosts called in pass 1.
 #pragma once
 #include <vector>
 
@@ -21,12 +29,17 @@ class RemoteExperts final : public ExpertBackend {
   RemoteExperts(const ModelConfig& cfg, Transport& transport, int party, int n_parties);
   void forward(int layer, const int* offsets, const float* x, float* y) override;
   void backward(int layer, const int* offsets, const float* dy, float* dx) override;
+  void backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit, int n_units,
+                           float* dx, double* unit_sq) override;
+  void add_clipped_grads(int layer, const float* factor) override;
 
  private:
   void exchange(MsgKind kind, int layer, const int* offsets, const float* in, float* out);
   ModelConfig cfg_;
   Transport& transport_;
   int party_, n_parties_;
+  std::vector<std::vector<int>> units_called_;  // per layer: hosts called by the last pass 1
+  std::vector<int> n_units_;                    // per layer: units of the last pass 1
 };
 
 }  // namespace pcmoe

@@ -10,6 +10,7 @@ const char* to_string(MsgKind k) {
     case MsgKind::kExpertForward: return "expert_forward";
     case MsgKind::kExpertBackward: return "expert_backward";
     case MsgKind::kControl: return "control";
+    case MsgKind::kExpertBackwardUnits: return "expert_backward_units";
   }
   return "unknown";
 }
@@ -68,6 +69,7 @@ void put(Bytes& b, T v) {
 void Writer::u32(uint32_t v) { put(buf_, v); }
 void Writer::f32(float v) { put(buf_, v); }
 void Writer::f64(double v) { put(buf_, v); }
+void Writer::u64(uint64_t v) { put(buf_, v); }
 void Writer::floats(const float* p, size_t n) {
   const size_t at = buf_.size();
   buf_.resize(at + n * sizeof(float));
@@ -90,6 +92,7 @@ T Reader::get() {
 uint32_t Reader::u32() { return get<uint32_t>(); }
 float Reader::f32() { return get<float>(); }
 double Reader::f64() { return get<double>(); }
+uint64_t Reader::u64() { return get<uint64_t>(); }
 void Reader::floats(float* p, size_t n) {
   need(n * sizeof(float));
   if (n) std::memcpy(p, b_.data() + pos_, n * sizeof(float));

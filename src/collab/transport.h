@@ -17,7 +17,11 @@ using Bytes = std::vector<std::byte>;
 enum class MsgKind : uint8_t {
   kExpertForward = 1,   // request: routed hidden states; response: expert outputs
   kExpertBackward = 2,  // request: gradients of expert outputs; response: gradients of inputs
-  kControl = 3,         // step bookkeeping: gradient-norm contributions, optimizer step orders
+  kControl = 3,         // step bookkeeping: gradient-norm contributions, optimizer step orders,
+                        // DP-SGD clip factors
+  kExpertBackwardUnits = 4,  // DP-SGD pass 1. request: output gradients with each row's privacy
+                             // unit (an index in the batch); response: input gradients and each
+                             // unit's squared gradient norm at the host's experts
 };
 const char* to_string(MsgKind k);
 
@@ -73,6 +77,7 @@ class Writer {
   void u32(uint32_t v);
   void f32(float v);
   void f64(double v);
+  void u64(uint64_t v);
   void floats(const float* p, size_t n);
   Bytes take() { return std::move(buf_); }
 
@@ -88,6 +93,7 @@ class Reader {
   uint32_t u32();
   float f32();
   double f64();
+  uint64_t u64();
   void floats(float* p, size_t n);
   void expect_end() const;
 

@@ -13,12 +13,9 @@ void embedding_forward(float* out, const int32_t* tokens, const float* wte, int 
   for (int t = 0; t < N; ++t) std::memcpy(out + (size_t)t * C, wte + (size_t)tokens[t] * C, C * sizeof(float));
 }
 
-void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C) {
-  // Split by channel, not by token: two tokens with the same id never race, and each channel is
-  // summed in token order whatever the thread count.
-#pragma omp parallel for schedule(static)
-  for (int c = 0; c < C; ++c)
-    for (int t = 0; t < N; ++t) dwte[(size_t)tokens[t] * C + c] += dout[(size_t)t * C + c];
+void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C,
+                        const GradSink& sink) {
+  sink.embedding(dwte, dout, tokens, N, C);
 }
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C, float eps) {
@@ -37,7 +34,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, in
 }
 
 void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
-                      const float* rstd, int N, int C) {
+                      const float* rstd, int N, int C, const GradSink& sink) {
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < N; ++t) {
     const float* xt = x + (size_t)t * C;
@@ -51,13 +48,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, c
 #pragma omp simd
     for (int c = 0; c < C; ++c) dxt[c] += dt[c] * w[c] * r - k * xt[c];
   }
-  // dw sums over tokens: per channel, in token order.
-#pragma omp parallel for schedule(static)
-  for (int c = 0; c < C; ++c) {
-    float s = 0;
-    for (int t = 0; t < N; ++t) s += dout[(size_t)t * C + c] * x[(size_t)t * C + c] * rstd[t];
-    dw[c] += s;
-  }
+  sink.rmsnorm_weight(dw, dout, x, rstd, N, C);
 }
 
 void rope_apply(float* x, int B, int T, int heads, int D, float theta, bool inverse) {
@@ -189,28 +180,27 @@ void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, co
   matmul_nt(y, act, w2, N, C, F, false);
 }
 
-void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float* dy, float* g,
-                     float* u, float* act, const float* x, const float* w1, const float* w3,
-                     const float* w2, int N, int C, int F) {
+void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float* dy, const float* g,
+                     const float* u, float* act, float* dg, float* du, const float* x, const float* w1,
+                     const float* w3, const float* w2, int N, int C, int F, const GradSink& sink) {
   if (N == 0) return;
   const size_t n = (size_t)N * F;
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) act[i] = g[i] * sigmoid(g[i]) * u[i];
-  matmul_tn(dw2, dy, act, C, F, N, true);
+  sink.linear(dw2, dy, act, N, C, F);
   float* dact = act;  // act is no longer needed once dw2 is formed
   matmul_nn(dact, dy, w2, N, F, C, false);
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) {
-    const float s = sigmoid(g[i]);
-    const float silu = g[i] * s;
-    const float dgi = dact[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-    u[i] = dact[i] * silu;  // du
-    g[i] = dgi;             // dg
+    const float gi = g[i], ui = u[i], s = sigmoid(gi);
+    const float silu = gi * s;
+    dg[i] = dact[i] * ui * s * (1.0f + gi * (1.0f - s));
+    du[i] = dact[i] * silu;
   }
-  matmul_tn(dw1, g, x, F, C, N, true);
-  matmul_tn(dw3, u, x, F, C, N, true);
-  matmul_nn(dx, g, w1, N, C, F, false);
-  matmul_nn(dx, u, w3, N, C, F, true);
+  sink.linear(dw1, dg, x, N, F, C);
+  sink.linear(dw3, du, x, N, F, C);
+  matmul_nn(dx, dg, w1, N, C, F, false);
+  matmul_nn(dx, du, w3, N, C, F, true);
 }
 
 float cross_entropy_forward_backward(float* logits, const int32_t* targets, int N, int V, float scale) {

@@ -4,18 +4,21 @@
 #pragma once
 #include <cstdint>
 
+#include "model/per_unit.h"
+
 namespace pcmoe {
 
 // out[N,C] = wte[tokens]
 void embedding_forward(float* out, const int32_t* tokens, const float* wte, int N, int C);
-// dwte[tokens] += dout   (rows processed in token order: deterministic)
-void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C);
+// dwte[tokens] += dout, through the sink (rows processed in token order: deterministic)
+void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C,
+                        const GradSink& sink = {});
 
 // out = x / sqrt(mean(x²) + eps) * w; keeps rstd[N] for backward.
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C, float eps);
-// dx += ..., dw += ...
+// dx += ..., dw += ... (through the sink)
 void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
-                      const float* rstd, int N, int C);
+                      const float* rstd, int N, int C, const GradSink& sink = {});
 
 // Rotate-half RoPE in place on x[B*T, heads*D], positions 0..T-1 in each sequence.
 // inverse = true applies the transposed rotation (the backward of the forward rotation).
@@ -33,11 +36,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 // is scratch.
 void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, const float* w1,
                     const float* w3, const float* w2, int N, int C, int F);
-// dx = (overwritten), dw1/dw3/dw2 += ...; act and dact are [N,F] scratch. g and u are consumed
-// (overwritten with their gradients).
-void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float* dy, float* g,
-                     float* u, float* act, const float* x, const float* w1, const float* w3,
-                     const float* w2, int N, int C, int F);
+// dx = (overwritten), dw1/dw3/dw2 += ... through the sink. act, dg, du are [N,F] scratch. dg and
+// du may alias g and u (which are then consumed); kept apart, a second backward over the same
+// forward (DP-SGD's second pass) is possible.
+void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float* dy, const float* g,
+                     const float* u, float* act, float* dg, float* du, const float* x, const float* w1,
+                     const float* w3, const float* w2, int N, int C, int F, const GradSink& sink = {});
 
 // Row-wise softmax cross-entropy. On entry logits[N,V]; on exit it holds the gradient of
 // scale * mean_t CE with respect to the logits. Returns the mean CE.

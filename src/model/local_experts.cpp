@@ -1,5 +1,6 @@
 #include "model/local_experts.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -8,15 +9,29 @@
 
 namespace pcmoe {
 
-LocalExperts::LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows)
-    : cfg_(cfg), params_(params), max_rows_(max_rows), saved_(cfg.n_layers) {
+LocalExperts::LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows, bool per_unit)
+    : cfg_(cfg), params_(params), max_rows_(max_rows), per_unit_(per_unit), saved_(cfg.n_layers) {
   const size_t C = cfg.d_model, F = cfg.d_ff, R = max_rows;
+  norm_scratch_floats_ = per_unit ? std::max(C * F, R * std::min(C, F)) : 0;
   plan_and_place(acts_, [&](Arena& a) {
     for (int l = 0; l < cfg.n_layers; ++l) {
       if (!cfg.is_moe(l)) continue;
-      saved_[l] = {a.take<float>(R * C), a.take<float>(R * F), a.take<float>(R * F)};
+      Saved& s = saved_[l];
+      s.x = a.take<float>(R * C);
+      s.g = a.take<float>(R * F);
+      s.u = a.take<float>(R * F);
+      if (per_unit) {
+        s.dy = a.take<float>(R * C);
+        s.unit = a.take<int>(R);
+      }
     }
-    scratch_ = a.take<float>(R * F);
+    act_ = a.take<float>(R * F);
+    if (per_unit) {
+      dg_ = a.take<float>(R * F);
+      du_ = a.take<float>(R * F);
+      dx_ = a.take<float>(R * C);
+      norm_scratch_ = a.take<float>(norm_scratch_floats_);
+    }
   });
 }
 
@@ -25,30 +40,69 @@ void LocalExperts::forward(int layer, const int* offsets, const float* x, float*
   const int rows = offsets[cfg_.n_experts];
   if (rows > max_rows_) throw std::logic_error("more routed rows than the expert arena was planned for");
   Saved& s = saved_[layer];
+  s.offsets.assign(offsets, offsets + cfg_.n_experts + 1);
   std::memcpy(s.x, x, (size_t)rows * C * sizeof(float));
   for (int e = 0; e < cfg_.n_experts; ++e) {
     const int r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
-    swiglu_forward(y + (size_t)r0 * C, s.g + (size_t)r0 * F, s.u + (size_t)r0 * F, scratch_,
+    swiglu_forward(y + (size_t)r0 * C, s.g + (size_t)r0 * F, s.u + (size_t)r0 * F, act_,
                    s.x + (size_t)r0 * C, params_.value(expert_param(layer, e, "w1")),
                    params_.value(expert_param(layer, e, "w3")),
                    params_.value(expert_param(layer, e, "w2")), n, C, F);
   }
 }
 
-void LocalExperts::backward(int layer, const int* offsets, const float* dy, float* dx) {
+// Expert e's rows of the last forward of `layer`; dy and dx hold those rows only.
+void LocalExperts::expert_backward(int layer, int e, const float* dy, float* dx, const GradSink& sink) {
   const int C = cfg_.d_model, F = cfg_.d_ff;
   Saved& s = saved_[layer];
+  const int r0 = s.offsets[e], n = s.offsets[e + 1] - r0;
+  float* g = s.g + (size_t)r0 * F;
+  float* u = s.u + (size_t)r0 * F;
+  swiglu_backward(dx, params_.grad(expert_param(layer, e, "w1")), params_.grad(expert_param(layer, e, "w3")),
+                  params_.grad(expert_param(layer, e, "w2")), dy, g, u, act_, per_unit_ ? dg_ : g,
+                  per_unit_ ? du_ : u, s.x + (size_t)r0 * C, params_.value(expert_param(layer, e, "w1")),
+                  params_.value(expert_param(layer, e, "w3")), params_.value(expert_param(layer, e, "w2")), n,
+                  C, F, sink);
+}
+
+void LocalExperts::backward(int layer, const int* offsets, const float* dy, float* dx) {
+  const int C = cfg_.d_model;
+  if (!std::equal(offsets, offsets + cfg_.n_experts + 1, saved_[layer].offsets.begin()))
+    throw std::logic_error("expert backward does not match the rows of the last forward");
+  for (int e = 0; e < cfg_.n_experts; ++e)
+    if (offsets[e + 1] > offsets[e])
+      expert_backward(layer, e, dy + (size_t)offsets[e] * C, dx + (size_t)offsets[e] * C, GradSink{});
+}
+
+void LocalExperts::backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit,
+                                       int n_units, float* dx, double* unit_sq) {
+  if (!per_unit_) throw std::logic_error("per-unit gradients need LocalExperts planned with per_unit");
+  const int C = cfg_.d_model;
+  Saved& s = saved_[layer];
+  if (!std::equal(offsets, offsets + cfg_.n_experts + 1, s.offsets.begin()))
+    throw std::logic_error("expert backward does not match the rows of the last forward");
+  const int rows = offsets[cfg_.n_experts];
+  std::memcpy(s.dy, dy, (size_t)rows * C * sizeof(float));
+  std::memcpy(s.unit, unit, (size_t)rows * sizeof(int));
+  s.n_units = n_units;
   for (int e = 0; e < cfg_.n_experts; ++e) {
     const int r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
-    swiglu_backward(dx + (size_t)r0 * C, params_.grad(expert_param(layer, e, "w1")),
-                    params_.grad(expert_param(layer, e, "w3")),
-                    params_.grad(expert_param(layer, e, "w2")), dy + (size_t)r0 * C,
-                    s.g + (size_t)r0 * F, s.u + (size_t)r0 * F, scratch_, s.x + (size_t)r0 * C,
-                    params_.value(expert_param(layer, e, "w1")),
-                    params_.value(expert_param(layer, e, "w3")),
-                    params_.value(expert_param(layer, e, "w2")), n, C, F);
+    const GradSink sink = GradSink::unit_norms(unit + r0, n, n_units, unit_sq, norm_scratch_, norm_scratch_floats_);
+    expert_backward(layer, e, dy + (size_t)r0 * C, dx + (size_t)r0 * C, sink);
+  }
+}
+
+void LocalExperts::add_clipped_grads(int layer, const float* factor) {
+  if (!per_unit_) throw std::logic_error("per-unit gradients need LocalExperts planned with per_unit");
+  const int C = cfg_.d_model;
+  Saved& s = saved_[layer];
+  for (int e = 0; e < cfg_.n_experts; ++e) {
+    const int r0 = s.offsets[e], n = s.offsets[e + 1] - r0;
+    if (n == 0) continue;
+    const GradSink sink = GradSink::clipped(s.unit + r0, n, s.n_units, factor, norm_scratch_, norm_scratch_floats_);
+    expert_backward(layer, e, s.dy + (size_t)r0 * C, dx_, sink);
   }
 }
 

@@ -5,16 +5,21 @@
 
 #include "model/expert_backend.h"
 #include "model/params.h"
+#include "model/per_unit.h"
 #include "tensor/buffer.h"
 
 namespace pcmoe {
 
 class LocalExperts final : public ExpertBackend {
  public:
-  // params must hold every expert of every MoE layer that will be called.
-  LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows);
+  // params must hold every expert of every MoE layer that will be called. per_unit plans what
+  // DP-SGD's two backward passes need (the experts' inputs stay intact through backward).
+  LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows, bool per_unit = false);
   void forward(int layer, const int* offsets, const float* x, float* y) override;
   void backward(int layer, const int* offsets, const float* dy, float* dx) override;
+  void backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit, int n_units,
+                           float* dx, double* unit_sq) override;
+  void add_clipped_grads(int layer, const float* factor) override;
   size_t activation_bytes() const { return acts_.bytes(); }
   int max_rows() const { return max_rows_; }
 
@@ -23,12 +28,24 @@ class LocalExperts final : public ExpertBackend {
     float* x;     // [max_rows, C]
     float* g;     // [max_rows, F]
     float* u;     // [max_rows, F]
+    std::vector<int> offsets;  // of the last forward
+    // DP-SGD (per_unit): the output gradients and units of the last backward_unit_norms
+    float* dy = nullptr;  // [max_rows, C]
+    int* unit = nullptr;  // [max_rows]
+    int n_units = 0;
   };
+  void expert_backward(int layer, int e, const float* dy, float* dx, const GradSink& sink);
+
   const ModelConfig cfg_;
   ParamSet& params_;
   int max_rows_;
+  bool per_unit_;
   std::vector<Saved> saved_;  // indexed by layer (unused for dense layers)
-  float* scratch_ = nullptr;  // [max_rows, F]
+  float* act_ = nullptr;      // [max_rows, F] scratch
+  float *dg_ = nullptr, *du_ = nullptr;  // [max_rows, F]; the saved g, u themselves unless per_unit
+  float* dx_ = nullptr;                  // [max_rows, C] per_unit: the discarded dx of pass 2
+  float* norm_scratch_ = nullptr;        // per_unit: GradSink scratch
+  size_t norm_scratch_floats_ = 0;
   AlignedBuffer acts_;
 };
 

@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -9,8 +10,8 @@
 
 namespace pcmoe {
 
-Model::Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, int max_batch)
-    : cfg_(cfg), params_(params), experts_(experts), max_batch_(max_batch),
+Model::Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, int max_batch, bool per_unit)
+    : cfg_(cfg), params_(params), experts_(experts), max_batch_(max_batch), per_unit_(per_unit),
       resid_(cfg.n_layers + 1), layers_(cfg.n_layers) {
   cfg_.validate();
   const size_t B = max_batch, T = cfg.seq_len, N = B * T, C = cfg.d_model, D = cfg.head_dim();
@@ -34,6 +35,7 @@ Model::Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, i
       la.h2 = a.take<float>(N * C);
       if (cfg.is_moe(l)) {
         la.moe.plan(a, ms);
+        if (per_unit) la.moe_dx = a.take<float>(N * cfg.top_k * C);
       } else {
         la.g = a.take<float>(N * cfg.d_ff_dense);
         la.u = a.take<float>(N * cfg.d_ff_dense);
@@ -53,11 +55,23 @@ Model::Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, i
     branch_ = a.take<float>(N * C);
     act_ = a.take<float>(N * cfg.d_ff_dense);
     if (cfg.n_moe_layers() > 0) moe_scratch_.plan(a, ms);
+    if (per_unit) {
+      const size_t V = cfg.vocab_size, E = cfg.n_experts, F = cfg.d_ff_dense;
+      // The largest weight any unit's gradient is formed for (the head), or N rows of one operand.
+      unit_scratch_floats_ = std::max({V * C, HD * C, KVD * C, F * C, E * C, N * C});
+      unit_scratch_ = a.take<float>(unit_scratch_floats_);
+      token_unit_ = a.take<int>(N);
+      if (cfg.n_moe_layers() < cfg.n_layers) {
+        dg_ = a.take<float>(N * F);
+        du_ = a.take<float>(N * F);
+      }
+    }
   });
 }
 
 MoeShape Model::moe_shape(int batch) const {
-  return {batch * cfg_.seq_len, cfg_.d_model, cfg_.n_experts, cfg_.top_k, cfg_.renormalize};
+  const int N = batch * cfg_.seq_len;
+  return {N, cfg_.d_model, cfg_.n_experts, cfg_.top_k, cfg_.renormalize, aux_per_sequence_ ? cfg_.seq_len : N};
 }
 
 void Model::forward_body(int batch) {
@@ -126,48 +140,97 @@ const float* Model::logits(const int32_t* inputs, int batch) {
 }
 
 void Model::backward() {
+  GradSink sum;
+  backward_pass(sum);
+}
+
+void Model::set_token_units(const int* unit_of_seq) {
+  if (!per_unit_) throw std::logic_error("per-unit gradients need a Model planned with per_unit");
+  const int T = cfg_.seq_len;
+  for (int t = 0; t < batch_ * T; ++t) token_unit_[t] = unit_of_seq[t / T];
+}
+
+void Model::backward_unit_norms(const int* unit_of_seq, int n_units, double* unit_sq) {
+  set_token_units(unit_of_seq);
+  GradSink sink = GradSink::unit_norms(token_unit_, batch_ * cfg_.seq_len, n_units, unit_sq, unit_scratch_,
+                                       unit_scratch_floats_);
+  backward_pass(sink);
+}
+
+void Model::backward_clipped(const int* unit_of_seq, int n_units, const float* factor) {
+  set_token_units(unit_of_seq);
+  GradSink sink = GradSink::clipped(token_unit_, batch_ * cfg_.seq_len, n_units, factor, unit_scratch_,
+                                    unit_scratch_floats_);
+  backward_pass(sink);
+}
+
+// A tied embedding's per-unit gradient is the head's part plus the embedding rows': formed
+// whole, one unit at a time, from the logits' gradient (logits_) and the embedding's (dresid_).
+void Model::tied_embedding_unit_norms(const GradSink& sink) {
+  const int C = cfg_.d_model, V = cfg_.vocab_size;
+  float* w = sink.scratch();
+  double* sq = sink.group_sq();
+  for (const Segment& s : sink.segments()) {
+    const int n = s.end - s.begin;
+    matmul_tn(w, logits_ + (size_t)s.begin * V, hf_ + (size_t)s.begin * C, V, C, n, false);
+    for (int t = s.begin; t < s.end; ++t)
+      for (int c = 0; c < C; ++c) w[(size_t)inputs_[t] * C + c] += dresid_[(size_t)t * C + c];
+    double total = 0;
+#pragma omp parallel for simd reduction(+ : total) schedule(static)
+    for (size_t i = 0; i < (size_t)V * C; ++i) total += (double)w[i] * w[i];
+    sq[s.unit] += total;
+  }
+}
+
+void Model::backward_pass(GradSink& sink) {
   const int B = batch_, T = cfg_.seq_len, N = B * T, C = cfg_.d_model, D = cfg_.head_dim();
   const int H = cfg_.n_heads, KV = cfg_.n_kv_heads, HD = H * D, KVD = KV * D;
   const MoeShape ms = moe_shape(B);
+  const bool tied_norms = cfg_.tie_embeddings && sink.mode() == SinkMode::kUnitNorms;
   // logits_ holds d(grad_scale * CE)/d(logits) since forward().
   const char* head = cfg_.tie_embeddings ? "wte" : "head";
+  sink.set_group(cfg_.n_layers);
   matmul_nn(dh_, logits_, params_.value(head), N, C, cfg_.vocab_size, false);
-  matmul_tn(params_.grad(head), logits_, hf_, cfg_.vocab_size, C, N, true);
+  if (!tied_norms) sink.linear(params_.grad(head), logits_, hf_, N, cfg_.vocab_size, C);
   std::memset(dresid_, 0, (size_t)N * C * sizeof(float));
   rmsnorm_backward(dresid_, params_.grad("final_norm"), dh_, resid_[cfg_.n_layers],
-                   params_.value("final_norm"), rstdf_, N, C);
+                   params_.value("final_norm"), rstdf_, N, C, sink);
 
   for (int l = cfg_.n_layers - 1; l >= 0; --l) {
     LayerActs& la = layers_[l];
+    sink.set_group(l);
     // dresid_ is d/d(resid_[l+1]); the FFN branch's output gradient is the same tensor.
     if (cfg_.is_moe(l)) {
       moe_backward(dh_, params_.grad(layer_param(l, "router")), dresid_, la.moe, moe_scratch_, la.h2,
                    params_.value(layer_param(l, "router")), experts_, l, ms,
-                   grad_scale_ * cfg_.aux_loss_weight, grad_scale_ * cfg_.z_loss_weight);
+                   grad_scale_ * cfg_.aux_loss_weight, grad_scale_ * cfg_.z_loss_weight, sink, la.moe_dx);
     } else {
       swiglu_backward(dh_, params_.grad(dense_param(l, "w1")), params_.grad(dense_param(l, "w3")),
-                      params_.grad(dense_param(l, "w2")), dresid_, la.g, la.u, act_, la.h2,
-                      params_.value(dense_param(l, "w1")), params_.value(dense_param(l, "w3")),
-                      params_.value(dense_param(l, "w2")), N, C, cfg_.d_ff_dense);
+                      params_.grad(dense_param(l, "w2")), dresid_, la.g, la.u, act_, per_unit_ ? dg_ : la.g,
+                      per_unit_ ? du_ : la.u, la.h2, params_.value(dense_param(l, "w1")),
+                      params_.value(dense_param(l, "w3")), params_.value(dense_param(l, "w2")), N, C,
+                      cfg_.d_ff_dense, sink);
     }
     rmsnorm_backward(dresid_, params_.grad(layer_param(l, "ffn_norm")), dh_, la.xmid,
-                     params_.value(layer_param(l, "ffn_norm")), la.rstd2, N, C);
+                     params_.value(layer_param(l, "ffn_norm")), la.rstd2, N, C, sink);
     // dresid_ is now d/d(xmid).
     matmul_nn(dao_, dresid_, params_.value(layer_param(l, "wo")), N, HD, C, false);
-    matmul_tn(params_.grad(layer_param(l, "wo")), dresid_, la.ao, C, HD, N, true);
+    sink.linear(params_.grad(layer_param(l, "wo")), dresid_, la.ao, N, C, HD);
     attention_backward(dq_, dk_, dv_, dao_, la.att, la.q, la.k, la.v, B, T, H, KV, D);
     rope_apply(dq_, B, T, H, D, cfg_.rope_theta, true);
     rope_apply(dk_, B, T, KV, D, cfg_.rope_theta, true);
-    matmul_tn(params_.grad(layer_param(l, "wq")), dq_, la.h1, HD, C, N, true);
-    matmul_tn(params_.grad(layer_param(l, "wk")), dk_, la.h1, KVD, C, N, true);
-    matmul_tn(params_.grad(layer_param(l, "wv")), dv_, la.h1, KVD, C, N, true);
+    sink.linear(params_.grad(layer_param(l, "wq")), dq_, la.h1, N, HD, C);
+    sink.linear(params_.grad(layer_param(l, "wk")), dk_, la.h1, N, KVD, C);
+    sink.linear(params_.grad(layer_param(l, "wv")), dv_, la.h1, N, KVD, C);
     matmul_nn(dh_, dq_, params_.value(layer_param(l, "wq")), N, C, HD, false);
     matmul_nn(dh_, dk_, params_.value(layer_param(l, "wk")), N, C, KVD, true);
     matmul_nn(dh_, dv_, params_.value(layer_param(l, "wv")), N, C, KVD, true);
     rmsnorm_backward(dresid_, params_.grad(layer_param(l, "attn_norm")), dh_, resid_[l],
-                     params_.value(layer_param(l, "attn_norm")), la.rstd1, N, C);
+                     params_.value(layer_param(l, "attn_norm")), la.rstd1, N, C, sink);
   }
-  embedding_backward(params_.grad("wte"), dresid_, inputs_, N, C);
+  sink.set_group(cfg_.n_layers);
+  if (tied_norms) tied_embedding_unit_norms(sink);
+  else embedding_backward(params_.grad("wte"), dresid_, inputs_, N, C, sink);
 }
 
 }  // namespace pcmoe

@@ -22,8 +22,9 @@ struct LossStats {
 
 class Model {
  public:
-  // `max_batch` sequences of cfg.seq_len tokens at most per call.
-  Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, int max_batch);
+  // `max_batch` sequences of cfg.seq_len tokens at most per call. per_unit plans what DP-SGD's
+  // per-unit passes need (backward_unit_norms, backward_clipped).
+  Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, int max_batch, bool per_unit = false);
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
@@ -32,6 +33,20 @@ class Model {
   // gradients (and sends the expert part through the backend).
   LossStats forward(const int32_t* windows, int batch, float grad_scale);
   void backward();
+
+  // DP-SGD (docs/privacy.md). unit_of_seq[b] in 0..n_units-1 is the privacy unit of sequence b
+  // of the last forward; a unit's sequences are adjacent. Parameters fall into clip groups:
+  // group l holds layer l's tensors (its experts included), group n_layers the embedding, final
+  // norm and head.
+  int clip_groups() const { return cfg_.n_layers + 1; }
+  // Pass 1: unit_sq[g * n_units + u] += squared norm of unit u's gradient of group g's tensors.
+  // No gradient is touched.
+  void backward_unit_norms(const int* unit_of_seq, int n_units, double* unit_sq);
+  // Pass 2 (after pass 1 over the same forward): gradients += Σ_u factor[g * n_units + u] ·
+  // (unit u's gradient of group g's tensors).
+  void backward_clipped(const int* unit_of_seq, int n_units, const float* factor);
+  // Switch load-balancing loss over each sequence (per privacy unit) instead of the whole batch.
+  void set_aux_per_sequence(bool on) { aux_per_sequence_ = on; }
   // Inference: logits [batch, T, V] of inputs[batch, T] (positions past a sequence's real end
   // may hold anything: attention is causal).
   const float* logits(const int32_t* inputs, int batch);
@@ -48,14 +63,20 @@ class Model {
     float *rstd1, *h1, *q, *k, *v, *att, *ao, *xmid, *rstd2, *h2;
     float *g, *u;   // dense layers
     MoeSaved moe;   // MoE layers
+    float* moe_dx = nullptr;  // per_unit MoE layers: the experts' input gradients of pass 1
   };
   void forward_body(int batch);
   MoeShape moe_shape(int batch) const;
+  void backward_pass(GradSink& sink);
+  void set_token_units(const int* unit_of_seq);
+  void tied_embedding_unit_norms(const GradSink& sink);
 
   const ModelConfig cfg_;
   ParamSet& params_;
   ExpertBackend& experts_;
   int max_batch_;
+  bool per_unit_;
+  bool aux_per_sequence_ = false;
   int batch_ = 0;        // rows of the last forward
   float grad_scale_ = 0;
   std::vector<float*> resid_;  // n_layers + 1 residual streams [N,C]
@@ -65,6 +86,10 @@ class Model {
   // scratch, shared across layers
   float *dresid_ = nullptr, *dh_ = nullptr, *dq_ = nullptr, *dk_ = nullptr, *dv_ = nullptr,
         *dao_ = nullptr, *branch_ = nullptr, *act_ = nullptr;
+  float *dg_ = nullptr, *du_ = nullptr;  // per_unit dense layers (otherwise g and u are consumed)
+  float* unit_scratch_ = nullptr;        // per_unit: GradSink scratch
+  size_t unit_scratch_floats_ = 0;
+  int* token_unit_ = nullptr;            // per_unit: the unit of each token row
   MoeScratch moe_scratch_{};
   AlignedBuffer acts_, scratch_;
 };

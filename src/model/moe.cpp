@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "tensor/gemm.h"
@@ -24,6 +25,16 @@ void MoeScratch::plan(Arena& a, const MoeShape& s) {
   grouped_b = a.take<float>((size_t)s.N * s.K * s.C);
   dlogits = a.take<float>((size_t)s.N * s.E);
 }
+
+namespace {
+// How many of each aux group's (token, choice) pairs went to each expert.
+std::vector<std::vector<int>> group_expert_counts(const MoeSaved& sv, const MoeShape& s) {
+  if (s.aux_group < 1 || s.N % s.aux_group != 0) throw std::logic_error("aux group must divide the batch rows");
+  std::vector<std::vector<int>> counts(s.N / s.aux_group, std::vector<int>(s.E, 0));
+  for (int i = 0; i < s.N * s.K; ++i) counts[i / s.K / s.aux_group][sv.expert[i]]++;
+  return counts;
+}
+}  // namespace
 
 void moe_forward(float* out, MoeSaved& sv, MoeScratch& scratch, const float* x, const float* router,
                  ExpertBackend& experts, int layer, const MoeShape& s) {
@@ -87,29 +98,41 @@ void moe_forward(float* out, MoeSaved& sv, MoeScratch& scratch, const float* x, 
     }
   }
 
-  // Auxiliary losses: L_aux = E * sum_e f_e * P_e, L_z = mean_t lse_t^2.
+  // Auxiliary losses: L_aux = mean over groups of E * sum_e f_e * P_e, L_z = mean_t lse_t^2.
+  const std::vector<std::vector<int>> counts = group_expert_counts(sv, s);
+  const int groups = N / s.aux_group;
   double aux = 0, z = 0;
-  for (int e = 0; e < E; ++e) {
-    double P = 0;
-    for (int t = 0; t < N; ++t) P += sv.probs[(size_t)t * E + e];
-    const double f = double(sv.offsets[e + 1] - sv.offsets[e]) / ((double)N * K);
-    aux += f * (P / N);
+  for (int g = 0; g < groups; ++g) {
+    double ga = 0;
+    for (int e = 0; e < E; ++e) {
+      double P = 0;
+      for (int t = g * s.aux_group; t < (g + 1) * s.aux_group; ++t) P += sv.probs[(size_t)t * E + e];
+      const double f = double(counts[g][e]) / ((double)s.aux_group * K);
+      ga += f * (P / s.aux_group);
+    }
+    aux += ga;
   }
   for (int t = 0; t < N; ++t) z += (double)sv.lse[t] * sv.lse[t];
-  sv.aux = static_cast<float>(E * aux);
+  sv.aux = static_cast<float>(E * aux / groups);
   sv.z = static_cast<float>(z / N);
 }
 
 void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, MoeScratch& scratch,
                   const float* x, const float* router, ExpertBackend& experts, int layer,
-                  const MoeShape& s, float aux_weight, float z_weight) {
+                  const MoeShape& s, float aux_weight, float z_weight, const GradSink& sink,
+                  float* dx_cache) {
   const int N = s.N, C = s.C, E = s.E, K = s.K;
   float* dy = scratch.grouped_a;
   float* dxs = scratch.grouped_b;
   float* dlogits = scratch.dlogits;
-  std::vector<float> aux_coef(E);  // d(aux_weight * L_aux) / d p[t,e], the same for every t
-  for (int e = 0; e < E; ++e)
-    aux_coef[e] = aux_weight * E * (float(sv.offsets[e + 1] - sv.offsets[e]) / ((float)N * K)) / N;
+  // d(aux_weight * L_aux) / d p[t,e]: the same for every t of an aux group.
+  const std::vector<std::vector<int>> counts = group_expert_counts(sv, s);
+  const int groups = N / s.aux_group;
+  std::vector<float> aux_coef((size_t)groups * E);
+  for (int g = 0; g < groups; ++g)
+    for (int e = 0; e < E; ++e)
+      aux_coef[(size_t)g * E + e] =
+          aux_weight * E * (float(counts[g][e]) / ((float)s.aux_group * K)) / s.aux_group / groups;
 
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < N; ++t) {
@@ -134,7 +157,8 @@ void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, Mo
     const float* p = sv.probs + (size_t)t * E;
     float* dl = dlogits + (size_t)t * E;
     float dp[1024];  // E <= 1024 is checked by the model
-    for (int e = 0; e < E; ++e) dp[e] = aux_coef[e];
+    const float* ac = aux_coef.data() + (size_t)(t / s.aux_group) * E;
+    for (int e = 0; e < E; ++e) dp[e] = ac[e];
     float picked_sum = 0;
     for (int j = 0; j < K; ++j) picked_sum += p[chosen[j]];
     for (int j = 0; j < K; ++j)
@@ -145,7 +169,20 @@ void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, Mo
     for (int e = 0; e < E; ++e) dl[e] = p[e] * (dp[e] - pdp) + zc * p[e];
   }
 
-  experts.backward(layer, sv.offsets, dy, dxs);
+  switch (sink.mode()) {
+    case SinkMode::kSum: experts.backward(layer, sv.offsets, dy, dxs); break;
+    case SinkMode::kUnitNorms: {
+      std::vector<int> unit((size_t)N * K);
+      for (int i = 0; i < N * K; ++i) unit[sv.row[i]] = sink.token_unit()[i / K];
+      experts.backward_unit_norms(layer, sv.offsets, dy, unit.data(), sink.n_units(), dxs, sink.group_sq());
+      std::memcpy(dx_cache, dxs, (size_t)N * K * C * sizeof(float));
+      break;
+    }
+    case SinkMode::kClipped:
+      experts.add_clipped_grads(layer, sink.group_factor());
+      dxs = dx_cache;
+      break;
+  }
 
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < N; ++t) {
@@ -158,7 +195,7 @@ void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, Mo
     }
   }
   matmul_nn(dx, dlogits, router, N, C, E, true);
-  matmul_tn(drouter, dlogits, x, E, C, N, true);
+  sink.linear(drouter, dlogits, x, N, E, C);
 }
 
 }  // namespace pcmoe

@@ -1,5 +1,6 @@
 #include "train/train_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -72,11 +73,51 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
 
 nlohmann::json to_json(const CollabConfig& c) { return {{"modes", c.modes}, {"init_from", c.init_from}}; }
 
+PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
+  PrivacyConfig c;
+  c.enabled = true;
+  JsonFields f(j, "privacy");
+  f.read("epsilon", c.epsilon);
+  f.read("delta", c.delta);
+  f.read("clip", c.clip);
+  f.read("sampling_rate", c.sampling_rate);
+  f.read("noise_multiplier", c.noise_multiplier);
+  f.read("accountant", c.accountant);
+  f.read("conversion", c.conversion);
+  f.read("unit", c.unit);
+  f.read("aux_loss", c.aux_loss);
+  f.read("clipping", c.clipping);
+  f.read("noise_seed", c.noise_seed);
+  f.reject_unknown();
+  auto require = [](bool ok, const std::string& msg) {
+    if (!ok) throw std::runtime_error("config section 'privacy': " + msg);
+  };
+  require(c.sampling_rate > 0 && c.sampling_rate <= 1, "sampling_rate must be in (0, 1]");
+  require(c.clip > 0 && std::isfinite(c.clip), "clip must be > 0");
+  require(c.epsilon >= 0 && std::isfinite(c.epsilon), "epsilon must be >= 0");
+  require(c.noise_multiplier >= 0 && std::isfinite(c.noise_multiplier), "noise_multiplier must be >= 0");
+  require(c.epsilon > 0 || c.noise_multiplier > 0, "set epsilon (a budget) or noise_multiplier (or both)");
+  require(c.delta >= 0 && c.delta < 1, "delta must be in [0, 1) (0: 1/N)");
+  require(c.accountant == "rdp", "accountant must be \"rdp\"");
+  require(c.conversion == "improved" || c.conversion == "classic", "conversion must be \"improved\" or \"classic\"");
+  require(c.unit == "sequence" || c.unit == "document", "unit must be \"sequence\" or \"document\"");
+  require(c.aux_loss == "per-unit" || c.aux_loss == "off", "aux_loss must be \"per-unit\" or \"off\"");
+  require(c.clipping == "flat" || c.clipping == "per-layer", "clipping must be \"flat\" or \"per-layer\"");
+  return c;
+}
+
+nlohmann::json to_json(const PrivacyConfig& c) {
+  return {{"epsilon", c.epsilon},       {"delta", c.delta},       {"clip", c.clip},
+          {"sampling_rate", c.sampling_rate}, {"noise_multiplier", c.noise_multiplier},
+          {"accountant", c.accountant}, {"conversion", c.conversion}, {"unit", c.unit},
+          {"aux_loss", c.aux_loss},     {"clipping", c.clipping}, {"noise_seed", c.noise_seed}};
+}
+
 RunConfig run_config_from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data, parties, collab");
+  if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data, parties, collab, privacy");
   for (auto& [key, value] : j.items())
-    if (key != "model" && key != "train" && key != "data" && key != "parties" && key != "collab")
-      throw std::runtime_error("unknown config section '" + key + "' (expected model, train, data, parties, collab)");
+    if (key != "model" && key != "train" && key != "data" && key != "parties" && key != "collab" && key != "privacy")
+      throw std::runtime_error("unknown config section '" + key + "' (expected model, train, data, parties, collab, privacy)");
   RunConfig c;
   static const nlohmann::json empty = nlohmann::json::object();
   c.model = model_config_from_json(j.contains("model") ? j["model"] : empty);
@@ -85,6 +126,7 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   c.data.vocab_size = c.model.vocab_size;
   c.parties = data::party_split_config_from_json(j.contains("parties") ? j["parties"] : empty);
   c.collab = collab_config_from_json(j.contains("collab") ? j["collab"] : empty);
+  if (j.contains("privacy")) c.privacy = privacy_config_from_json(j["privacy"]);
   return c;
 }
 
@@ -107,8 +149,10 @@ RunConfig load_run_config(const std::string& path) {
 }
 
 nlohmann::json to_json(const RunConfig& c) {
-  return {{"model", to_json(c.model)}, {"train", to_json(c.train)}, {"data", data::to_json(c.data)},
-          {"parties", data::to_json(c.parties)}, {"collab", to_json(c.collab)}};
+  nlohmann::json j = {{"model", to_json(c.model)}, {"train", to_json(c.train)}, {"data", data::to_json(c.data)},
+                      {"parties", data::to_json(c.parties)}, {"collab", to_json(c.collab)}};
+  if (c.privacy.enabled) j["privacy"] = to_json(c.privacy);
+  return j;
 }
 
 }  // namespace pcmoe

@@ -46,12 +46,31 @@ struct CollabConfig {
 CollabConfig collab_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const CollabConfig& c);
 
+// The "privacy" section: DP-SGD (docs/privacy.md). Present = on.
+struct PrivacyConfig {
+  bool enabled = false;
+  double epsilon = 0;           // target ε for train.steps; 0: none (noise_multiplier must be set)
+  double delta = 0;             // 0: 1/N, N the number of privacy units
+  double clip = 1.0;            // C: bound on each unit's gradient norm (in total, per-layer too)
+  double sampling_rate = 0;     // q: each unit joins a step's batch with this probability
+  double noise_multiplier = 0;  // σ; 0: calibrated so that train.steps spend exactly ε
+  std::string accountant = "rdp";
+  std::string conversion = "improved";  // RDP to (ε, δ): "improved" (Opacus today) | "classic"
+  std::string unit = "sequence";        // "sequence" | "document" (all its sequences together)
+  std::string aux_loss = "per-unit";    // Switch load balancing: "per-unit" (per sequence) | "off"
+  std::string clipping = "flat";        // "flat" | "per-layer" (C/sqrt(groups) per clip group)
+  int64_t noise_seed = -1;              // >= 0: repeatable noise (tests only); else RAND_bytes
+};
+PrivacyConfig privacy_config_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const PrivacyConfig& c);
+
 struct RunConfig {
   ModelConfig model;
   TrainConfig train;
   data::DataConfig data;
   data::PartySplitConfig parties;  // how documents are dealt to parties (pcmoe collab)
   CollabConfig collab;
+  PrivacyConfig privacy;
 };
 // Reads and checks a config file: clear errors for a missing file, bad JSON, unknown keys.
 RunConfig load_run_config(const std::string& path);

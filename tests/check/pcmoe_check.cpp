@@ -2,6 +2,7 @@
 // safetensors file, runs one layer or the whole model, writes outputs and gradients.
 //   pcmoe_check unit NAME IN.safetensors OUT.safetensors
 //   pcmoe_check model CONFIG.json IN.safetensors OUT.safetensors
+//   pcmoe_check dp CONFIG.json IN.safetensors OUT.safetensors   (per-unit norms, clipped sum)
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -17,6 +18,7 @@
 #include "tensor/cpu.h"
 #include "tensor/gemm.h"
 #include "tensor/safetensors.h"
+#include "privacy/dp_sgd.h"
 #include "train/step.h"
 
 using namespace pcmoe;
@@ -72,10 +74,11 @@ void unit_swiglu(const StFile& in, StFile& out) {
   const int N = (int)xs[0], C = (int)xs[1], F = (int)w1s[0];
   auto x = copy_f32(in, "x", xs), w1 = copy_f32(in, "w1", {F, C}), w3 = copy_f32(in, "w3", {F, C});
   auto w2 = copy_f32(in, "w2", {C, F}), dout = copy_f32(in, "dout", xs);
-  std::vector<float> y(N * C), g(N * F), u(N * F), act(N * F), dx(N * C), dw1(F * C, 0), dw3(F * C, 0), dw2(C * F, 0);
+  std::vector<float> y(N * C), g(N * F), u(N * F), act(N * F), dg(N * F), du(N * F), dx(N * C), dw1(F * C, 0),
+      dw3(F * C, 0), dw2(C * F, 0);
   swiglu_forward(y.data(), g.data(), u.data(), act.data(), x.data(), w1.data(), w3.data(), w2.data(), N, C, F);
   swiglu_backward(dx.data(), dw1.data(), dw3.data(), dw2.data(), dout.data(), g.data(), u.data(), act.data(),
-                  x.data(), w1.data(), w3.data(), w2.data(), N, C, F);
+                  dg.data(), du.data(), x.data(), w1.data(), w3.data(), w2.data(), N, C, F);
   out.put_f32("out", xs, y.data());
   out.put_f32("dx", xs, dx.data());
   out.put_f32("dw1", {F, C}, dw1.data());
@@ -105,7 +108,7 @@ void unit_moe(const StFile& in, const nlohmann::json& args, StFile& out) {
   }
   const int K = cfg.top_k;
   LocalExperts experts(cfg, params, N * K);
-  MoeShape shape{N, C, E, K, cfg.renormalize};
+  MoeShape shape{N, C, E, K, cfg.renormalize, N};
   MoeSaved saved{};
   MoeScratch scratch{};
   AlignedBuffer block;
@@ -197,17 +200,54 @@ void run_model(const std::string& config_path, const StFile& in, StFile& out) {
   out.put_f32("lr", {S}, lr.data());
 }
 
+// One DP-SGD micro-batch: tokens[B, T+1] with units[B] (adjacent, ascending); writes the
+// per-unit squared norms per clip group (unit_sq [groups, units]) and the clipped sum of every
+// tensor (clipped.<name>), with the clip factors of the config's privacy section.
+void run_dp(const std::string& config_path, const StFile& in, StFile& out) {
+  RunConfig rc = load_run_config(config_path);
+  ModelConfig cfg = rc.model;
+  if (rc.privacy.aux_loss == "off") cfg.aux_loss_weight = 0;
+  set_num_threads(rc.train.threads);
+  ParamSet params(cfg, ParamSelection{});
+  for (const ParamTensor& t : params.tensors())
+    std::memcpy(params.value(t.name), in.get(t.name, t.shape).f32(), t.numel * 4);
+  const int B = (int)shape_of(in, "units")[0];
+  const int32_t* tokens = in.get("tokens", {B, cfg.seq_len + 1}, "I32").i32();
+  const int32_t* units = in.get("units", {B}, "I32").i32();
+  const int U = units[B - 1] + 1;
+  LocalExperts experts(cfg, params, B * cfg.seq_len * cfg.top_k, true);
+  Model model(cfg, params, experts, B, true);
+  model.set_aux_per_sequence(rc.privacy.aux_loss == "per-unit");
+  const DpPlan plan = plan_dp(rc.privacy, U, 1);
+  const LossStats ls = model.forward(tokens, B, (float)B);
+  const int G = model.clip_groups();
+  std::vector<double> sq((size_t)G * U, 0.0);
+  std::vector<int> unit_of_seq(units, units + B);
+  model.backward_unit_norms(unit_of_seq.data(), U, sq.data());
+  double norm_sum = 0;
+  int clipped = 0;
+  const std::vector<float> f = clip_factors(sq, G, U, plan, &norm_sum, &clipped);
+  params.zero_grads();
+  model.backward_clipped(unit_of_seq.data(), U, f.data());
+  std::vector<float> sqf(sq.begin(), sq.end());
+  out.put_f32("unit_sq", {G, U}, sqf.data());
+  out.put_f32("loss", {1}, &ls.total);
+  for (const ParamTensor& t : params.tensors()) out.put_f32("clipped." + t.name, t.shape, params.grad(t.name));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   select_blas_kernels(argv);
   try {
-    if (argc != 5) throw std::runtime_error("usage: pcmoe_check unit NAME IN OUT | model CONFIG IN OUT");
+    if (argc != 5) throw std::runtime_error("usage: pcmoe_check unit NAME IN OUT | model CONFIG IN OUT | dp CONFIG IN OUT");
     const std::string mode = argv[1], what = argv[2];
     StFile in = read_safetensors(argv[3]);
     StFile out;
     if (mode == "model") {
       run_model(what, in, out);
+    } else if (mode == "dp") {
+      run_dp(what, in, out);
     } else if (mode == "unit") {
       set_num_threads(2);
       nlohmann::json args = nlohmann::json::object();

@@ -199,6 +199,11 @@ TEST(Collab, OnlyRoutedHiddenStatesTheirGradientsAndControlCross) {
     void backward(int layer, const int* offsets, const float* dy, float* dx) override {
       inner.backward(layer, offsets, dy, dx);
     }
+    void backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit, int n_units,
+                             float* dx, double* unit_sq) override {
+      inner.backward_unit_norms(layer, offsets, dy, unit, n_units, dx, unit_sq);
+    }
+    void add_clipped_grads(int layer, const float* factor) override { inner.add_clipped_grads(layer, factor); }
   };
   std::map<int, std::vector<float>> twin_rows;
   std::map<int, std::vector<int>> twin_offsets;

@@ -1,0 +1,88 @@
+// DP-SGD for the MoE model (docs/privacy.md): privacy units, Poisson sampling, per-unit clipping
+// through the router and the experts (wherever they run), the noise and the budget.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "privacy/accountant.h"
+#include "privacy/noise.h"
+#include "train/adamw.h"
+#include "train/train_config.h"
+
+namespace pcmoe {
+
+// A training stream cut into privacy units, each a run of adjacent windows of T+1 tokens.
+// "sequence": every window is a unit (windows at k*T, as validation_windows). "document": the
+// windows of one document (a BOS-led run of the stream), cut inside it; a document shorter than
+// T+1 tokens gives no window.
+struct PrivacyUnits {
+  int seq_len = 0;
+  std::vector<int32_t> windows;  // [n_windows, T+1]
+  std::vector<int> first;        // unit u owns windows first[u] .. first[u+1]-1
+  int n_units() const { return (int)first.size() - 1; }
+  int max_windows() const;
+  const int32_t* window(int w) const { return windows.data() + (size_t)w * (seq_len + 1); }
+};
+PrivacyUnits make_privacy_units(const std::vector<int32_t>& tokens, int seq_len, const std::string& unit,
+                                int32_t bos_id);
+
+// The privacy parameters of a run, resolved before its first step.
+struct DpPlan {
+  double sigma = 0;   // noise multiplier
+  double q = 0;       // sampling rate
+  double delta = 0;
+  double clip = 0;
+  double epsilon_budget = 0;  // 0: none
+  int64_t budget_steps = 0;   // the most steps the budget allows (train.steps when calibrated)
+  int n_units = 0;
+  bool sigma_calibrated = false;
+  privacy::Conversion conversion = privacy::Conversion::kImproved;
+  bool per_layer = false;
+  bool aux_per_unit = true;
+  std::string unit;
+  bool seeded_noise = false;
+  uint64_t noise_seed = 0;
+  double epsilon_after(int64_t steps) const;  // by the configured conversion
+  double expected_batch() const { return q * n_units; }
+  // The report's privacy block after `steps` steps.
+  nlohmann::json report(int64_t steps) const;
+};
+// Calibrates σ (when not given) for `steps` steps; refuses (std::runtime_error, saying why) a
+// plan whose budget cannot be met: σ out of reach, or a given σ that cannot pay for one step.
+DpPlan plan_dp(const PrivacyConfig& c, int n_units, int64_t steps);
+
+// The units of step `step`: each joins independently with probability q (seeded by seed, step).
+std::vector<int> poisson_sample(uint64_t seed, int64_t step, int n_units, double q);
+
+struct ClippedBatch {
+  LossStats loss;              // mean over the sampled units' sequences (zero when none)
+  int units = 0, windows = 0;
+  double mean_norm = 0;        // mean per-unit gradient norm before clipping
+  double clipped_fraction = 0; // share of units whose factor was below 1
+};
+// Adds Σ_u clip(g_u) over the sampled units to the gradients (the model's ParamSet and, through
+// its ExpertBackend, the experts'), in micro-batches of at most model.max_batch() windows that
+// never split a unit. Each unit's loss is the sum over its sequences of (mean CE of the
+// sequence + the weighted aux losses of the sequence).
+ClippedBatch accumulate_clipped(Model& model, const PrivacyUnits& units, const std::vector<int>& sampled,
+                                const DpPlan& plan);
+
+// The clip factors of the units of one micro-batch from their squared norms per clip group
+// (unit_sq[g * n_units + u]): flat, min(1, C / (‖g_u‖ + 1e-6)) for every group (as Opacus);
+// per-layer, each group against C / sqrt(groups).
+std::vector<float> clip_factors(const std::vector<double>& unit_sq, int groups, int n_units, const DpPlan& plan,
+                                double* norm_sum, int* clipped);
+
+// The noise of a party's own tensors at step `step`: the secure source, or (seeded plans) a
+// stream of (noise_seed, stream) — stream names the tensors' owner and step.
+NoiseSource noise_for(const DpPlan& plan, uint64_t stream);
+
+// One centralised DP-SGD step: zero the gradients, clipped sum over a Poisson batch, Gaussian
+// noise N(0, σ²C²) on every coordinate, division by the expected batch qN, AdamW at `lr`.
+ClippedBatch dp_local_step(Model& model, ParamSet& params, AdamW& opt, NoiseSource& noise, const PrivacyUnits& units,
+                           const DpPlan& plan, uint64_t seed, int64_t step, float lr);
+
+}  // namespace pcmoe
