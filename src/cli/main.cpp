@@ -192,7 +192,8 @@ int cmd_collab(int argc, char** argv) {
                   row[mode]["val_loss_pooled"].get<double>());
     return buf;
   };
-  std::printf("\nvalidation loss (nats), own data / pooled data, after %lld tokens per party\n",
+  std::printf("\nvalidation loss (nats), own data / pooled data, after %s%lld tokens per party\n",
+              r.contains("privacy") ? "DP-SGD (see report.json's privacy block) on about " : "",
               r["tokens_per_party"].get<long long>());
   std::printf("%-5s %-17s %-17s %-17s %-17s %10s %12s\n", "party", "pc-moe", "centralised", "local full", "local budget",
               "pcmoe MiB", "bytes/token");

@@ -42,7 +42,18 @@ struct Shared {
   int64_t tokens_per_turn = 0;
   fs::path out_dir;
   std::string tokenizer_model;
+  // DP-SGD (privacy section): each party's units and plan (its own budget), the rounds the
+  // tightest budget allows, the micro-batch that holds any unit, the model config trained.
+  std::vector<PrivacyUnits> units;
+  std::vector<DpPlan> plans;
+  int64_t rounds = 0;
+  int dp_max_batch = 0;
+  ModelConfig dp_model;
 };
+
+bool private_run(const Shared& sh) { return !sh.plans.empty(); }
+uint64_t party_seed(const Shared& sh, int p) { return sh.cfg.train.seed + 7919 * (uint64_t)(p + 1); }
+uint64_t noise_stream(int p, int64_t round) { return ((uint64_t)(p + 1) << 32) + (uint64_t)round; }
 
 // Validation loss of one model on the pooled validation data and, for own >= 0, on that party's own.
 nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
@@ -73,7 +84,11 @@ nlohmann::json run_pcmoe(Shared& sh) {
   const RunConfig& cfg = sh.cfg;
   const int n = (int)sh.parties.size();
   InProcessTransport net;
-  PcMoeSession session(cfg.model, cfg.train, n, net);
+  const bool dp = private_run(sh);
+  const HostPrivacy hp = dp ? HostPrivacy{true, sh.plans[0].seeded_noise, sh.plans[0].noise_seed} : HostPrivacy{};
+  PcMoeSession session(dp ? sh.dp_model : cfg.model, cfg.train, n, net, dp ? sh.dp_max_batch : 0, hp);
+  if (dp)
+    for (int p = 0; p < n; ++p) session.party(p).model.set_aux_per_sequence(sh.plans[p].aux_per_unit);
   if (!cfg.collab.init_from.empty())
     for (int p = 0; p < n; ++p) {
       load_checkpoint(cfg.collab.init_from, cfg.model, session.party(p).backbone, nullptr);
@@ -82,14 +97,26 @@ nlohmann::json run_pcmoe(Shared& sh) {
   std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
   const auto t0 = clock_type::now();
   int64_t done = 0;
-  for (int64_t round = 0; round < cfg.train.steps; ++round) {
+  std::vector<double> tokens(n, 0.0);
+  for (int64_t round = 0; round < sh.rounds; ++round) {
     for (int p : round_order(cfg.train.seed, n, round)) {
-      fill_turn(sh, p, round, windows);
-      const TurnResult r = session.train_turn(p, windows.data());
-      sh.metrics << nlohmann::json{{"mode", "pc-moe"}, {"round", round}, {"party", p}, {"loss", r.loss.total},
-                                   {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}}.dump()
-                 << "\n";
-      progress("pc-moe", ++done, (int64_t)n * cfg.train.steps, r.loss.ce, t0);
+      nlohmann::json line = {{"mode", "pc-moe"}, {"round", round}, {"party", p}};
+      TurnResult r;
+      if (dp) {
+        const std::vector<int> sampled = poisson_sample(party_seed(sh, p), round, sh.units[p].n_units(), sh.plans[p].q);
+        const DpTurnResult d = session.train_dp_turn(p, sh.units[p], sh.plans[p], sampled, noise_stream(p, round));
+        r = d.turn;
+        tokens[p] += (double)d.batch.windows * cfg.model.seq_len;
+        line["units"] = d.batch.units;
+        line["epsilon"] = sh.plans[p].epsilon_after(round + 1);
+      } else {
+        fill_turn(sh, p, round, windows);
+        r = session.train_turn(p, windows.data());
+        tokens[p] += (double)sh.tokens_per_turn;
+      }
+      line.update({{"loss", r.loss.total}, {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}});
+      sh.metrics << line.dump() << "\n";
+      progress("pc-moe", ++done, (int64_t)n * sh.rounds, r.loss.ce, t0);
     }
   }
   const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -104,16 +131,16 @@ nlohmann::json run_pcmoe(Shared& sh) {
     take(session.party(p).backbone);
     for (int h = 0; h < n; ++h) take(session.party(h).host.params());
     save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, model, nullptr,
-                    cfg.train.steps, sh.tokenizer_model);
+                    sh.rounds, sh.tokenizer_model);
   }
   nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}};
   const size_t transport_bytes = 2 * net.largest_payload();
   for (int p = 0; p < n; ++p) {
     nlohmann::json j = evaluate_everywhere(session.party(p).model, sh, p);
     j["memory"] = party_memory(session.party(p), transport_bytes);
-    const double tokens = (double)cfg.train.steps * sh.tokens_per_turn;
-    j["bytes_sent_per_token"] = training.bytes_sent(p) / tokens;
-    j["bytes_received_per_token"] = training.bytes_received(p) / tokens;
+    j["tokens_trained"] = tokens[p];
+    j["bytes_sent_per_token"] = training.bytes_sent(p) / tokens[p];
+    j["bytes_received_per_token"] = training.bytes_received(p) / tokens[p];
     out["parties"].push_back(j);
   }
   nlohmann::json traffic = nlohmann::json::array();
@@ -161,7 +188,11 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   const int k = (int)parties.size();
   tc.steps *= k;  // one optimizer step per turn, as PC-MoE's experts take
   tc.warmup *= k;
-  LocalModel s(mc, tc);
+  const bool dp = private_run(sh);
+  ModelConfig trained = mc;
+  if (dp) trained.aux_loss_weight = sh.dp_model.aux_loss_weight;
+  LocalModel s(trained, tc, dp ? sh.dp_max_batch : 0, dp);
+  if (dp) s.model.set_aux_per_sequence(sh.plans[0].aux_per_unit);
   if (!cfg.collab.init_from.empty()) {
     if (mc.n_experts == cfg.model.n_experts) load_checkpoint(cfg.collab.init_from, mc, s.params, nullptr);
     else load_budget_model(cfg.collab.init_from, cfg.model, own, n_all, s.params);
@@ -169,16 +200,27 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
   const auto t0 = clock_type::now();
   int64_t step = 0;
-  for (int64_t round = 0; round < cfg.train.steps; ++round) {
+  for (int64_t round = 0; round < sh.rounds; ++round) {
     for (int p : round_order(cfg.train.seed, n_all, round)) {
       if (std::find(parties.begin(), parties.end(), p) == parties.end()) continue;
-      fill_turn(sh, p, round, windows);
-      const LossStats ls = accumulate_gradients(s.model, s.params, windows.data(), tc.batch_size, tc.grad_accum);
-      const UpdateStats us = apply_update(s.params, s.opt, tc, step);
+      LossStats ls;
+      UpdateStats us;
+      if (dp) {  // party p's turn under its own budget, on the batch its PC-MoE turn draws
+        us.lr = learning_rate(tc, step);
+        NoiseSource noise = noise_for(sh.plans[p], noise_stream(p, round));
+        const ClippedBatch cb = dp_local_step(s.model, s.params, s.opt, noise, sh.units[p], sh.plans[p],
+                                              party_seed(sh, p), round, us.lr);
+        ls = cb.loss;
+        us.grad_norm = cb.mean_norm;
+      } else {
+        fill_turn(sh, p, round, windows);
+        ls = accumulate_gradients(s.model, s.params, windows.data(), tc.batch_size, tc.grad_accum);
+        us = apply_update(s.params, s.opt, tc, step);
+      }
       sh.metrics << nlohmann::json{{"mode", mode}, {"round", round}, {"party", p}, {"loss", ls.total},
                                    {"ce", ls.ce}, {"lr", us.lr}, {"grad_norm", us.grad_norm}}.dump()
                  << "\n";
-      progress(mode, ++step, tc.steps, ls.ce, t0);
+      progress(mode, ++step, sh.rounds * k, ls.ce, t0);
     }
   }
   if (own < 0)
@@ -241,6 +283,24 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
   // Samplers point at their streams: made once the streams have stopped moving.
   for (int p = 0; p < n; ++p)
     sh.parties[p].sampler = std::make_unique<data::BatchSampler>(sh.parties[p].train, mc.seq_len, tc.seed + 7919 * (uint64_t)(p + 1));
+  sh.rounds = tc.steps;
+  if (cfg.privacy.enabled) {
+    sh.dp_model = mc;
+    for (int p = 0; p < n; ++p) {
+      sh.units.push_back(make_privacy_units(sh.parties[p].train.tokens, mc.seq_len, cfg.privacy.unit, tok.bos_id()));
+      sh.plans.push_back(plan_dp(cfg.privacy, sh.units[p].n_units(), tc.steps));
+      const DpPlan& d = sh.plans[p];
+      std::fprintf(stderr, "party %d DP-SGD: %d units, q %.4g, noise multiplier %.4f, clip %.4g, delta %.3g, epsilon %.3f after %lld turns%s\n",
+                   p, d.n_units, d.q, d.sigma, d.clip, d.delta, d.epsilon_after(d.budget_steps), (long long)d.budget_steps,
+                   d.seeded_noise ? " | SEEDED NOISE (tests only)" : "");
+      sh.rounds = std::min(sh.rounds, d.budget_steps);
+      sh.dp_max_batch = std::max({sh.dp_max_batch, tc.batch_size, sh.units[p].max_windows()});
+    }
+    if (!sh.plans[0].aux_per_unit) sh.dp_model.aux_loss_weight = 0;
+    if (sh.rounds < tc.steps)
+      std::fprintf(stderr, "DP-SGD: the tightest party budget allows %lld rounds of %d; stopping there\n",
+                   (long long)sh.rounds, tc.steps);
+  }
   // The pooled validation set: every party's own windows, each party weighted alike.
   for (const PartyStreams& ps : sh.parties) {
     sh.pooled_val.insert(sh.pooled_val.end(), ps.val_windows.begin(), ps.val_windows.end());
@@ -248,7 +308,15 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
   }
 
   auto wants = [&](const char* m) { return std::find(cfg.collab.modes.begin(), cfg.collab.modes.end(), m) != cfg.collab.modes.end(); };
-  nlohmann::json report = {{"parties", n}, {"tokens_per_party", tc.steps * sh.tokens_per_turn}, {"modes", nlohmann::json::object()}};
+  // With DP-SGD a party's batches are Poisson draws: its expected tokens.
+  int64_t tokens_per_party = sh.rounds * sh.tokens_per_turn;
+  if (private_run(sh)) {
+    double expected = 0;
+    for (int p = 0; p < n; ++p)
+      expected += sh.rounds * sh.plans[p].q * sh.units[p].windows.size() / (mc.seq_len + 1) * mc.seq_len / n;
+    tokens_per_party = (int64_t)expected;
+  }
+  nlohmann::json report = {{"parties", n}, {"tokens_per_party", tokens_per_party}, {"modes", nlohmann::json::object()}};
   std::vector<int> everyone(n);
   for (int p = 0; p < n; ++p) everyone[p] = p;
   if (wants("pc-moe")) report["modes"]["pc-moe"] = run_pcmoe(sh);
@@ -284,6 +352,11 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
     for (const auto& pp : report["modes"]["pc-moe"]["parties"]) largest = std::max(largest, pp["memory"]["total"].get<size_t>());
     report["peak_memory_ratio"] = (double)largest / report["modes"]["centralised"]["memory"]["total"].get<double>();
   }
+  if (private_run(sh)) {
+    report["privacy"] = nlohmann::json::array();
+    for (const DpPlan& d : sh.plans) report["privacy"].push_back(d.report(sh.rounds));
+  }
+  report["rounds"] = sh.rounds;
   report["peak_rss_bytes"] = peak_rss_bytes();
   report["wall_seconds"] = std::chrono::duration<double>(clock_type::now() - t_start).count();
   report["config"] = to_json(cfg);

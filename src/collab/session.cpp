@@ -16,10 +16,11 @@ Bytes control_message(ControlOp op) {
 }
 }  // namespace
 
-CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id_, int n)
+CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id_, int n,
+                         int max_batch, const HostPrivacy& privacy)
     : id(id_), backbone(cfg, backbone_selection()), optimizer(backbone, tc), experts(cfg, transport, id_, n),
-      model(cfg, backbone, experts, tc.batch_size),
-      host(cfg, tc, id_, n, tc.batch_size * cfg.seq_len * cfg.top_k) {
+      model(cfg, backbone, experts, max_batch > 0 ? max_batch : tc.batch_size, privacy.per_unit),
+      host(cfg, tc, id_, n, (max_batch > 0 ? max_batch : tc.batch_size) * cfg.seq_len * cfg.top_k, privacy) {
   backbone.init(tc.seed);
 }
 
@@ -49,16 +50,47 @@ TurnPlan::TurnPlan(const ModelConfig& cfg, int n_parties) {
   }
 }
 
-PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport)
+PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport,
+                           int max_batch, const HostPrivacy& privacy)
     : tc_(tc), transport_(transport), plan_(cfg, n_parties) {
   if (n_parties < 1 || n_parties > cfg.n_experts)
     throw std::runtime_error("need 1 <= parties <= n_experts (" + std::to_string(cfg.n_experts) + "), got " +
                              std::to_string(n_parties));
   for (int p = 0; p < n_parties; ++p) {
-    parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties));
+    parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties, max_batch, privacy));
     ExpertHost* host = &parties_.back()->host;
     transport.serve(p, [host](MsgKind kind, int from, const Bytes& req) { return host->handle(kind, from, req); });
   }
+}
+
+DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
+                         const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
+                         uint64_t noise_stream) {
+  const int p = me.id, n = (int)plan.host_tensors.size();
+  for (int h = 0; h < n; ++h) transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kBeginTurn));
+  me.backbone.zero_grads();
+  DpTurnResult r;
+  r.batch = accumulate_clipped(me.model, units, sampled, dp);
+  r.turn.loss = r.batch.loss;
+  r.turn.grad_norm = r.batch.mean_norm;
+  r.turn.lr = learning_rate(tc, me.turns);
+  const double std = dp.sigma * dp.clip;
+  const float scale = (float)(1.0 / dp.expected_batch());
+  NoiseSource noise = noise_for(dp, noise_stream * 1024 + 1023);  // hosts use ids 0..1022
+  add_gaussian_noise(me.backbone, noise, std);
+  scale_grads(me.backbone, scale);
+  me.optimizer.step(me.backbone, r.turn.lr);
+  for (int h = 0; h < n; ++h) {
+    Writer w;
+    w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
+    w.f32((float)std);
+    w.f32(scale);
+    w.f32(r.turn.lr);
+    w.u64(noise_stream);
+    transport.call(p, h, MsgKind::kControl, w.take());
+  }
+  ++me.turns;
+  return r;
 }
 
 std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round) {

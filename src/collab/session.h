@@ -10,12 +10,15 @@
 #include "collab/remote_experts.h"
 #include "collab/transport.h"
 #include "model/model.h"
+#include "privacy/dp_sgd.h"
 #include "train/adamw.h"
 
 namespace pcmoe {
 
 struct CollabParty {
-  CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id, int n_parties);
+  // max_batch: sequences per micro-batch (0: tc.batch_size); privacy.per_unit plans DP-SGD.
+  CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id, int n_parties,
+              int max_batch = 0, const HostPrivacy& privacy = {});
   int id;
   ParamSet backbone;  // embedding, attention, norms, routers, head: never leaves the party
   AdamW optimizer;    // for the backbone
@@ -53,18 +56,37 @@ struct TurnPlan {
 TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
                     const int32_t* windows);
 
+// A DP-SGD turn (docs/privacy.md): party `me` clips each of its sampled units' gradients
+// (backbone here, experts at their hosts, which report each unit's squared norm and receive the
+// clip factors), adds N(0, σ²C²) noise to its backbone while every host adds its own to all of
+// its experts, divides by the expected batch qN and updates everywhere. `noise_stream` names
+// (party, turn) for seeded noise. The party's own budget: its units, its plan.
+struct DpTurnResult {
+  TurnResult turn;
+  ClippedBatch batch;
+};
+DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
+                         const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
+                         uint64_t noise_stream);
+
 // The order in which n parties take their turns in round r: a permutation drawn from the seed
 // and r alone (the seeded, randomised round-robin).
 std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round);
 
 class PcMoeSession {
  public:
-  PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport);
+  PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport, int max_batch = 0,
+               const HostPrivacy& privacy = {});
   int n_parties() const { return (int)parties_.size(); }
   CollabParty& party(int p) { return *parties_[p]; }
 
   // Party p's turn (run_turn) on windows[grad_accum * batch_size, T+1].
   TurnResult train_turn(int p, const int32_t* windows) { return run_turn(party(p), transport_, tc_, plan_, windows); }
+  // Party p's DP-SGD turn (run_dp_turn).
+  DpTurnResult train_dp_turn(int p, const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
+                             uint64_t noise_stream) {
+    return run_dp_turn(party(p), transport_, tc_, plan_, units, dp, sampled, noise_stream);
+  }
 
  private:
   TrainConfig tc_;

@@ -2,9 +2,10 @@
 
 namespace pcmoe {
 
-LocalModel::LocalModel(const ModelConfig& m, const TrainConfig& t)
-    : params(m, ParamSelection{}), experts(m, params, t.batch_size * m.seq_len * m.top_k),
-      model(m, params, experts, t.batch_size), opt(params, t) {
+LocalModel::LocalModel(const ModelConfig& m, const TrainConfig& t, int max_batch, bool per_unit)
+    : params(m, ParamSelection{}),
+      experts(m, params, (max_batch > 0 ? max_batch : t.batch_size) * m.seq_len * m.top_k, per_unit),
+      model(m, params, experts, max_batch > 0 ? max_batch : t.batch_size, per_unit), opt(params, t) {
   params.init(t.seed);
 }
 

@@ -10,7 +10,9 @@
 namespace pcmoe {
 
 struct LocalModel {
-  LocalModel(const ModelConfig& m, const TrainConfig& t);  // initialised from t.seed
+  // Initialised from t.seed; micro-batches of max_batch sequences (0: t.batch_size); per_unit
+  // plans DP-SGD's per-unit passes.
+  LocalModel(const ModelConfig& m, const TrainConfig& t, int max_batch = 0, bool per_unit = false);
   // Planned bytes by category (parameters, gradients, optimizer, activations, scratch) and total.
   nlohmann::json memory() const;
 

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "privacy/dp_sgd.h"
 #include "train/local_model.h"
 #include "tensor/gemm.h"
 #include "train/checkpoint.h"
@@ -101,7 +102,25 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const fs::path out(opts.out_dir), ckpt = out / "checkpoint", metrics_path = out / "metrics.jsonl";
 
   Dataset ds = prepare_dataset(cfg);
-  LocalModel lm(mc, tc);
+  // DP-SGD: privacy units, the calibrated plan, and a model that can clip per unit.
+  const bool dp = cfg.privacy.enabled;
+  PrivacyUnits units;
+  DpPlan plan;
+  ModelConfig model_cfg = mc;
+  if (dp) {
+    units = make_privacy_units(ds.train.tokens, mc.seq_len, cfg.privacy.unit, ds.tokenizer.bos_id());
+    plan = plan_dp(cfg.privacy, units.n_units(), tc.steps);
+    if (!plan.aux_per_unit) model_cfg.aux_loss_weight = 0;
+    std::fprintf(stderr,
+                 "DP-SGD: %d units (%s), q %.4g (expected %.1f units a step), noise multiplier %.4f%s, clip %.4g "
+                 "(%s), delta %.3g; epsilon after %lld steps %.3f%s\n",
+                 plan.n_units, plan.unit.c_str(), plan.q, plan.expected_batch(), plan.sigma,
+                 plan.sigma_calibrated ? " (calibrated)" : "", plan.clip, plan.per_layer ? "per-layer" : "flat",
+                 plan.delta, (long long)plan.budget_steps, plan.epsilon_after(plan.budget_steps),
+                 plan.seeded_noise ? " | SEEDED NOISE (tests only)" : "");
+  }
+  LocalModel lm(model_cfg, tc, dp ? std::max(tc.batch_size, units.max_windows()) : 0, dp);
+  if (dp) lm.model.set_aux_per_sequence(plan.aux_per_unit);
   ParamSet& params = lm.params;
   Model& model = lm.model;
   AdamW& opt = lm.opt;
@@ -132,27 +151,50 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const auto t0 = clock::now();
   double train_seconds = 0, last_val = NAN;
   LossStats last{};
-  const int64_t stop = opts.until >= 0 ? std::min<int64_t>(opts.until, tc.steps) : tc.steps;
+  int64_t stop = opts.until >= 0 ? std::min<int64_t>(opts.until, tc.steps) : tc.steps;
+  if (dp && plan.budget_steps < stop) {
+    std::fprintf(stderr, "DP-SGD: the privacy budget epsilon %.4g allows %lld steps; stopping there\n",
+                 plan.epsilon_budget, (long long)plan.budget_steps);
+    stop = plan.budget_steps;
+  }
+  NoiseSource run_noise = NoiseSource::secure();  // DP without a noise seed: one secure stream
+  int64_t tokens_done = 0;
   for (int64_t step = start; step < stop; ++step) {
     const auto ts = clock::now();
-    for (size_t m = 0; m < (size_t)tc.grad_accum; ++m)
-      sampler.sample(step, (int)m, tc.batch_size, windows.data() + m * tc.batch_size * row);
-    last = accumulate_gradients(model, params, windows.data(), tc.batch_size, tc.grad_accum);
-    const UpdateStats us = apply_update(params, opt, tc, step);
+    UpdateStats us{};
+    nlohmann::json dp_metrics;
+    if (dp) {
+      us.lr = learning_rate(tc, step);
+      NoiseSource step_noise = plan.seeded_noise ? noise_for(plan, (uint64_t)step) : NoiseSource::secure();
+      const ClippedBatch cb = dp_local_step(model, params, opt, plan.seeded_noise ? step_noise : run_noise, units,
+                                            plan, tc.seed, step, us.lr);
+      last = cb.loss;
+      us.grad_norm = cb.mean_norm;
+      tokens_done += (int64_t)cb.windows * mc.seq_len;
+      dp_metrics = {{"epsilon", plan.epsilon_after(step + 1)}, {"units", cb.units},
+                    {"mean_unit_norm", cb.mean_norm}, {"clipped_fraction", cb.clipped_fraction}};
+    } else {
+      for (size_t m = 0; m < (size_t)tc.grad_accum; ++m)
+        sampler.sample(step, (int)m, tc.batch_size, windows.data() + m * tc.batch_size * row);
+      last = accumulate_gradients(model, params, windows.data(), tc.batch_size, tc.grad_accum);
+      us = apply_update(params, opt, tc, step);
+      tokens_done += tokens_per_step;
+    }
     train_seconds += std::chrono::duration<double>(clock::now() - ts).count();
     const int64_t done = step + 1 - start;
-    const double tok_s = done * tokens_per_step / train_seconds;
+    const double tok_s = tokens_done / train_seconds;
     const double eta = (tc.steps - step - 1) * train_seconds / done;
     if (tty || (step + 1) % tc.log_every == 0 || step + 1 == tc.steps)
       std::fprintf(stderr, "%sstep %lld/%d | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s", tty ? "\r" : "",
                    (long long)step + 1, tc.steps, last.ce, us.lr, tok_s, format_duration(eta).c_str(),
                    tty ? "   " : "\n");
-    if ((step + 1) % tc.log_every == 0 || step + 1 == tc.steps) {
-      metrics << nlohmann::json{{"step", step + 1}, {"loss", last.total}, {"ce", last.ce},
-                                {"aux", last.aux}, {"z", last.z}, {"lr", us.lr},
-                                {"grad_norm", us.grad_norm}, {"tokens", (step + 1) * tokens_per_step},
-                                {"tok_per_s", tok_s}}.dump()
-              << "\n";
+    if ((step + 1) % tc.log_every == 0 || step + 1 == tc.steps || step + 1 == stop) {
+      nlohmann::json line = {{"step", step + 1}, {"loss", last.total}, {"ce", last.ce},
+                             {"aux", last.aux}, {"z", last.z}, {"lr", us.lr},
+                             {"grad_norm", us.grad_norm}, {"tokens", dp ? tokens_done : (step + 1) * tokens_per_step},
+                             {"tok_per_s", tok_s}};
+      if (dp) line.update(dp_metrics);
+      metrics << line.dump() << "\n";
       metrics.flush();
     }
     const bool last_step = step + 1 == tc.steps;
@@ -172,18 +214,19 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
       {"steps", tc.steps},
       {"resumed_from_step", start},
       {"stopped_at_step", stop},
-      {"tokens_trained", (stop - start) * tokens_per_step},
+      {"tokens_trained", tokens_done},
       {"final_train_loss", last.ce},
       {"final_val_loss", last_val},
       {"final_val_ppl", std::exp(last_val)},
       {"unigram_entropy", h_unigram},
-      {"tokens_per_s", train_seconds > 0 ? (stop - start) * tokens_per_step / train_seconds : 0.0},
+      {"tokens_per_s", train_seconds > 0 ? tokens_done / train_seconds : 0.0},
       {"train_seconds", train_seconds},
       {"wall_seconds", std::chrono::duration<double>(clock::now() - t0).count()},
       {"peak_rss_bytes", peak_rss_bytes()},
       {"parameters", params.numel()},
       {"arena_bytes", lm.memory()},
       {"config", to_json(cfg)}};
+  if (dp) report["privacy"] = plan.report(stop);
   std::ofstream(out / "report.json") << report.dump(2) << "\n";
   return report;
 }
