@@ -74,12 +74,11 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
   r.turn.loss = r.batch.loss;
   r.turn.grad_norm = r.batch.mean_norm;
   r.turn.lr = learning_rate(tc, me.turns);
+  NoiseSource noise = noise_for(dp, noise_stream * 1024 + 1023);  // hosts use ids 0..1022
+  privatise_gradients(me.backbone, noise, dp);
+  me.optimizer.step(me.backbone, r.turn.lr);
   const double std = dp.sigma * dp.clip;
   const float scale = (float)(1.0 / dp.expected_batch());
-  NoiseSource noise = noise_for(dp, noise_stream * 1024 + 1023);  // hosts use ids 0..1022
-  add_gaussian_noise(me.backbone, noise, std);
-  scale_grads(me.backbone, scale);
-  me.optimizer.step(me.backbone, r.turn.lr);
   for (int h = 0; h < n; ++h) {
     Writer w;
     w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));

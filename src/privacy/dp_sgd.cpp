@@ -194,12 +194,16 @@ NoiseSource noise_for(const DpPlan& plan, uint64_t stream) {
   return plan.seeded_noise ? NoiseSource::seeded(plan.noise_seed, stream) : NoiseSource::secure();
 }
 
+void privatise_gradients(ParamSet& params, NoiseSource& noise, const DpPlan& plan) {
+  add_gaussian_noise(params, noise, plan.sigma * plan.clip);
+  scale_grads(params, (float)(1.0 / plan.expected_batch()));
+}
+
 ClippedBatch dp_local_step(Model& model, ParamSet& params, AdamW& opt, NoiseSource& noise, const PrivacyUnits& units,
                            const DpPlan& plan, uint64_t seed, int64_t step, float lr) {
   params.zero_grads();
   const ClippedBatch cb = accumulate_clipped(model, units, poisson_sample(seed, step, units.n_units(), plan.q), plan);
-  add_gaussian_noise(params, noise, plan.sigma * plan.clip);
-  scale_grads(params, (float)(1.0 / plan.expected_batch()));
+  privatise_gradients(params, noise, plan);
   opt.step(params, lr);
   return cb;
 }

@@ -80,6 +80,9 @@ std::vector<float> clip_factors(const std::vector<double>& unit_sq, int groups, 
 // stream of (noise_seed, stream) — stream names the tensors' owner and step.
 NoiseSource noise_for(const DpPlan& plan, uint64_t stream);
 
+// What the optimizer gets: every gradient coordinate += N(0, σ²C²), then divided by qN.
+void privatise_gradients(ParamSet& params, NoiseSource& noise, const DpPlan& plan);
+
 // One centralised DP-SGD step: zero the gradients, clipped sum over a Poisson batch, Gaussian
 // noise N(0, σ²C²) on every coordinate, division by the expected batch qN, AdamW at `lr`.
 ClippedBatch dp_local_step(Model& model, ParamSet& params, AdamW& opt, NoiseSource& noise, const PrivacyUnits& units,

@@ -88,16 +88,19 @@ PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
   f.read("aux_loss", c.aux_loss);
   f.read("clipping", c.clipping);
   f.read("noise_seed", c.noise_seed);
+  f.read("sampling", c.sampling);
   f.reject_unknown();
   auto require = [](bool ok, const std::string& msg) {
     if (!ok) throw std::runtime_error("config section 'privacy': " + msg);
   };
+  require(c.sampling == "poisson", "sampling must be \"poisson\": the accountant's guarantee holds for Poisson batches only");
   require(c.sampling_rate > 0 && c.sampling_rate <= 1, "sampling_rate must be in (0, 1]");
   require(c.clip > 0 && std::isfinite(c.clip), "clip must be > 0");
-  require(c.epsilon >= 0 && std::isfinite(c.epsilon), "epsilon must be >= 0");
-  require(c.noise_multiplier >= 0 && std::isfinite(c.noise_multiplier), "noise_multiplier must be >= 0");
+  require(!j.contains("epsilon") || (c.epsilon > 0 && std::isfinite(c.epsilon)), "epsilon must be > 0");
+  require(!j.contains("noise_multiplier") || (c.noise_multiplier > 0 && std::isfinite(c.noise_multiplier)),
+          "noise_multiplier must be > 0");
   require(c.epsilon > 0 || c.noise_multiplier > 0, "set epsilon (a budget) or noise_multiplier (or both)");
-  require(c.delta >= 0 && c.delta < 1, "delta must be in [0, 1) (0: 1/N)");
+  require(!j.contains("delta") || (c.delta > 0 && c.delta < 1), "delta must be in (0, 1) (leave it out for 1/N)");
   require(c.accountant == "rdp", "accountant must be \"rdp\"");
   require(c.conversion == "improved" || c.conversion == "classic", "conversion must be \"improved\" or \"classic\"");
   require(c.unit == "sequence" || c.unit == "document", "unit must be \"sequence\" or \"document\"");
@@ -110,7 +113,8 @@ nlohmann::json to_json(const PrivacyConfig& c) {
   return {{"epsilon", c.epsilon},       {"delta", c.delta},       {"clip", c.clip},
           {"sampling_rate", c.sampling_rate}, {"noise_multiplier", c.noise_multiplier},
           {"accountant", c.accountant}, {"conversion", c.conversion}, {"unit", c.unit},
-          {"aux_loss", c.aux_loss},     {"clipping", c.clipping}, {"noise_seed", c.noise_seed}};
+          {"aux_loss", c.aux_loss},     {"clipping", c.clipping}, {"noise_seed", c.noise_seed},
+          {"sampling", c.sampling}};
 }
 
 RunConfig run_config_from_json(const nlohmann::json& j) {
@@ -126,7 +130,12 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   c.data.vocab_size = c.model.vocab_size;
   c.parties = data::party_split_config_from_json(j.contains("parties") ? j["parties"] : empty);
   c.collab = collab_config_from_json(j.contains("collab") ? j["collab"] : empty);
-  if (j.contains("privacy")) c.privacy = privacy_config_from_json(j["privacy"]);
+  if (j.contains("privacy")) {
+    c.privacy = privacy_config_from_json(j["privacy"]);
+    if (c.train.grad_accum != 1)
+      throw std::runtime_error("train.grad_accum must be 1 with a privacy section: DP-SGD batches are Poisson draws "
+                               "of privacy.sampling_rate x units, not fixed accumulated batches");
+  }
   return c;
 }
 

@@ -30,7 +30,13 @@ def weights(out):
 # Refused before any step: a budget one step already exceeds, an unreachable target, bad keys.
 for name, privacy, want in [
     ("one-step", {"epsilon": 0.5, "noise_multiplier": 0.3, "sampling_rate": 1.0}, "privacy budget cannot be met"),
-    ("delta", {"epsilon": 1.0, "sampling_rate": 0.1, "delta": 1.5}, "delta must be in [0, 1)"),
+    ("delta", {"epsilon": 1.0, "sampling_rate": 0.1, "delta": 1.5}, "delta must be in (0, 1)"),
+    ("delta0", {"epsilon": 1.0, "sampling_rate": 0.1, "delta": 0}, "delta must be in (0, 1)"),
+    ("eps0", {"epsilon": 0, "sampling_rate": 0.1, "noise_multiplier": 1.0}, "epsilon must be > 0"),
+    ("epsneg", {"epsilon": -2, "sampling_rate": 0.1}, "epsilon must be > 0"),
+    ("clip", {"epsilon": 1.0, "sampling_rate": 0.1, "clip": 0}, "clip must be > 0"),
+    ("rate0", {"epsilon": 1.0, "sampling_rate": 0}, "sampling_rate must be in (0, 1]"),
+    ("fixed", {"epsilon": 1.0, "sampling_rate": 0.1, "sampling": "fixed"}, "sampling must be \"poisson\""),
     ("rate", {"epsilon": 1.0, "sampling_rate": 1.5}, "sampling_rate must be in (0, 1]"),
     ("unit", {"epsilon": 1.0, "sampling_rate": 0.1, "unit": "paragraph"}, "unit must be"),
     ("key", {"epsilon": 1.0, "sampling_rate": 0.1, "clipnorm": 1.0}, "unknown config key 'privacy.clipnorm'"),
@@ -40,6 +46,10 @@ for name, privacy, want in [
     code, _, err = run("train", "--config", config(name, privacy), "--out", out)
     check(code != 0 and want in err and not os.path.exists(os.path.join(out, "checkpoint")),
           f"refused ({name}): non-zero exit, says '{want}', no checkpoint")
+
+out = os.path.join(tmp, "refused-accum")
+code, _, err = run("train", "--config", config("accum", {"epsilon": 1.0, "sampling_rate": 0.1}, grad_accum=2), "--out", out)
+check(code != 0 and "grad_accum must be 1" in err, "refused: accumulated fixed batches with DP (not Poisson)")
 
 # A given noise multiplier with a budget: the run stops at the last step the budget pays for.
 budget = {"epsilon": 4.0, "noise_multiplier": 1.5, "sampling_rate": 0.5, "clip": 0.5, "noise_seed": 3}
