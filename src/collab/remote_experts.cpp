@@ -20,29 +20,8 @@ void RemoteExperts::backward(int layer, const int* offsets, const float* dy, flo
 
 void RemoteExperts::backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit,
                                         int n_units, float* dx, double* unit_sq) {
-  const size_t C = cfg_.d_model;
-  units_called_[layer].clear();
   n_units_[layer] = n_units;
-  for (int h = 0; h < n_parties_; ++h) {
-    const std::vector<int> experts = hosted_experts(cfg_.n_experts, h, n_parties_);
-    size_t rows = 0;
-    for (int e : experts) rows += offsets[e + 1] - offsets[e];
-    if (rows == 0) continue;
-    Writer w;
-    w.u32((uint32_t)layer);
-    w.u32((uint32_t)experts.size());
-    for (int e : experts) w.u32((uint32_t)(offsets[e + 1] - offsets[e]));
-    w.u32((uint32_t)n_units);
-    for (int e : experts)
-      for (int r = offsets[e]; r < offsets[e + 1]; ++r) w.u32((uint32_t)unit[r]);
-    for (int e : experts) w.floats(dy + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
-    const Bytes reply = transport_.call(party_, h, MsgKind::kExpertBackwardUnits, w.take());
-    Reader r(reply);
-    for (int e : experts) r.floats(dx + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
-    for (int u = 0; u < n_units; ++u) unit_sq[u] += r.f64();
-    r.expect_end();
-    units_called_[layer].push_back(h);
-  }
+  units_called_[layer] = exchange(MsgKind::kExpertBackwardUnits, layer, offsets, dy, dx, unit, n_units, unit_sq);
 }
 
 void RemoteExperts::add_clipped_grads(int layer, const float* factor) {
@@ -57,8 +36,10 @@ void RemoteExperts::add_clipped_grads(int layer, const float* factor) {
   }
 }
 
-void RemoteExperts::exchange(MsgKind kind, int layer, const int* offsets, const float* in, float* out) {
+std::vector<int> RemoteExperts::exchange(MsgKind kind, int layer, const int* offsets, const float* in, float* out,
+                                         const int* unit, int n_units, double* unit_sq) {
   const size_t C = cfg_.d_model;
+  std::vector<int> called;
   for (int h = 0; h < n_parties_; ++h) {
     const std::vector<int> experts = hosted_experts(cfg_.n_experts, h, n_parties_);
     size_t rows = 0;
@@ -68,12 +49,21 @@ void RemoteExperts::exchange(MsgKind kind, int layer, const int* offsets, const 
     w.u32((uint32_t)layer);
     w.u32((uint32_t)experts.size());
     for (int e : experts) w.u32((uint32_t)(offsets[e + 1] - offsets[e]));
+    if (unit) {
+      w.u32((uint32_t)n_units);
+      for (int e : experts)
+        for (int r = offsets[e]; r < offsets[e + 1]; ++r) w.u32((uint32_t)unit[r]);
+    }
     for (int e : experts) w.floats(in + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
     const Bytes reply = transport_.call(party_, h, kind, w.take());
     Reader r(reply);
     for (int e : experts) r.floats(out + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
+    if (unit)
+      for (int u = 0; u < n_units; ++u) unit_sq[u] += r.f64();
     r.expect_end();
+    called.push_back(h);
   }
+  return called;
 }
 
 }  // namespace pcmoe

@@ -34,7 +34,10 @@ class RemoteExperts final : public ExpertBackend {
   void add_clipped_grads(int layer, const float* factor) override;
 
  private:
-  void exchange(MsgKind kind, int layer, const int* offsets, const float* in, float* out);
+  // One call per host with routed rows (with each row's unit, and the units' squared norms back,
+  // when `unit` is given); returns the hosts called.
+  std::vector<int> exchange(MsgKind kind, int layer, const int* offsets, const float* in, float* out,
+                            const int* unit = nullptr, int n_units = 0, double* unit_sq = nullptr);
   ModelConfig cfg_;
   Transport& transport_;
   int party_, n_parties_;

@@ -69,29 +69,21 @@ void linear_weighted_grad(float* dW, const float* G, const float* A, int N, int 
   matmul_tn(dW, scale_a ? G : scratch, scale_a ? scratch : A, out, in, N, true);
 }
 
+GradSink::GradSink(SinkMode mode, const int* token_unit, int N, int n_units, float* scratch, size_t scratch_floats)
+    : mode_(mode), token_unit_(token_unit), n_units_(n_units), scratch_(scratch), scratch_floats_(scratch_floats),
+      segs_(unit_segments(token_unit, N)) {}
+
 GradSink GradSink::unit_norms(const int* token_unit, int N, int n_units, double* unit_sq, float* scratch,
                               size_t scratch_floats) {
-  GradSink s;
-  s.mode_ = SinkMode::kUnitNorms;
-  s.token_unit_ = token_unit;
-  s.n_units_ = n_units;
+  GradSink s(SinkMode::kUnitNorms, token_unit, N, n_units, scratch, scratch_floats);
   s.unit_sq_ = unit_sq;
-  s.scratch_ = scratch;
-  s.scratch_floats_ = scratch_floats;
-  s.segs_ = unit_segments(token_unit, N);
   return s;
 }
 
 GradSink GradSink::clipped(const int* token_unit, int N, int n_units, const float* factor, float* scratch,
                            size_t scratch_floats) {
-  GradSink s;
-  s.mode_ = SinkMode::kClipped;
-  s.token_unit_ = token_unit;
-  s.n_units_ = n_units;
+  GradSink s(SinkMode::kClipped, token_unit, N, n_units, scratch, scratch_floats);
   s.factor_ = factor;
-  s.scratch_ = scratch;
-  s.scratch_floats_ = scratch_floats;
-  s.segs_ = unit_segments(token_unit, N);
   return s;
 }
 

@@ -62,6 +62,7 @@ class GradSink {
   void embedding(float* dwte, const float* dout, const int32_t* tokens, int N, int C) const;
 
  private:
+  GradSink(SinkMode mode, const int* token_unit, int N, int n_units, float* scratch, size_t scratch_floats);
   const float* row_factors(int N) const;  // kClipped: f_r = factor of row r's unit, this group
   SinkMode mode_ = SinkMode::kSum;
   const int* token_unit_ = nullptr;
