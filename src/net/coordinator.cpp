@@ -1,0 +1,239 @@
+#include "net/coordinator.h"
+
+#include <chrono>
+#include <functional>
+#include <cstdio>
+#include <stdexcept>
+#include <thread>
+
+#include "collab/session.h"
+
+namespace pcmoe::net {
+
+namespace {
+constexpr uint32_t kPollMs = 1000;  // how long one long poll waits on the server
+constexpr uint32_t kMaxPollMs = 5000;
+}  // namespace
+
+CoordinatorService::CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed,
+                                       int64_t rounds)
+    : deploy_(deploy), secure_(secure), hash_(std::move(config_hash)), seed_(seed), n_((int)deploy.parties.size()),
+      total_turns_(rounds * n_) {
+  using namespace std::placeholders;
+  add<wire::JoinRequest, wire::JoinReply>(wire::kJoin, std::bind(&CoordinatorService::join, this, _1, _2, _3));
+  add<wire::TurnRequest, wire::TurnReply>(wire::kNextTurn, std::bind(&CoordinatorService::next_turn, this, _1, _2, _3));
+  add<wire::TurnDoneRequest, wire::Ack>(wire::kTurnDone, std::bind(&CoordinatorService::turn_done, this, _1, _2, _3));
+  add<wire::BarrierRequest, wire::BarrierReply>(wire::kBarrier, std::bind(&CoordinatorService::barrier, this, _1, _2, _3));
+  add<wire::StopRequest, wire::Ack>(wire::kStop, std::bind(&CoordinatorService::stop, this, _1, _2, _3));
+}
+
+int CoordinatorService::holder(int64_t turn) const { return round_order(seed_, n_, turn / n_)[turn % n_]; }
+
+std::chrono::system_clock::time_point CoordinatorService::until(uint32_t wait_ms) const {
+  return std::chrono::system_clock::now() + std::chrono::milliseconds(std::min(wait_ms, kMaxPollMs));
+}
+
+grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::JoinRequest& req, wire::JoinReply& reply) {
+  const auto refuse = [](grpc::Status s) {
+    std::fprintf(stderr, "coordinator: refused a join: %s\n", describe(s).c_str());
+    return s;
+  };
+  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return refuse(s);
+  const std::string& name = deploy_.parties[req.party].name;
+  if (req.protocol_version != kProtocolVersion)
+    return refuse({grpc::StatusCode::FAILED_PRECONDITION, name + " speaks protocol version " +
+                                                              std::to_string(req.protocol_version) + ", the coordinator " +
+                                                              std::to_string(kProtocolVersion)});
+  if (req.config_hash != hash_)
+    return refuse({grpc::StatusCode::FAILED_PRECONDITION,
+                   name + " joined with config hash " + req.config_hash.substr(0, 16) + "..., the coordinator's is " +
+                       hash_.substr(0, 16) + "...: model, train and party count must be the same everywhere"});
+  std::unique_lock<std::mutex> lock(mu_);
+  joined_.insert(req.party);
+  cv_.notify_all();
+  cv_.wait_until(lock, until(req.wait_ms), [&] { return stopped_ || (int)joined_.size() == n_; });
+  reply.poll = stopped_ ? wire::STOPPED : (int)joined_.size() == n_ ? wire::READY : wire::WAIT;
+  reply.reason = reason_;
+  if (stopped_) told(req.party);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire::TurnRequest& req, wire::TurnReply& reply) {
+  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return s;
+  std::unique_lock<std::mutex> lock(mu_);
+  const auto ready = [&] { return stopped_ || turn_ >= total_turns_ || holder(turn_) == (int)req.party; };
+  cv_.wait_until(lock, until(req.wait_ms), ready);
+  if (stopped_) {
+    reply.poll = wire::STOPPED;
+    reply.reason = reason_;
+    told(req.party);
+  } else if (!ready()) {
+    reply.poll = wire::WAIT;
+  } else {
+    reply.poll = wire::READY;
+    reply.done = turn_ >= total_turns_;
+    reply.turn = turn_;
+    reply.round = turn_ / n_;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire::TurnDoneRequest& req, wire::Ack&) {
+  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  if ((int64_t)req.turn != turn_ || turn_ >= total_turns_ || holder(turn_) != (int)req.party)
+    return {grpc::StatusCode::FAILED_PRECONDITION,
+            deploy_.parties[req.party].name + " reports turn " + std::to_string(req.turn) + ", which it does not hold"};
+  ++turn_;
+  cv_.notify_all();
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::barrier(grpc::ServerContext* ctx, const wire::BarrierRequest& req, wire::BarrierReply& reply) {
+  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return s;
+  std::unique_lock<std::mutex> lock(mu_);
+  std::set<uint32_t>& arrived = arrived_[req.name];
+  arrived.insert(req.party);
+  cv_.notify_all();
+  cv_.wait_until(lock, until(req.wait_ms), [&] { return stopped_ || (int)arrived.size() == n_; });
+  if (stopped_) {
+    reply.poll = wire::STOPPED;
+    reply.reason = reason_;
+    told(req.party);
+  } else if ((int)arrived.size() == n_) {
+    reply.poll = wire::READY;
+    released_[req.name].insert(req.party);
+    cv_.notify_all();
+  } else {
+    reply.poll = wire::WAIT;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::stop(grpc::ServerContext* ctx, const wire::StopRequest& req, wire::Ack&) {
+  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!stopped_) {
+    stopped_ = true;
+    reason_ = deploy_.parties[req.party].name + " stopped the run: " + req.reason;
+  }
+  cv_.notify_all();
+  return grpc::Status::OK;
+}
+
+void CoordinatorService::told(uint32_t party) {
+  told_stop_.insert(party);
+  cv_.notify_all();
+}
+
+void CoordinatorService::linger_until_told(double seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::milliseconds((int64_t)(seconds * 1000)), [&] {
+    for (uint32_t p = 1; p < (uint32_t)n_; ++p)
+      if (!told_stop_.count(p)) return false;
+    return true;
+  });
+}
+
+bool CoordinatorService::wait_released(const std::string& name, double seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, std::chrono::milliseconds((int64_t)(seconds * 1000)),
+                      [&] { return stopped_ || (int)released_[name].size() == n_; });
+}
+
+CoordinatorClient::CoordinatorClient(GrpcTransport& transport, int me)
+    : t_(transport), me_(me), channel_(transport.channel(0)) {}
+
+grpc::ClientContext& CoordinatorClient::context(grpc::ClientContext& ctx, double extra_s) const {
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds((int64_t)((t_.deploy().call_timeout_s + extra_s) * 1000)));
+  return ctx;
+}
+
+namespace {
+[[noreturn]] void failed(const DeployConfig& d, const std::string& what, const grpc::Status& s) {
+  throw std::runtime_error(what + " at the coordinator " + d.parties[0].name + " (" + d.parties[0].address +
+                           ") failed: " + describe(s));
+}
+}  // namespace
+
+void CoordinatorClient::join(const std::string& config_hash) {
+  const DeployConfig& d = t_.deploy();
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds((int64_t)(d.join_timeout_s * 1000));
+  wire::JoinRequest req;
+  req.party = (uint32_t)me_;
+  req.protocol_version = kProtocolVersion;
+  req.config_hash = config_hash;
+  req.wait_ms = kPollMs;
+  grpc::Status last;
+  while (std::chrono::steady_clock::now() < give_up) {
+    wire::JoinReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(2 * kPollMs));
+    last = unary_call(*channel_, wire::kJoin, ctx, req, reply);
+    if (last.ok()) {
+      if (reply.poll == wire::READY) return;
+      if (reply.poll == wire::STOPPED) throw std::runtime_error("the run was stopped while joining: " + reply.reason);
+      continue;
+    }
+    // UNAVAILABLE: the coordinator is not listening yet, or the TLS handshake failed (retried
+    // until the timeout, which then names the last error).
+    if (last.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED && last.error_code() != grpc::StatusCode::UNAVAILABLE)
+      failed(d, "joining", last);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  throw std::runtime_error("not every party joined within " + std::to_string((int)d.join_timeout_s) +
+                           " s (deploy.join_timeout_s)" + (last.ok() ? std::string() : "; last error: " + describe(last)));
+}
+
+Turn CoordinatorClient::next_turn() {
+  wire::TurnRequest req;
+  req.party = (uint32_t)me_;
+  req.wait_ms = kPollMs;
+  for (;;) {
+    wire::TurnReply reply;
+    grpc::ClientContext ctx;
+    const grpc::Status s = unary_call(*channel_, wire::kNextTurn, context(ctx, kPollMs / 1000.0), req, reply);
+    if (!s.ok()) failed(t_.deploy(), "asking for a turn", s);
+    if (reply.poll == wire::STOPPED) throw std::runtime_error(reply.reason);
+    if (reply.poll == wire::READY) return {reply.done, reply.turn, reply.round};
+  }
+}
+
+void CoordinatorClient::turn_done(uint64_t turn, double loss) {
+  wire::TurnDoneRequest req;
+  req.party = (uint32_t)me_;
+  req.turn = turn;
+  req.loss = loss;
+  wire::Ack ack;
+  grpc::ClientContext ctx;
+  const grpc::Status s = unary_call(*channel_, wire::kTurnDone, context(ctx, 0), req, ack);
+  if (!s.ok()) failed(t_.deploy(), "reporting turn " + std::to_string(turn), s);
+}
+
+void CoordinatorClient::barrier(const std::string& name) {
+  wire::BarrierRequest req;
+  req.party = (uint32_t)me_;
+  req.name = name;
+  req.wait_ms = kPollMs;
+  for (;;) {
+    wire::BarrierReply reply;
+    grpc::ClientContext ctx;
+    const grpc::Status s = unary_call(*channel_, wire::kBarrier, context(ctx, kPollMs / 1000.0), req, reply);
+    if (!s.ok()) failed(t_.deploy(), "waiting at barrier '" + name + "'", s);
+    if (reply.poll == wire::STOPPED) throw std::runtime_error(reply.reason);
+    if (reply.poll == wire::READY) return;
+  }
+}
+
+void CoordinatorClient::stop(const std::string& reason) {
+  wire::StopRequest req;
+  req.party = (uint32_t)me_;
+  req.reason = reason;
+  wire::Ack ack;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  unary_call(*channel_, wire::kStop, ctx, req, ack);
+}
+
+}  // namespace pcmoe::net
