@@ -54,6 +54,11 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
   cv_.wait_until(lock, until(req.wait_ms), [&] { return stopped_ || (int)joined_.size() == n_; });
   reply.poll = stopped_ ? wire::STOPPED : (int)joined_.size() == n_ ? wire::READY : wire::WAIT;
   reply.reason = reason_;
+  if (reply.poll == wire::WAIT) {
+    reply.reason = "waiting for";
+    for (int p = 0; p < n_; ++p)
+      if (!joined_.count((uint32_t)p)) reply.reason += " " + deploy_.parties[p].name;
+  }
   if (stopped_) told(req.party);
   return grpc::Status::OK;
 }
@@ -166,6 +171,7 @@ void CoordinatorClient::join(const std::string& config_hash) {
   req.config_hash = config_hash;
   req.wait_ms = kPollMs;
   grpc::Status last;
+  std::string waiting;
   while (std::chrono::steady_clock::now() < give_up) {
     wire::JoinReply reply;
     grpc::ClientContext ctx;
@@ -173,6 +179,7 @@ void CoordinatorClient::join(const std::string& config_hash) {
     last = unary_call(*channel_, wire::kJoin, ctx, req, reply);
     if (last.ok()) {
       if (reply.poll == wire::READY) return;
+      waiting = reply.reason;
       if (reply.poll == wire::STOPPED) throw std::runtime_error("the run was stopped while joining: " + reply.reason);
       continue;
     }
@@ -182,8 +189,17 @@ void CoordinatorClient::join(const std::string& config_hash) {
       failed(d, "joining", last);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  std::string why = waiting;
+  if (!last.ok()) {
+    why = d.parties[me_].name + " cannot reach the coordinator " + d.parties[0].name + " at " + d.parties[0].address + ": " +
+          describe(last);
+    if (last.error_message().find("andshake") != std::string::npos)
+      why += " (the TLS handshake failed: are both certificates from the same `pcmoe certs` CA?)";
+    else if (!t_.secure())
+      why += " (this party runs --insecure: a TLS coordinator closes plaintext connections)";
+  }
   throw std::runtime_error("not every party joined within " + std::to_string((int)d.join_timeout_s) +
-                           " s (deploy.join_timeout_s)" + (last.ok() ? std::string() : "; last error: " + describe(last)));
+                           " s (deploy.join_timeout_s): " + why);
 }
 
 Turn CoordinatorClient::next_turn() {

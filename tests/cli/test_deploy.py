@@ -108,18 +108,19 @@ def expect(result, needle, what):
 
 
 (a0, a1) = pair(two, two, good, other, "ca")
-expect(a1, "handshake", "party 1 with a certificate from another CA cannot connect")
-expect(a0, "not every party joined", "party 0 does not admit it and gives up after join_timeout_s")
+expect(a1, "the TLS handshake failed", "party 1 with a certificate from another CA cannot connect")
+expect(a0, "not every party joined within 4 s (deploy.join_timeout_s): waiting for party1",
+       "party 0 does not admit it and gives up after join_timeout_s, naming who is missing")
 (b0, b1) = pair(two, two, good, good, "plain", insecure1=True)
-expect(b1, "not every party joined", "party 1 without a certificate (plaintext) is not served")
-expect(b0, "not every party joined", "party 0 does not admit it")
+expect(b1, "a TLS coordinator closes plaintext connections", "party 1 without a certificate (plaintext) is not served")
+expect(b0, "waiting for party1", "party 0 does not admit it")
 stolen = os.path.join(tmp, "stolen-certs")
 shutil.copytree(good, stolen)
 for ext in ("pem", "key"):
     shutil.copy(os.path.join(good, "party0." + ext), os.path.join(stolen, "party1." + ext))
 (c0, c1) = pair(two, two, good, stolen, "cn")
 expect(c1, "certificate's CN is 'party0'", "party 1 presenting party 0's certificate is refused (PERMISSION_DENIED)")
-expect(c0, "not every party joined", "party 0 keeps waiting for the real party 1, then gives up")
+expect(c0, "waiting for party1", "party 0 keeps waiting for the real party 1, then gives up")
 changed = json.loads(json.dumps(two))
 changed["train"]["lr"] = 0.02
 (d0, d1) = pair(two, changed, good, good, "hash")
