@@ -18,13 +18,63 @@ constexpr uint32_t kMaxPollMs = 5000;
 CoordinatorService::CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed,
                                        int64_t rounds)
     : deploy_(deploy), secure_(secure), hash_(std::move(config_hash)), seed_(seed), n_((int)deploy.parties.size()),
-      total_turns_(rounds * n_) {
+      total_turns_(rounds * n_), last_seen_(n_) {
   using namespace std::placeholders;
   add<wire::JoinRequest, wire::JoinReply>(wire::kJoin, std::bind(&CoordinatorService::join, this, _1, _2, _3));
   add<wire::TurnRequest, wire::TurnReply>(wire::kNextTurn, std::bind(&CoordinatorService::next_turn, this, _1, _2, _3));
   add<wire::TurnDoneRequest, wire::Ack>(wire::kTurnDone, std::bind(&CoordinatorService::turn_done, this, _1, _2, _3));
   add<wire::BarrierRequest, wire::BarrierReply>(wire::kBarrier, std::bind(&CoordinatorService::barrier, this, _1, _2, _3));
   add<wire::StopRequest, wire::Ack>(wire::kStop, std::bind(&CoordinatorService::stop, this, _1, _2, _3));
+  add<wire::HeartbeatRequest, wire::HeartbeatReply>(wire::kHeartbeat,
+                                                    std::bind(&CoordinatorService::heartbeat, this, _1, _2, _3));
+  watchdog_ = std::thread([this] { watch(); });
+}
+
+CoordinatorService::~CoordinatorService() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing_ = true;
+  }
+  cv_.notify_all();
+  watchdog_.join();
+}
+
+grpc::Status CoordinatorService::admit(grpc::ServerContext* ctx, uint32_t party) {
+  grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, party);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  last_seen_[party] = std::chrono::steady_clock::now();
+  return s;
+}
+
+void CoordinatorService::watch() {
+  const auto silence = std::chrono::milliseconds((int64_t)(deploy_.dead_after_s * 1000));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!closing_) {
+    cv_.wait_for(lock, std::chrono::milliseconds(100));
+    if (stopped_) continue;
+    const auto now = std::chrono::steady_clock::now();
+    for (uint32_t p : joined_) {
+      if (released_["finished"].count(p) || now - last_seen_[p] <= silence) continue;
+      stopped_ = true;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.1f", std::chrono::duration<double>(now - last_seen_[p]).count());
+      reason_ = deploy_.parties[p].name + " (" + deploy_.parties[p].address + ") has not been heard from for " + buf +
+                " s (deploy.dead_after_s): presumed dead";
+      std::fprintf(stderr, "coordinator: stopping the run: %s\n", reason_.c_str());
+      cv_.notify_all();
+      break;
+    }
+  }
+}
+
+grpc::Status CoordinatorService::heartbeat(grpc::ServerContext* ctx, const wire::HeartbeatRequest& req,
+                                           wire::HeartbeatReply& reply) {
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  reply.poll = stopped_ ? wire::STOPPED : wire::READY;
+  reply.reason = reason_;
+  return grpc::Status::OK;
 }
 
 int CoordinatorService::holder(int64_t turn) const { return round_order(seed_, n_, turn / n_)[turn % n_]; }
@@ -50,6 +100,7 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
                        hash_.substr(0, 16) + "...: model, train and party count must be the same everywhere"});
   std::unique_lock<std::mutex> lock(mu_);
   joined_.insert(req.party);
+  last_seen_[req.party] = std::chrono::steady_clock::now();
   cv_.notify_all();
   cv_.wait_until(lock, until(req.wait_ms), [&] { return stopped_ || (int)joined_.size() == n_; });
   reply.poll = stopped_ ? wire::STOPPED : (int)joined_.size() == n_ ? wire::READY : wire::WAIT;
@@ -64,7 +115,7 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
 }
 
 grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire::TurnRequest& req, wire::TurnReply& reply) {
-  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return s;
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::unique_lock<std::mutex> lock(mu_);
   const auto ready = [&] { return stopped_ || turn_ >= total_turns_ || holder(turn_) == (int)req.party; };
   cv_.wait_until(lock, until(req.wait_ms), ready);
@@ -84,7 +135,7 @@ grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire:
 }
 
 grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire::TurnDoneRequest& req, wire::Ack&) {
-  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return s;
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
   if ((int64_t)req.turn != turn_ || turn_ >= total_turns_ || holder(turn_) != (int)req.party)
     return {grpc::StatusCode::FAILED_PRECONDITION,
@@ -95,7 +146,7 @@ grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire:
 }
 
 grpc::Status CoordinatorService::barrier(grpc::ServerContext* ctx, const wire::BarrierRequest& req, wire::BarrierReply& reply) {
-  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return s;
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::unique_lock<std::mutex> lock(mu_);
   std::set<uint32_t>& arrived = arrived_[req.name];
   arrived.insert(req.party);
@@ -116,7 +167,7 @@ grpc::Status CoordinatorService::barrier(grpc::ServerContext* ctx, const wire::B
 }
 
 grpc::Status CoordinatorService::stop(grpc::ServerContext* ctx, const wire::StopRequest& req, wire::Ack&) {
-  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return s;
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
   if (!stopped_) {
     stopped_ = true;
@@ -251,5 +302,35 @@ void CoordinatorClient::stop(const std::string& reason) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
   unary_call(*channel_, wire::kStop, ctx, req, ack);
 }
+
+}  // namespace pcmoe::net
+
+namespace pcmoe::net {
+
+void CoordinatorClient::start_heartbeat() {
+  const auto every = std::chrono::milliseconds((int64_t)(t_.deploy().dead_after_s * 200));
+  hb_ = std::thread([this, every] {
+    std::unique_lock<std::mutex> lock(hb_mu_);
+    while (!hb_cv_.wait_for(lock, every, [this] { return hb_stop_; })) {
+      wire::HeartbeatRequest req;
+      req.party = (uint32_t)me_;
+      wire::HeartbeatReply reply;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + every);
+      unary_call(*channel_, wire::kHeartbeat, ctx, req, reply);  // a missed beat is the coordinator's to judge
+    }
+  });
+}
+
+void CoordinatorClient::stop_heartbeat() {
+  {
+    std::lock_guard<std::mutex> lock(hb_mu_);
+    hb_stop_ = true;
+  }
+  hb_cv_.notify_all();
+  if (hb_.joinable()) hb_.join();
+}
+
+CoordinatorClient::~CoordinatorClient() { stop_heartbeat(); }
 
 }  // namespace pcmoe::net

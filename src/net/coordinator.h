@@ -7,6 +7,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "net/deploy.h"
@@ -18,6 +19,7 @@ namespace pcmoe::net {
 class CoordinatorService final : public UnaryService {
  public:
   CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed, int64_t rounds);
+  ~CoordinatorService() override;
 
   // Waits (at most `seconds`) until every party has been told that barrier `name` is passed,
   // so that the coordinator's server can go down without cutting anyone's answer off.
@@ -31,6 +33,10 @@ class CoordinatorService final : public UnaryService {
   grpc::Status turn_done(grpc::ServerContext* ctx, const wire::TurnDoneRequest& req, wire::Ack& reply);
   grpc::Status barrier(grpc::ServerContext* ctx, const wire::BarrierRequest& req, wire::BarrierReply& reply);
   grpc::Status stop(grpc::ServerContext* ctx, const wire::StopRequest& req, wire::Ack& reply);
+  grpc::Status heartbeat(grpc::ServerContext* ctx, const wire::HeartbeatRequest& req, wire::HeartbeatReply& reply);
+  // Checks the caller and, with mu_ held, notes that it is alive.
+  grpc::Status admit(grpc::ServerContext* ctx, uint32_t party);
+  void watch();  // the watchdog thread: stops the run when a joined party falls silent
   int holder(int64_t turn) const;
   void told(uint32_t party);  // with mu_ held: `party` has been answered STOPPED
   std::chrono::system_clock::time_point until(uint32_t wait_ms) const;
@@ -49,6 +55,9 @@ class CoordinatorService final : public UnaryService {
   std::string reason_;
   std::map<std::string, std::set<uint32_t>> arrived_, released_;
   std::set<uint32_t> told_stop_;
+  std::vector<std::chrono::steady_clock::time_point> last_seen_;
+  bool closing_ = false;
+  std::thread watchdog_;
 };
 
 // A turn handed out: its global index and round, or done.
@@ -67,12 +76,21 @@ class CoordinatorClient {
   void turn_done(uint64_t turn, double loss);
   void barrier(const std::string& name);
   void stop(const std::string& reason);  // best effort: the coordinator may be gone
+  // Sends a heartbeat every dead_after_s / 5 from a thread of its own until the client is
+  // destroyed or stop_heartbeat() is called.
+  void start_heartbeat();
+  void stop_heartbeat();
+  ~CoordinatorClient();
 
  private:
   grpc::ClientContext& context(grpc::ClientContext& ctx, double extra_s) const;
   GrpcTransport& t_;
   int me_;
   std::shared_ptr<grpc::Channel> channel_;
+  std::mutex hb_mu_;
+  std::condition_variable hb_cv_;
+  bool hb_stop_ = false;
+  std::thread hb_;
 };
 
 }  // namespace pcmoe::net

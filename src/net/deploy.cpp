@@ -44,6 +44,7 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   f.read("parties", parties);
   f.read("call_timeout_s", c.call_timeout_s);
   f.read("join_timeout_s", c.join_timeout_s);
+  f.read("dead_after_s", c.dead_after_s);
   f.read("max_message_bytes", c.max_message_bytes);
   f.reject_unknown();
   const int n = run.parties.n_parties;
@@ -73,8 +74,9 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
     if (!addresses.insert(a.address).second)
       throw std::runtime_error("config key 'deploy.parties': address '" + a.address + "' twice");
   }
-  if (!(c.call_timeout_s > 0) || !(c.join_timeout_s > 0))
-    throw std::runtime_error("config keys 'deploy.call_timeout_s' and 'deploy.join_timeout_s' must be > 0");
+  if (!(c.call_timeout_s > 0) || !(c.join_timeout_s > 0) || !(c.dead_after_s >= 0.5))
+    throw std::runtime_error("config keys 'deploy.call_timeout_s' and 'deploy.join_timeout_s' must be > 0, "
+                             "'deploy.dead_after_s' at least 0.5");
   if (c.max_message_bytes == 0) c.max_message_bytes = default_max_message_bytes(run);
   if (c.max_message_bytes > (size_t)INT32_MAX)
     throw std::runtime_error("config key 'deploy.max_message_bytes' must be below 2 GiB");
@@ -85,6 +87,7 @@ nlohmann::json to_json(const DeployConfig& c) {
   nlohmann::json parties = nlohmann::json::array();
   for (const PartyAddress& a : c.parties) parties.push_back({{"name", a.name}, {"address", a.address}});
   return {{"parties", parties}, {"call_timeout_s", c.call_timeout_s}, {"join_timeout_s", c.join_timeout_s},
+          {"dead_after_s", c.dead_after_s},
           {"max_message_bytes", c.max_message_bytes}};
 }
 

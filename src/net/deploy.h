@@ -23,6 +23,7 @@ struct DeployConfig {
   std::vector<PartyAddress> parties;  // one per party, in party order
   double call_timeout_s = 60;         // deadline of every call (long polls add their wait)
   double join_timeout_s = 60;         // how long a party waits for all others to join
+  double dead_after_s = 5;            // a joined party silent this long is presumed dead: the run stops
   size_t max_message_bytes = 0;       // bound of every message (0: from the model config)
 };
 
@@ -34,7 +35,7 @@ struct DeployRun {
 
 // Reads a config file whose optional `deploy` section is
 //   {"parties": [{"name": "party0", "address": "127.0.0.1:50051"}, ...],
-//    "call_timeout_s": 60, "join_timeout_s": 60, "max_message_bytes": 0}
+//    "call_timeout_s": 60, "join_timeout_s": 60, "dead_after_s": 5, "max_message_bytes": 0}
 // Without it, party i is "party<i>" at 127.0.0.1:<50051 + i>. The other sections are read as
 // load_run_config reads them; errors name the file.
 DeployRun load_deploy_run(const std::string& path);

@@ -69,6 +69,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   CoordinatorClient coord(net, me);
   std::ofstream metrics(fs::path(opts.out_dir) / "metrics.jsonl", std::ios::trunc);
   nlohmann::json report = {{"party", me}, {"name", name}, {"parties", n}};
+  coord.start_heartbeat();
   try {
     coord.join(config_hash(cfg));
     std::fprintf(stderr, "%s: all %d parties joined\n", name.c_str(), n);
@@ -98,6 +99,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     net.set_step((uint64_t)n * cfg.train.steps);  // evaluation calls come after every turn
     report["val_loss_own"] = evaluate(party.model, own.val_windows, own.n_val);
     coord.barrier("finished");
+    coord.stop_heartbeat();
     if (coordinator) coordinator->wait_released("finished", dr.deploy.call_timeout_s);
     const double tokens = (double)party.turns * data.tokens_per_turn;
     report["turns"] = party.turns;
@@ -118,6 +120,8 @@ nlohmann::json run_party(const PartyOptions& opts) {
   } catch (const std::exception& e) {
     coord.stop(e.what());
     if (coordinator) coordinator->linger_until_told(2.0);  // let the others hear why before going down
+    coord.stop_heartbeat();
+    net.shutdown();  // before the coordinator service it serves is destroyed
     throw;
   }
   net.shutdown();

@@ -28,6 +28,8 @@ template <class F> void fields(BarrierRequest& m, F&& f) { f(1, m.party); f(2, m
 template <class F> void fields(BarrierReply& m, F&& f) { f(1, m.poll); f(2, m.reason); }
 template <class F> void fields(StopRequest& m, F&& f) { f(1, m.party); f(2, m.reason); }
 template <class F> void fields(Ack&, F&&) {}
+template <class F> void fields(HeartbeatRequest& m, F&& f) { f(1, m.party); }
+template <class F> void fields(HeartbeatReply& m, F&& f) { f(1, m.poll); f(2, m.reason); }
 
 template <class T>
 constexpr int wire_type() {
@@ -144,6 +146,8 @@ PCMOE_WIRE_MESSAGE(BarrierRequest)
 PCMOE_WIRE_MESSAGE(BarrierReply)
 PCMOE_WIRE_MESSAGE(StopRequest)
 PCMOE_WIRE_MESSAGE(Ack)
+PCMOE_WIRE_MESSAGE(HeartbeatRequest)
+PCMOE_WIRE_MESSAGE(HeartbeatReply)
 #undef PCMOE_WIRE_MESSAGE
 
 }  // namespace pcmoe::net::wire

@@ -65,6 +65,13 @@ struct StopRequest {
   std::string reason;  // 2
 };
 struct Ack {};
+struct HeartbeatRequest {
+  uint32_t party = 0;  // 1
+};
+struct HeartbeatReply {
+  uint32_t poll = 0;   // 1
+  std::string reason;  // 2
+};
 
 #define PCMOE_WIRE_MESSAGE(M)      \
   std::string encode(const M& m); \
@@ -80,6 +87,8 @@ PCMOE_WIRE_MESSAGE(BarrierRequest)
 PCMOE_WIRE_MESSAGE(BarrierReply)
 PCMOE_WIRE_MESSAGE(StopRequest)
 PCMOE_WIRE_MESSAGE(Ack)
+PCMOE_WIRE_MESSAGE(HeartbeatRequest)
+PCMOE_WIRE_MESSAGE(HeartbeatReply)
 #undef PCMOE_WIRE_MESSAGE
 
 // Full method names of the services.
@@ -89,5 +98,6 @@ inline constexpr const char* kNextTurn = "/pcmoe.wire.Coordinator/NextTurn";
 inline constexpr const char* kTurnDone = "/pcmoe.wire.Coordinator/TurnDone";
 inline constexpr const char* kBarrier = "/pcmoe.wire.Coordinator/Barrier";
 inline constexpr const char* kStop = "/pcmoe.wire.Coordinator/Stop";
+inline constexpr const char* kHeartbeat = "/pcmoe.wire.Coordinator/Heartbeat";
 
 }  // namespace pcmoe::net::wire

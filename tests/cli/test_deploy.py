@@ -6,39 +6,18 @@ clear error and a non-zero exit."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 
-from common import PCMOE, check, finish, read_metrics, run, tiny_config, tiny_corpus, write_json
+from common import PCMOE, check, deploy_config, finish, read_metrics, run, tiny_corpus, write_json
 
 tmp = tempfile.mkdtemp(prefix="pcmoe-deploy-")
 data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
 tiny_corpus(data_dir)
 
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def config(n, join_timeout=30, **train):
-    cfg = tiny_config(data_dir, cache, steps=3, warmup=1, eval_windows=4, **train)
-    cfg["data"]["val_fraction"] = 0.34
-    cfg["parties"] = {"mode": "iid", "n_parties": n}
-    cfg["collab"] = {"modes": ["pc-moe"]}
-    cfg["deploy"] = {"parties": [{"name": f"party{i}", "address": f"127.0.0.1:{p}"} for i, p in enumerate(free_ports(n))],
-                     "join_timeout_s": join_timeout}
-    return cfg
-
-
 # (a) 4 processes over TLS = the simulation, turn by turn.
-cfg = config(4)
+cfg = deploy_config(data_dir, cache, 4, join_timeout_s=30)
 path = os.path.join(tmp, "four.json")
 write_json(path, cfg)
 code, out, err = run("collab", "--config", path, "--out", os.path.join(tmp, "sim"))
@@ -91,7 +70,7 @@ def pair(cfg0, cfg1, certs0, certs1, name, insecure1=False):
     return (a.returncode, out_a[1]), (b.returncode, out_b[1])
 
 
-two = config(2, join_timeout=4)
+two = deploy_config(data_dir, cache, 2, join_timeout_s=4)
 good = os.path.join(tmp, "good-certs")
 other = os.path.join(tmp, "other-certs")
 write_json(os.path.join(tmp, "two.json"), two)
