@@ -32,8 +32,8 @@ usage:
   pcmoe generate --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]
   pcmoe collab   --config FILE --out DIR
   pcmoe certs    --config FILE --out DIR
-  pcmoe party    --config FILE --party I --out DIR (--certs DIR | --insecure)
-  pcmoe launch   --config FILE --out DIR [--insecure]
+  pcmoe party    --config FILE --party I --out DIR (--certs DIR | --insecure) [--resume] [--until R]
+  pcmoe launch   --config FILE --out DIR [--insecure] [--resume] [--until R]
   pcmoe memory   --config FILE --parties N [--party P]
   pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T --delta D [--json]
 
@@ -49,7 +49,8 @@ usage:
             (CN = party name): DIR/ca.pem, DIR/ca.key, DIR/<name>.pem, DIR/<name>.key
   party     runs party I of a deployment as its own process: serves its expert shard over
             gRPC with mutual TLS (party 0 also coordinates), trains on its turns, writes
-            DIR/metrics.jsonl and DIR/report.json; --insecure: plaintext, loopback only
+            DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/; --insecure: plaintext,
+            loopback only; --until R stops after R rounds; --resume continues from DIR/checkpoint
   launch    makes certificates and runs every party of FILE as a local process on loopback,
             logs in DIR/party<i>.log; merges DIR/metrics.jsonl, writes DIR/report.json
   memory    one party's planned memory and peak RSS, measured in its own process
@@ -231,6 +232,13 @@ int cmd_collab(int argc, char** argv) {
   return 0;
 }
 
+// --until R of party and launch: rounds to stop after (-1: all of train.steps).
+int64_t until_rounds(const std::map<std::string, std::string>& a) {
+  const double r = number(a, "--until", -1);
+  if (a.count("--until") && (r < 1 || r != std::floor(r))) throw UsageError("--until expects a number of rounds >= 1");
+  return (int64_t)r;
+}
+
 int cmd_certs(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out"}, {});
   const net::DeployRun dr = net::load_deploy_run(need(a, "--config"));
@@ -245,7 +253,7 @@ int cmd_certs(int argc, char** argv) {
 }
 
 int cmd_party(int argc, char** argv) {
-  auto a = parse_args(argc, argv, {"--config", "--party", "--certs", "--out"}, {"--insecure"});
+  auto a = parse_args(argc, argv, {"--config", "--party", "--certs", "--out", "--until"}, {"--insecure", "--resume"});
   net::PartyOptions o;
   o.config = need(a, "--config");
   const double p = number(a, "--party", -1);
@@ -255,6 +263,8 @@ int cmd_party(int argc, char** argv) {
   if (o.insecure == (a.count("--certs") > 0)) throw UsageError("give either --certs DIR (mutual TLS) or --insecure");
   if (!o.insecure) o.certs_dir = a.at("--certs");
   o.out_dir = need(a, "--out");
+  o.resume = a.count("--resume") > 0;
+  o.until = until_rounds(a);
   const nlohmann::json r = net::run_party(o);
   std::printf("%s: %lld turns, validation loss %.4f on own data, %.0f bytes sent + %.0f received per token, report: %s\n",
               r["name"].get<std::string>().c_str(), r["turns"].get<long long>(), r["val_loss_own"].get<double>(),
@@ -264,10 +274,10 @@ int cmd_party(int argc, char** argv) {
 }
 
 int cmd_launch(int argc, char** argv) {
-  auto a = parse_args(argc, argv, {"--config", "--out"}, {"--insecure"});
+  auto a = parse_args(argc, argv, {"--config", "--out", "--until"}, {"--insecure", "--resume"});
   const std::string out = need(a, "--out");
-  const nlohmann::json r =
-      net::run_launch(fs::canonical("/proc/self/exe").string(), need(a, "--config"), out, a.count("--insecure") > 0);
+  const nlohmann::json r = net::run_launch(fs::canonical("/proc/self/exe").string(), need(a, "--config"), out,
+                                           a.count("--insecure") > 0, a.count("--resume") > 0, until_rounds(a));
   for (const auto& p : r["parties"]) {
     std::printf("party %d: exit %d", p["party"].get<int>(), p["exit_code"].get<int>());
     if (p.contains("report"))

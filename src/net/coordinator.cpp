@@ -16,9 +16,9 @@ constexpr uint32_t kMaxPollMs = 5000;
 }  // namespace
 
 CoordinatorService::CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed,
-                                       int64_t rounds)
+                                       int64_t first_turn, int64_t end_turn)
     : deploy_(deploy), secure_(secure), hash_(std::move(config_hash)), seed_(seed), n_((int)deploy.parties.size()),
-      total_turns_(rounds * n_), last_seen_(n_) {
+      first_turn_(first_turn), end_turn_(end_turn), turn_(first_turn), last_seen_(n_) {
   using namespace std::placeholders;
   add<wire::JoinRequest, wire::JoinReply>(wire::kJoin, std::bind(&CoordinatorService::join, this, _1, _2, _3));
   add<wire::TurnRequest, wire::TurnReply>(wire::kNextTurn, std::bind(&CoordinatorService::next_turn, this, _1, _2, _3));
@@ -98,6 +98,11 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
     return refuse({grpc::StatusCode::FAILED_PRECONDITION,
                    name + " joined with config hash " + req.config_hash.substr(0, 16) + "..., the coordinator's is " +
                        hash_.substr(0, 16) + "...: model, train and party count must be the same everywhere"});
+  if ((int64_t)req.first_turn != first_turn_ || (int64_t)req.end_turn != end_turn_)
+    return refuse({grpc::StatusCode::FAILED_PRECONDITION,
+                   name + " would train turns " + std::to_string(req.first_turn) + ".." + std::to_string(req.end_turn) +
+                       ", the coordinator turns " + std::to_string(first_turn_) + ".." + std::to_string(end_turn_) +
+                       ": resume every party from the same checkpointed run, with the same --until"});
   std::unique_lock<std::mutex> lock(mu_);
   joined_.insert(req.party);
   last_seen_[req.party] = std::chrono::steady_clock::now();
@@ -117,7 +122,7 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
 grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire::TurnRequest& req, wire::TurnReply& reply) {
   if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::unique_lock<std::mutex> lock(mu_);
-  const auto ready = [&] { return stopped_ || turn_ >= total_turns_ || holder(turn_) == (int)req.party; };
+  const auto ready = [&] { return stopped_ || turn_ >= end_turn_ || holder(turn_) == (int)req.party; };
   cv_.wait_until(lock, until(req.wait_ms), ready);
   if (stopped_) {
     reply.poll = wire::STOPPED;
@@ -127,7 +132,7 @@ grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire:
     reply.poll = wire::WAIT;
   } else {
     reply.poll = wire::READY;
-    reply.done = turn_ >= total_turns_;
+    reply.done = turn_ >= end_turn_;
     reply.turn = turn_;
     reply.round = turn_ / n_;
   }
@@ -137,7 +142,7 @@ grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire:
 grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire::TurnDoneRequest& req, wire::Ack&) {
   if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
-  if ((int64_t)req.turn != turn_ || turn_ >= total_turns_ || holder(turn_) != (int)req.party)
+  if ((int64_t)req.turn != turn_ || turn_ >= end_turn_ || holder(turn_) != (int)req.party)
     return {grpc::StatusCode::FAILED_PRECONDITION,
             deploy_.parties[req.party].name + " reports turn " + std::to_string(req.turn) + ", which it does not hold"};
   ++turn_;
@@ -213,13 +218,15 @@ namespace {
 }
 }  // namespace
 
-void CoordinatorClient::join(const std::string& config_hash) {
+void CoordinatorClient::join(const std::string& config_hash, int64_t first_turn, int64_t end_turn) {
   const DeployConfig& d = t_.deploy();
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds((int64_t)(d.join_timeout_s * 1000));
   wire::JoinRequest req;
   req.party = (uint32_t)me_;
   req.protocol_version = kProtocolVersion;
   req.config_hash = config_hash;
+  req.first_turn = (uint64_t)first_turn;
+  req.end_turn = (uint64_t)end_turn;
   req.wait_ms = kPollMs;
   grpc::Status last;
   std::string waiting;

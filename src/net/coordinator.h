@@ -18,7 +18,9 @@ namespace pcmoe::net {
 
 class CoordinatorService final : public UnaryService {
  public:
-  CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed, int64_t rounds);
+  // Hands out turns first_turn .. end_turn - 1.
+  CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed, int64_t first_turn,
+                     int64_t end_turn);
   ~CoordinatorService() override;
 
   // Waits (at most `seconds`) until every party has been told that barrier `name` is passed,
@@ -46,11 +48,11 @@ class CoordinatorService final : public UnaryService {
   std::string hash_;
   uint64_t seed_;
   int n_;
-  int64_t total_turns_;
+  int64_t first_turn_, end_turn_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::set<uint32_t> joined_;
-  int64_t turn_ = 0;
+  int64_t turn_;
   bool stopped_ = false;
   std::string reason_;
   std::map<std::string, std::set<uint32_t>> arrived_, released_;
@@ -71,7 +73,8 @@ struct Turn {
 class CoordinatorClient {
  public:
   CoordinatorClient(GrpcTransport& transport, int me);
-  void join(const std::string& config_hash);  // throws if not everyone joined within join_timeout_s
+  // Throws if not everyone joined within join_timeout_s.
+  void join(const std::string& config_hash, int64_t first_turn, int64_t end_turn);
   Turn next_turn();
   void turn_done(uint64_t turn, double loss);
   void barrier(const std::string& name);

@@ -53,6 +53,23 @@ nlohmann::json run_party(const PartyOptions& opts) {
     load_checkpoint(cfg.collab.init_from, cfg.model, party.backbone, nullptr);
     load_checkpoint(cfg.collab.init_from, cfg.model, party.host.params(), nullptr);
   }
+  const fs::path ckpt = fs::path(opts.out_dir) / "checkpoint";
+  const std::string hash = config_hash(cfg);
+  int64_t first_turn = 0;
+  if (opts.resume) {
+    std::ifstream in(ckpt / "state.json");
+    if (!in) throw std::runtime_error("--resume: no checkpoint in " + ckpt.string());
+    const nlohmann::json state = nlohmann::json::parse(in);
+    if (state.at("config_hash") != hash)
+      throw std::runtime_error("--resume: the checkpoint in " + ckpt.string() + " was made with another model or train config");
+    party.turns = load_checkpoint((ckpt / "backbone").string(), cfg.model, party.backbone, &party.optimizer);
+    load_checkpoint((ckpt / "shard").string(), cfg.model, party.host.params(), &party.host.optimizer());
+    first_turn = state.at("next_turn").get<int64_t>();
+  }
+  const int64_t end_turn = (int64_t)n * (opts.until >= 0 ? std::min<int64_t>(opts.until, cfg.train.steps) : cfg.train.steps);
+  if (first_turn >= end_turn)
+    throw std::runtime_error("nothing to train: the run is at turn " + std::to_string(first_turn) + " of " +
+                             std::to_string(end_turn));
   const int threads = cfg.train.threads;
   net.serve(me, [&party, threads](MsgKind kind, int from, const Bytes& req) {
     set_num_threads(threads);  // a server thread: the host computes with the run's thread count
@@ -60,23 +77,24 @@ nlohmann::json run_party(const PartyOptions& opts) {
   });
   std::unique_ptr<CoordinatorService> coordinator;
   if (me == 0)
-    coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), config_hash(cfg), cfg.train.seed, cfg.train.steps);
+    coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), hash, cfg.train.seed, first_turn, end_turn);
   net.start(coordinator.get());
   std::fprintf(stderr, "%s: serving experts on %s (%s), joining %s at %s\n", name.c_str(), dr.deploy.parties[me].address.c_str(),
                net.secure() ? "mutual TLS" : "INSECURE plaintext", dr.deploy.parties[0].name.c_str(),
                dr.deploy.parties[0].address.c_str());
 
   CoordinatorClient coord(net, me);
-  std::ofstream metrics(fs::path(opts.out_dir) / "metrics.jsonl", std::ios::trunc);
+  std::ofstream metrics(fs::path(opts.out_dir) / "metrics.jsonl", opts.resume ? std::ios::app : std::ios::trunc);
   nlohmann::json report = {{"party", me}, {"name", name}, {"parties", n}};
   coord.start_heartbeat();
   try {
-    coord.join(config_hash(cfg));
+    coord.join(hash, first_turn, end_turn);
     std::fprintf(stderr, "%s: all %d parties joined\n", name.c_str(), n);
     const TurnPlan plan(cfg.model, n);
     std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
     const auto t0 = clock_type::now();
     double busy = 0;
+    int64_t trained = 0;  // turns of this run (a resumed party's earlier ones are in party.turns)
     for (;;) {
       const Turn t = coord.next_turn();
       if (t.done) break;
@@ -85,6 +103,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
       net.set_step(t.turn);
       const TurnResult r = run_turn(party, net, cfg.train, plan, windows.data());
       busy += std::chrono::duration<double>(clock_type::now() - t_turn).count();
+      ++trained;
       metrics << nlohmann::json{{"mode", "pc-moe"}, {"round", t.round}, {"party", me}, {"loss", r.loss.total},
                                 {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}, {"turn", t.turn}}.dump()
               << "\n";
@@ -96,13 +115,19 @@ nlohmann::json run_party(const PartyOptions& opts) {
     coord.barrier("trained");
     const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
     const TrafficStats training = net.traffic();  // every training call to or from this party is done
-    net.set_step((uint64_t)n * cfg.train.steps);  // evaluation calls come after every turn
+    save_checkpoint((ckpt / "backbone").string(), cfg, party.backbone, &party.optimizer, party.turns, data.tokenizer_model);
+    save_checkpoint((ckpt / "shard").string(), cfg, party.host.params(), &party.host.optimizer(), party.turns,
+                    data.tokenizer_model);
+    std::ofstream(ckpt / "state.json.tmp") << nlohmann::json{{"next_turn", end_turn}, {"config_hash", hash}}.dump() << "\n";
+    fs::rename(ckpt / "state.json.tmp", ckpt / "state.json");  // last: names a complete checkpoint
+    net.set_step((uint64_t)end_turn);  // evaluation calls come after every turn
     report["val_loss_own"] = evaluate(party.model, own.val_windows, own.n_val);
     coord.barrier("finished");
     coord.stop_heartbeat();
     if (coordinator) coordinator->wait_released("finished", dr.deploy.call_timeout_s);
-    const double tokens = (double)party.turns * data.tokens_per_turn;
-    report["turns"] = party.turns;
+    const double tokens = (double)trained * data.tokens_per_turn;
+    report["turns"] = trained;
+    report["turns_total"] = party.turns;
     report["tokens"] = tokens;
     report["train_seconds"] = seconds;
     report["own_turn_seconds"] = busy;
@@ -129,7 +154,8 @@ nlohmann::json run_party(const PartyOptions& opts) {
   return report;
 }
 
-nlohmann::json run_launch(const std::string& exe, const std::string& config, const std::string& out_dir, bool insecure) {
+nlohmann::json run_launch(const std::string& exe, const std::string& config, const std::string& out_dir, bool insecure,
+                          bool resume, int64_t until) {
   const DeployRun dr = load_deploy_run(config);
   const int n = dr.run.parties.n_parties;
   for (const PartyAddress& p : dr.deploy.parties)
@@ -138,13 +164,15 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
                                "; run `pcmoe party` on each host instead");
   fs::create_directories(out_dir);
   const std::string certs = (fs::path(out_dir) / "certs").string();
-  if (!insecure) make_certs(dr.deploy, certs);
+  if (!insecure && !resume) make_certs(dr.deploy, certs);
   const auto t0 = clock_type::now();
   std::vector<pid_t> pids(n);
   for (int p = 0; p < n; ++p) {
     const std::string log = (fs::path(out_dir) / ("party" + std::to_string(p) + ".log")).string();
     const std::string party_out = (fs::path(out_dir) / ("party" + std::to_string(p))).string();
     std::vector<std::string> args = {exe, "party", "--config", config, "--party", std::to_string(p), "--out", party_out};
+    if (resume) args.push_back("--resume");
+    if (until >= 0) args.insert(args.end(), {"--until", std::to_string(until)});
     if (insecure) args.push_back("--insecure");
     else args.insert(args.end(), {"--certs", certs});
     std::vector<char*> argv;

@@ -30,6 +30,8 @@ struct JoinRequest {
   uint32_t protocol_version = 0;  // 2
   std::string config_hash;        // 3
   uint32_t wait_ms = 0;           // 4
+  uint64_t first_turn = 0;        // 5
+  uint64_t end_turn = 0;          // 6
 };
 struct JoinReply {
   uint32_t poll = 0;   // 1

@@ -71,10 +71,12 @@ TEST(Wire, WeReadWhatProtocWrites) {
   EXPECT_EQ(r.round, 19u);
   EXPECT_EQ(r.reason, "party2 died");
   wire::JoinRequest j;
-  wire::decode(protoc("encode", "JoinRequest", "party: 1 protocol_version: 1 config_hash: \"abc\" wait_ms: 1000"), j);
+  wire::decode(protoc("encode", "JoinRequest", "party: 1 protocol_version: 1 config_hash: \"abc\" wait_ms: 1000 first_turn: 12 end_turn: 40"), j);
   EXPECT_EQ(j.party, 1u);
   EXPECT_EQ(j.config_hash, "abc");
   EXPECT_EQ(j.wait_ms, 1000u);
+  EXPECT_EQ(j.first_turn, 12u);
+  EXPECT_EQ(j.end_turn, 40u);
 }
 
 TEST(Wire, MalformedMessagesAreRejected) {
