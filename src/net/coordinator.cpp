@@ -1,8 +1,8 @@
 #include "net/coordinator.h"
 
 #include <chrono>
-#include <functional>
 #include <cstdio>
+#include <functional>
 #include <stdexcept>
 #include <thread>
 
@@ -145,6 +145,8 @@ grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire:
   if ((int64_t)req.turn != turn_ || turn_ >= end_turn_ || holder(turn_) != (int)req.party)
     return {grpc::StatusCode::FAILED_PRECONDITION,
             deploy_.parties[req.party].name + " reports turn " + std::to_string(req.turn) + ", which it does not hold"};
+  std::fprintf(stderr, "coordinator: turn %lld of %lld (round %lld, %s) done, loss %.4f\n", (long long)turn_,
+               (long long)end_turn_, (long long)(turn_ / n_), deploy_.parties[req.party].name.c_str(), req.loss);
   ++turn_;
   cv_.notify_all();
   return grpc::Status::OK;
@@ -310,9 +312,6 @@ void CoordinatorClient::stop(const std::string& reason) {
   unary_call(*channel_, wire::kStop, ctx, req, ack);
 }
 
-}  // namespace pcmoe::net
-
-namespace pcmoe::net {
 
 void CoordinatorClient::start_heartbeat() {
   const auto every = std::chrono::milliseconds((int64_t)(t_.deploy().dead_after_s * 200));

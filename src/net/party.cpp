@@ -115,6 +115,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     coord.barrier("trained");
     const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
     const TrafficStats training = net.traffic();  // every training call to or from this party is done
+    fs::remove(ckpt / "state.json");  // until both parts are written, there is no checkpoint to resume from
     save_checkpoint((ckpt / "backbone").string(), cfg, party.backbone, &party.optimizer, party.turns, data.tokenizer_model);
     save_checkpoint((ckpt / "shard").string(), cfg, party.host.params(), &party.host.optimizer(), party.turns,
                     data.tokenizer_model);

@@ -247,6 +247,38 @@ TEST_F(HostOverGrpc, BadCallsAreRefusedWithoutStateChange) {
   EXPECT_EQ(fwd.bytes, 5 * C * sizeof(float));
 }
 
+// The server itself requires a client certificate signed by its CA: a client that trusts the
+// server (same CA) but presents no certificate, or one from another CA, is not served.
+TEST_F(HostOverGrpc, ServerRequiresAClientCertificateOfItsCa) {
+  const std::string other = dir_ + "-other";
+  make_certs(d_, other);
+  const TlsFiles ours = read_tls_files(dir_, "party0"), theirs = read_tls_files(other, "party0");
+  auto try_call = [this](const grpc::SslCredentialsOptions& opts) {
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("party1");
+    auto channel = grpc::CreateCustomChannel(d_.parties[1].address, grpc::SslCredentials(opts), args);
+    wire::CallRequest req;
+    req.kind = wire::CONTROL;
+    req.payload = std::string("\x01\0\0\0", 4);  // begin turn
+    wire::CallReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return unary_call(*channel, wire::kPartyCall, ctx, req, reply);
+  };
+  grpc::SslCredentialsOptions no_cert;
+  no_cert.pem_root_certs = ours.ca;
+  EXPECT_EQ(try_call(no_cert).error_code(), grpc::StatusCode::UNAVAILABLE);
+  grpc::SslCredentialsOptions foreign = no_cert;
+  foreign.pem_private_key = theirs.key;
+  foreign.pem_cert_chain = theirs.cert;
+  EXPECT_EQ(try_call(foreign).error_code(), grpc::StatusCode::UNAVAILABLE);
+  grpc::SslCredentialsOptions good = no_cert;
+  good.pem_private_key = ours.key;
+  good.pem_cert_chain = ours.cert;
+  EXPECT_TRUE(try_call(good).ok()) << "the same call with party 0's own certificate is served";
+  fs::remove_all(other);
+}
+
 TEST_F(HostOverGrpc, StaleStepsAreRefused) {
   Writer begin;
   begin.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
