@@ -1,6 +1,7 @@
 #include "net/grpc_transport.h"
 
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 
 #include "net/rpc.h"
