@@ -7,7 +7,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(build-essential cmake ninja-build pkg-config git ca-certificates
-          libopenblas-openmp-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev libssl-dev
+          libopenblas-openmp-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev
+          libgrpc++-dev protobuf-compiler libssl-dev
           python3 python3-torch)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -9,6 +9,9 @@
 
 #include "collab/runner.h"
 #include "model/local_experts.h"
+#include "net/certs.h"
+#include "net/deploy.h"
+#include "net/party.h"
 #include "model/model.h"
 #include "tensor/cpu.h"
 #include "tensor/gemm.h"
@@ -28,6 +31,9 @@ usage:
   pcmoe eval     --checkpoint DIR [--windows N]
   pcmoe generate --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]
   pcmoe collab   --config FILE --out DIR
+  pcmoe certs    --config FILE --out DIR
+  pcmoe party    --config FILE --party I --out DIR (--certs DIR | --insecure) [--resume] [--until R]
+  pcmoe launch   --config FILE --out DIR [--insecure] [--resume] [--until R]
   pcmoe memory   --config FILE --parties N [--party P]
   pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T --delta D [--json]
 
@@ -39,6 +45,14 @@ usage:
   collab    PC-MoE with all parties simulated in one process, beside centralised and
             local-only training on the same data and tokens per party; prints a table,
             writes DIR/report.json and DIR/metrics.jsonl
+  certs     a development CA and a key and certificate per party of FILE's deploy section
+            (CN = party name): DIR/ca.pem, DIR/ca.key, DIR/<name>.pem, DIR/<name>.key
+  party     runs party I of a deployment as its own process: serves its expert shard over
+            gRPC with mutual TLS (party 0 also coordinates), trains on its turns, writes
+            DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/; --insecure: plaintext,
+            loopback only; --until R stops after R rounds; --resume continues from DIR/checkpoint
+  launch    makes certificates and runs every party of FILE as a local process on loopback,
+            logs in DIR/party<i>.log; merges DIR/metrics.jsonl, writes DIR/report.json
   memory    one party's planned memory and peak RSS, measured in its own process
   dp-budget DP-SGD privacy budget (RDP accountant, Poisson sampling rate Q, T steps): the epsilon
             that noise multiplier S spends, or the noise multiplier that target epsilon E needs
@@ -182,7 +196,7 @@ std::string mib(const nlohmann::json& bytes) {
 
 int cmd_collab(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out"}, {});
-  RunConfig cfg = load_run_config(need(a, "--config"));
+  RunConfig cfg = net::load_deploy_run(need(a, "--config")).run;  // a deploy section is allowed (and checked)
   const std::string out = need(a, "--out");
   nlohmann::json r = run_collab(cfg, out);
   auto cell = [](const nlohmann::json& row, const char* mode) -> std::string {
@@ -219,6 +233,65 @@ int cmd_collab(int argc, char** argv) {
   return 0;
 }
 
+// --until R of party and launch: rounds to stop after (-1: all of train.steps).
+int64_t until_rounds(const std::map<std::string, std::string>& a) {
+  const double r = number(a, "--until", -1);
+  if (a.count("--until") && (r < 1 || r != std::floor(r))) throw UsageError("--until expects a number of rounds >= 1");
+  return (int64_t)r;
+}
+
+int cmd_certs(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--config", "--out"}, {});
+  const net::DeployRun dr = net::load_deploy_run(need(a, "--config"));
+  const std::string out = need(a, "--out");
+  net::make_certs(dr.deploy, out);
+  std::printf("wrote %s/ca.pem (the CA all parties trust), %s/ca.key (keep it private) and per party:\n", out.c_str(),
+              out.c_str());
+  for (const net::PartyAddress& p : dr.deploy.parties)
+    std::printf("  %s/%s.pem, %s/%s.key  (%s, listens on %s)\n", out.c_str(), p.name.c_str(), out.c_str(), p.name.c_str(),
+                p.name.c_str(), p.address.c_str());
+  return 0;
+}
+
+int cmd_party(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--config", "--party", "--certs", "--out", "--until"}, {"--insecure", "--resume"});
+  net::PartyOptions o;
+  o.config = need(a, "--config");
+  const double p = number(a, "--party", -1);
+  if (p < 0 || p != std::floor(p)) throw UsageError("--party expects a party index >= 0");
+  o.party = (int)p;
+  o.insecure = a.count("--insecure") > 0;
+  if (o.insecure == (a.count("--certs") > 0)) throw UsageError("give either --certs DIR (mutual TLS) or --insecure");
+  if (!o.insecure) o.certs_dir = a.at("--certs");
+  o.out_dir = need(a, "--out");
+  o.resume = a.count("--resume") > 0;
+  o.until = until_rounds(a);
+  const nlohmann::json r = net::run_party(o);
+  std::printf("%s: %lld turns, validation loss %.4f on own data, %.0f bytes sent + %.0f received per token, report: %s\n",
+              r["name"].get<std::string>().c_str(), r["turns"].get<long long>(), r["val_loss_own"].get<double>(),
+              r["bytes_sent_per_token"].get<double>(), r["bytes_received_per_token"].get<double>(),
+              (fs::path(o.out_dir) / "report.json").c_str());
+  return 0;
+}
+
+int cmd_launch(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--config", "--out", "--until"}, {"--insecure", "--resume"});
+  const std::string out = need(a, "--out");
+  const nlohmann::json r = net::run_launch(fs::canonical("/proc/self/exe").string(), need(a, "--config"), out,
+                                           a.count("--insecure") > 0, a.count("--resume") > 0, until_rounds(a));
+  for (const auto& p : r["parties"]) {
+    std::printf("party %d: exit %d", p["party"].get<int>(), p["exit_code"].get<int>());
+    if (p.contains("report"))
+      std::printf(" | validation loss %.4f on own data | %.0f bytes/token", p["report"]["val_loss_own"].get<double>(),
+                  p["report"]["bytes_sent_per_token"].get<double>() + p["report"]["bytes_received_per_token"].get<double>());
+    std::printf("\n");
+  }
+  std::printf("%zu turns in %.1f s (%.0f tokens/s over all parties) | report: %s\n", r["turns"].get<size_t>(),
+              r["wall_seconds"].get<double>(), r["tokens_per_s"].get<double>(), (fs::path(out) / "report.json").c_str());
+  if (!r["ok"].get<bool>()) throw std::runtime_error("a party failed; see its log in " + out);
+  return 0;
+}
+
 }  // namespace
 
 int cmd_memory(int argc, char** argv);
@@ -236,6 +309,9 @@ int main(int argc, char** argv) {
     if (cmd == "eval") return cmd_eval(argc, argv);
     if (cmd == "generate") return cmd_generate(argc, argv);
     if (cmd == "collab") return cmd_collab(argc, argv);
+    if (cmd == "certs") return cmd_certs(argc, argv);
+    if (cmd == "party") return cmd_party(argc, argv);
+    if (cmd == "launch") return cmd_launch(argc, argv);
     if (cmd == "memory") return cmd_memory(argc, argv);
     if (cmd == "dp-budget") return cmd_dp_budget(argc, argv);
     throw UsageError("unknown command '" + cmd + "'");

@@ -49,6 +49,7 @@ class ExpertHost {
   ParamSet& params() { return shard_; }
   const ParamSet& params() const { return shard_; }
   const AdamW& optimizer() const { return opt_; }
+  AdamW& optimizer() { return opt_; }  // to restore a checkpoint
   size_t activation_bytes() const { return compute_.activation_bytes(); }
 
  private:

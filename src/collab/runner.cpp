@@ -24,15 +24,6 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-// One party's data: its training stream and sampler, its own validation windows.
-struct PartyStreams {
-  data::TokenStream train, val;
-  std::unique_ptr<data::BatchSampler> sampler;
-  std::vector<int32_t> val_windows;
-  int n_val = 0;
-  std::vector<std::string> categories;
-};
-
 struct Shared {
   const RunConfig& cfg;
   std::vector<PartyStreams> parties;
@@ -73,10 +64,7 @@ void progress(const char* mode, int64_t done, int64_t total, float loss, clock_t
 }
 
 void fill_turn(const Shared& sh, int party, int64_t step, std::vector<int32_t>& windows) {
-  const TrainConfig& tc = sh.cfg.train;
-  const size_t row = sh.cfg.model.seq_len + 1;
-  for (int m = 0; m < tc.grad_accum; ++m)
-    sh.parties[party].sampler->sample(step, m, tc.batch_size, windows.data() + (size_t)m * tc.batch_size * row);
+  pcmoe::fill_turn(sh.cfg, sh.parties[party], step, windows);
 }
 
 // PC-MoE: every party trains on its own data in the seeded round-robin; experts on their hosts.
@@ -239,14 +227,10 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
 
 }  // namespace
 
-nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
+CollabData load_collab_data(const RunConfig& cfg, int only_party) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   const int n = cfg.parties.n_parties;
-  set_num_threads(tc.threads);
-  fs::create_directories(out_dir);
-  const auto t_start = clock_type::now();
-
   const data::Corpus corpus = cfg.parties.mode == "paths" ? data::load_party_corpora(cfg.parties) : data::load_corpus(cfg.data);
   const data::Split split = data::split_documents(corpus, cfg.data.val_fraction, cfg.data.split_seed);
   const std::vector<data::PartyData> assignment = data::assign_parties(corpus, split, cfg.parties);
@@ -264,10 +248,16 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
     throw std::runtime_error("tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but model.vocab_size is " +
                              std::to_string(mc.vocab_size));
 
-  Shared sh{cfg, {}, {}, 0, std::ofstream(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc),
-            (int64_t)tc.grad_accum * tc.batch_size * mc.seq_len, out_dir, tok.model_file()};
+  CollabData out;
+  out.tokens_per_turn = (int64_t)tc.grad_accum * tc.batch_size * mc.seq_len;
+  out.tokenizer_model = tok.model_file();
+  out.bos_id = tok.bos_id();
   for (int p = 0; p < n; ++p) {
     PartyStreams ps;
+    if (only_party >= 0 && p != only_party) {
+      out.parties.push_back(std::move(ps));
+      continue;
+    }
     ps.train = data::encode_documents(tok, corpus, assignment[p].train, cfg.data.cache_dir);
     ps.val = data::encode_documents(tok, corpus, assignment[p].val, cfg.data.cache_dir);
     if (ps.train.tokens.size() <= (size_t)mc.seq_len + 1 || ps.val.tokens.size() <= (size_t)mc.seq_len + 1)
@@ -278,16 +268,38 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
                  ps.val.tokens.size());
     for (const auto& c : ps.categories) std::fprintf(stderr, " %s", c.c_str());
     std::fprintf(stderr, "\n");
-    sh.parties.push_back(std::move(ps));
+    out.parties.push_back(std::move(ps));
   }
   // Samplers point at their streams: made once the streams have stopped moving.
   for (int p = 0; p < n; ++p)
-    sh.parties[p].sampler = std::make_unique<data::BatchSampler>(sh.parties[p].train, mc.seq_len, tc.seed + 7919 * (uint64_t)(p + 1));
+    if (only_party < 0 || p == only_party)
+      out.parties[p].sampler = std::make_unique<data::BatchSampler>(out.parties[p].train, mc.seq_len, tc.seed + 7919 * (uint64_t)(p + 1));
+  return out;
+}
+
+void fill_turn(const RunConfig& cfg, const PartyStreams& party, int64_t step, std::vector<int32_t>& windows) {
+  const TrainConfig& tc = cfg.train;
+  const size_t row = cfg.model.seq_len + 1;
+  for (int m = 0; m < tc.grad_accum; ++m)
+    party.sampler->sample(step, m, tc.batch_size, windows.data() + (size_t)m * tc.batch_size * row);
+}
+
+nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
+  const ModelConfig& mc = cfg.model;
+  const TrainConfig& tc = cfg.train;
+  const int n = cfg.parties.n_parties;
+  set_num_threads(tc.threads);
+  fs::create_directories(out_dir);
+  const auto t_start = clock_type::now();
+
+  CollabData data = load_collab_data(cfg);
+  Shared sh{cfg, std::move(data.parties), {}, 0, std::ofstream(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc),
+            data.tokens_per_turn, out_dir, data.tokenizer_model};
   sh.rounds = tc.steps;
   if (cfg.privacy.enabled) {
     sh.dp_model = mc;
     for (int p = 0; p < n; ++p) {
-      sh.units.push_back(make_privacy_units(sh.parties[p].train.tokens, mc.seq_len, cfg.privacy.unit, tok.bos_id()));
+      sh.units.push_back(make_privacy_units(sh.parties[p].train.tokens, mc.seq_len, cfg.privacy.unit, data.bos_id));
       sh.plans.push_back(plan_dp(cfg.privacy, sh.units[p].n_units(), tc.steps));
       const DpPlan& d = sh.plans[p];
       std::fprintf(stderr, "party %d DP-SGD: %d units, q %.4g, noise multiplier %.4f, clip %.4g, delta %.3g, epsilon %.3f after %lld turns%s\n",

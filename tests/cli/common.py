@@ -1,6 +1,7 @@
 """Helpers for the end-to-end tests of the pcmoe command (no PyTorch needed)."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,3 +65,25 @@ def write_json(path, obj):
 def read_metrics(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def free_ports(n):
+    """n TCP ports on loopback that are free right now."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def deploy_config(data_dir, cache_dir, n, steps=3, **deploy):
+    """A tiny PC-MoE config for n parties (iid) with a deploy section on free loopback ports."""
+    cfg = tiny_config(data_dir, cache_dir, steps=steps, warmup=1, eval_windows=4)
+    cfg["data"]["val_fraction"] = 0.34
+    cfg["parties"] = {"mode": "iid", "n_parties": n}
+    cfg["collab"] = {"modes": ["pc-moe"]}
+    cfg["deploy"] = {"parties": [{"name": f"party{i}", "address": f"127.0.0.1:{p}"} for i, p in enumerate(free_ports(n))]}
+    cfg["deploy"].update(deploy)
+    return cfg

@@ -1,0 +1,342 @@
+#include "net/coordinator.h"
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <stdexcept>
+#include <thread>
+
+#include "collab/session.h"
+
+namespace pcmoe::net {
+
+namespace {
+constexpr uint32_t kPollMs = 1000;  // how long one long poll waits on the server
+constexpr uint32_t kMaxPollMs = 5000;
+}  // namespace
+
+CoordinatorService::CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed,
+                                       int64_t first_turn, int64_t end_turn)
+    : deploy_(deploy), secure_(secure), hash_(std::move(config_hash)), seed_(seed), n_((int)deploy.parties.size()),
+      first_turn_(first_turn), end_turn_(end_turn), turn_(first_turn), last_seen_(n_) {
+  using namespace std::placeholders;
+  add<wire::JoinRequest, wire::JoinReply>(wire::kJoin, std::bind(&CoordinatorService::join, this, _1, _2, _3));
+  add<wire::TurnRequest, wire::TurnReply>(wire::kNextTurn, std::bind(&CoordinatorService::next_turn, this, _1, _2, _3));
+  add<wire::TurnDoneRequest, wire::Ack>(wire::kTurnDone, std::bind(&CoordinatorService::turn_done, this, _1, _2, _3));
+  add<wire::BarrierRequest, wire::BarrierReply>(wire::kBarrier, std::bind(&CoordinatorService::barrier, this, _1, _2, _3));
+  add<wire::StopRequest, wire::Ack>(wire::kStop, std::bind(&CoordinatorService::stop, this, _1, _2, _3));
+  add<wire::HeartbeatRequest, wire::HeartbeatReply>(wire::kHeartbeat,
+                                                    std::bind(&CoordinatorService::heartbeat, this, _1, _2, _3));
+  watchdog_ = std::thread([this] { watch(); });
+}
+
+CoordinatorService::~CoordinatorService() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing_ = true;
+  }
+  cv_.notify_all();
+  watchdog_.join();
+}
+
+grpc::Status CoordinatorService::admit(grpc::ServerContext* ctx, uint32_t party) {
+  grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, party);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  last_seen_[party] = std::chrono::steady_clock::now();
+  return s;
+}
+
+void CoordinatorService::watch() {
+  const auto silence = std::chrono::milliseconds((int64_t)(deploy_.dead_after_s * 1000));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!closing_) {
+    cv_.wait_for(lock, std::chrono::milliseconds(100));
+    if (stopped_) continue;
+    const auto now = std::chrono::steady_clock::now();
+    for (uint32_t p : joined_) {
+      if (released_["finished"].count(p) || now - last_seen_[p] <= silence) continue;
+      stopped_ = true;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.1f", std::chrono::duration<double>(now - last_seen_[p]).count());
+      reason_ = deploy_.parties[p].name + " (" + deploy_.parties[p].address + ") has not been heard from for " + buf +
+                " s (deploy.dead_after_s): presumed dead";
+      std::fprintf(stderr, "coordinator: stopping the run: %s\n", reason_.c_str());
+      cv_.notify_all();
+      break;
+    }
+  }
+}
+
+grpc::Status CoordinatorService::heartbeat(grpc::ServerContext* ctx, const wire::HeartbeatRequest& req,
+                                           wire::HeartbeatReply& reply) {
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  reply.poll = stopped_ ? wire::STOPPED : wire::READY;
+  reply.reason = reason_;
+  return grpc::Status::OK;
+}
+
+int CoordinatorService::holder(int64_t turn) const { return round_order(seed_, n_, turn / n_)[turn % n_]; }
+
+std::chrono::system_clock::time_point CoordinatorService::until(uint32_t wait_ms) const {
+  return std::chrono::system_clock::now() + std::chrono::milliseconds(std::min(wait_ms, kMaxPollMs));
+}
+
+grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::JoinRequest& req, wire::JoinReply& reply) {
+  const auto refuse = [](grpc::Status s) {
+    std::fprintf(stderr, "coordinator: refused a join: %s\n", describe(s).c_str());
+    return s;
+  };
+  if (grpc::Status s = GrpcTransport::check_caller(ctx, deploy_, secure_, req.party); !s.ok()) return refuse(s);
+  const std::string& name = deploy_.parties[req.party].name;
+  if (req.protocol_version != kProtocolVersion)
+    return refuse({grpc::StatusCode::FAILED_PRECONDITION, name + " speaks protocol version " +
+                                                              std::to_string(req.protocol_version) + ", the coordinator " +
+                                                              std::to_string(kProtocolVersion)});
+  if (req.config_hash != hash_)
+    return refuse({grpc::StatusCode::FAILED_PRECONDITION,
+                   name + " joined with config hash " + req.config_hash.substr(0, 16) + "..., the coordinator's is " +
+                       hash_.substr(0, 16) + "...: model, train and party count must be the same everywhere"});
+  if ((int64_t)req.first_turn != first_turn_ || (int64_t)req.end_turn != end_turn_)
+    return refuse({grpc::StatusCode::FAILED_PRECONDITION,
+                   name + " would train turns " + std::to_string(req.first_turn) + ".." + std::to_string(req.end_turn) +
+                       ", the coordinator turns " + std::to_string(first_turn_) + ".." + std::to_string(end_turn_) +
+                       ": resume every party from the same checkpointed run, with the same --until"});
+  std::unique_lock<std::mutex> lock(mu_);
+  joined_.insert(req.party);
+  last_seen_[req.party] = std::chrono::steady_clock::now();
+  cv_.notify_all();
+  cv_.wait_until(lock, until(req.wait_ms), [&] { return stopped_ || (int)joined_.size() == n_; });
+  reply.poll = stopped_ ? wire::STOPPED : (int)joined_.size() == n_ ? wire::READY : wire::WAIT;
+  reply.reason = reason_;
+  if (reply.poll == wire::WAIT) {
+    reply.reason = "waiting for";
+    for (int p = 0; p < n_; ++p)
+      if (!joined_.count((uint32_t)p)) reply.reason += " " + deploy_.parties[p].name;
+  }
+  if (stopped_) told(req.party);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire::TurnRequest& req, wire::TurnReply& reply) {
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
+  std::unique_lock<std::mutex> lock(mu_);
+  const auto ready = [&] { return stopped_ || turn_ >= end_turn_ || holder(turn_) == (int)req.party; };
+  cv_.wait_until(lock, until(req.wait_ms), ready);
+  if (stopped_) {
+    reply.poll = wire::STOPPED;
+    reply.reason = reason_;
+    told(req.party);
+  } else if (!ready()) {
+    reply.poll = wire::WAIT;
+  } else {
+    reply.poll = wire::READY;
+    reply.done = turn_ >= end_turn_;
+    reply.turn = turn_;
+    reply.round = turn_ / n_;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire::TurnDoneRequest& req, wire::Ack&) {
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  if ((int64_t)req.turn != turn_ || turn_ >= end_turn_ || holder(turn_) != (int)req.party)
+    return {grpc::StatusCode::FAILED_PRECONDITION,
+            deploy_.parties[req.party].name + " reports turn " + std::to_string(req.turn) + ", which it does not hold"};
+  std::fprintf(stderr, "coordinator: turn %lld of %lld (round %lld, %s) done, loss %.4f\n", (long long)turn_,
+               (long long)end_turn_, (long long)(turn_ / n_), deploy_.parties[req.party].name.c_str(), req.loss);
+  ++turn_;
+  cv_.notify_all();
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::barrier(grpc::ServerContext* ctx, const wire::BarrierRequest& req, wire::BarrierReply& reply) {
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
+  std::unique_lock<std::mutex> lock(mu_);
+  std::set<uint32_t>& arrived = arrived_[req.name];
+  arrived.insert(req.party);
+  cv_.notify_all();
+  cv_.wait_until(lock, until(req.wait_ms), [&] { return stopped_ || (int)arrived.size() == n_; });
+  if (stopped_) {
+    reply.poll = wire::STOPPED;
+    reply.reason = reason_;
+    told(req.party);
+  } else if ((int)arrived.size() == n_) {
+    reply.poll = wire::READY;
+    released_[req.name].insert(req.party);
+    cv_.notify_all();
+  } else {
+    reply.poll = wire::WAIT;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::stop(grpc::ServerContext* ctx, const wire::StopRequest& req, wire::Ack&) {
+  if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!stopped_) {
+    stopped_ = true;
+    reason_ = deploy_.parties[req.party].name + " stopped the run: " + req.reason;
+  }
+  cv_.notify_all();
+  return grpc::Status::OK;
+}
+
+void CoordinatorService::told(uint32_t party) {
+  told_stop_.insert(party);
+  cv_.notify_all();
+}
+
+void CoordinatorService::linger_until_told(double seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::milliseconds((int64_t)(seconds * 1000)), [&] {
+    for (uint32_t p = 1; p < (uint32_t)n_; ++p)
+      if (!told_stop_.count(p)) return false;
+    return true;
+  });
+}
+
+bool CoordinatorService::wait_released(const std::string& name, double seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, std::chrono::milliseconds((int64_t)(seconds * 1000)),
+                      [&] { return stopped_ || (int)released_[name].size() == n_; });
+}
+
+CoordinatorClient::CoordinatorClient(GrpcTransport& transport, int me)
+    : t_(transport), me_(me), channel_(transport.channel(0)) {}
+
+grpc::ClientContext& CoordinatorClient::context(grpc::ClientContext& ctx, double extra_s) const {
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds((int64_t)((t_.deploy().call_timeout_s + extra_s) * 1000)));
+  return ctx;
+}
+
+namespace {
+[[noreturn]] void failed(const DeployConfig& d, const std::string& what, const grpc::Status& s) {
+  throw std::runtime_error(what + " at the coordinator " + d.parties[0].name + " (" + d.parties[0].address +
+                           ") failed: " + describe(s));
+}
+}  // namespace
+
+void CoordinatorClient::join(const std::string& config_hash, int64_t first_turn, int64_t end_turn) {
+  const DeployConfig& d = t_.deploy();
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds((int64_t)(d.join_timeout_s * 1000));
+  wire::JoinRequest req;
+  req.party = (uint32_t)me_;
+  req.protocol_version = kProtocolVersion;
+  req.config_hash = config_hash;
+  req.first_turn = (uint64_t)first_turn;
+  req.end_turn = (uint64_t)end_turn;
+  req.wait_ms = kPollMs;
+  grpc::Status last;
+  std::string waiting;
+  while (std::chrono::steady_clock::now() < give_up) {
+    wire::JoinReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(2 * kPollMs));
+    last = unary_call(*channel_, wire::kJoin, ctx, req, reply);
+    if (last.ok()) {
+      if (reply.poll == wire::READY) return;
+      waiting = reply.reason;
+      if (reply.poll == wire::STOPPED) throw std::runtime_error("the run was stopped while joining: " + reply.reason);
+      continue;
+    }
+    // UNAVAILABLE: the coordinator is not listening yet, or the TLS handshake failed (retried
+    // until the timeout, which then names the last error).
+    if (last.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED && last.error_code() != grpc::StatusCode::UNAVAILABLE)
+      failed(d, "joining", last);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  std::string why = waiting;
+  if (!last.ok()) {
+    why = d.parties[me_].name + " cannot reach the coordinator " + d.parties[0].name + " at " + d.parties[0].address + ": " +
+          describe(last);
+    if (last.error_message().find("andshake") != std::string::npos)
+      why += " (the TLS handshake failed: are both certificates from the same `pcmoe certs` CA?)";
+    else if (!t_.secure())
+      why += " (this party runs --insecure: a TLS coordinator closes plaintext connections)";
+  }
+  throw std::runtime_error("not every party joined within " + std::to_string((int)d.join_timeout_s) +
+                           " s (deploy.join_timeout_s): " + why);
+}
+
+Turn CoordinatorClient::next_turn() {
+  wire::TurnRequest req;
+  req.party = (uint32_t)me_;
+  req.wait_ms = kPollMs;
+  for (;;) {
+    wire::TurnReply reply;
+    grpc::ClientContext ctx;
+    const grpc::Status s = unary_call(*channel_, wire::kNextTurn, context(ctx, kPollMs / 1000.0), req, reply);
+    if (!s.ok()) failed(t_.deploy(), "asking for a turn", s);
+    if (reply.poll == wire::STOPPED) throw std::runtime_error(reply.reason);
+    if (reply.poll == wire::READY) return {reply.done, reply.turn, reply.round};
+  }
+}
+
+void CoordinatorClient::turn_done(uint64_t turn, double loss) {
+  wire::TurnDoneRequest req;
+  req.party = (uint32_t)me_;
+  req.turn = turn;
+  req.loss = loss;
+  wire::Ack ack;
+  grpc::ClientContext ctx;
+  const grpc::Status s = unary_call(*channel_, wire::kTurnDone, context(ctx, 0), req, ack);
+  if (!s.ok()) failed(t_.deploy(), "reporting turn " + std::to_string(turn), s);
+}
+
+void CoordinatorClient::barrier(const std::string& name) {
+  wire::BarrierRequest req;
+  req.party = (uint32_t)me_;
+  req.name = name;
+  req.wait_ms = kPollMs;
+  for (;;) {
+    wire::BarrierReply reply;
+    grpc::ClientContext ctx;
+    const grpc::Status s = unary_call(*channel_, wire::kBarrier, context(ctx, kPollMs / 1000.0), req, reply);
+    if (!s.ok()) failed(t_.deploy(), "waiting at barrier '" + name + "'", s);
+    if (reply.poll == wire::STOPPED) throw std::runtime_error(reply.reason);
+    if (reply.poll == wire::READY) return;
+  }
+}
+
+void CoordinatorClient::stop(const std::string& reason) {
+  wire::StopRequest req;
+  req.party = (uint32_t)me_;
+  req.reason = reason;
+  wire::Ack ack;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  unary_call(*channel_, wire::kStop, ctx, req, ack);
+}
+
+
+void CoordinatorClient::start_heartbeat() {
+  const auto every = std::chrono::milliseconds((int64_t)(t_.deploy().dead_after_s * 200));
+  hb_ = std::thread([this, every] {
+    std::unique_lock<std::mutex> lock(hb_mu_);
+    while (!hb_cv_.wait_for(lock, every, [this] { return hb_stop_; })) {
+      wire::HeartbeatRequest req;
+      req.party = (uint32_t)me_;
+      wire::HeartbeatReply reply;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + every);
+      unary_call(*channel_, wire::kHeartbeat, ctx, req, reply);  // a missed beat is the coordinator's to judge
+    }
+  });
+}
+
+void CoordinatorClient::stop_heartbeat() {
+  {
+    std::lock_guard<std::mutex> lock(hb_mu_);
+    hb_stop_ = true;
+  }
+  hb_cv_.notify_all();
+  if (hb_.joinable()) hb_.join();
+}
+
+CoordinatorClient::~CoordinatorClient() { stop_heartbeat(); }
+
+}  // namespace pcmoe::net

@@ -1,0 +1,142 @@
+#include "net/deploy.h"
+
+#include <openssl/evp.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "common/json_fields.h"
+
+namespace pcmoe::net {
+
+namespace {
+bool valid_name(const std::string& s) {
+  if (s.empty() || s.size() > 63 || s.front() == '-' || s.back() == '-') return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+  return true;
+}
+}  // namespace
+
+std::string address_host(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size())
+    throw std::runtime_error("address '" + address + "' is not host:port");
+  const std::string port = address.substr(colon + 1);
+  if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 || std::stoi(port) < 1 ||
+      std::stoi(port) > 65535)
+    throw std::runtime_error("address '" + address + "' has no valid port");
+  std::string host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host;
+}
+
+bool is_loopback_host(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& run) {
+  DeployConfig c;
+  JsonFields f(j, "deploy");
+  nlohmann::json parties = nlohmann::json::array();
+  f.read("parties", parties);
+  f.read("call_timeout_s", c.call_timeout_s);
+  f.read("join_timeout_s", c.join_timeout_s);
+  f.read("dead_after_s", c.dead_after_s);
+  f.read("max_message_bytes", c.max_message_bytes);
+  f.reject_unknown();
+  const int n = run.parties.n_parties;
+  if (!parties.is_array()) throw std::runtime_error("config key 'deploy.parties' must be a list of {name, address}");
+  if (parties.empty()) {
+    for (int i = 0; i < n; ++i) c.parties.push_back({"party" + std::to_string(i), "127.0.0.1:" + std::to_string(50051 + i)});
+  } else {
+    for (const nlohmann::json& p : parties) {
+      PartyAddress a;
+      JsonFields pf(p, "deploy.parties[]");
+      pf.read("name", a.name);
+      pf.read("address", a.address);
+      pf.reject_unknown();
+      c.parties.push_back(a);
+    }
+  }
+  if ((int)c.parties.size() != n)
+    throw std::runtime_error("config key 'deploy.parties' lists " + std::to_string(c.parties.size()) +
+                             " parties but parties.n_parties is " + std::to_string(n));
+  std::set<std::string> names, addresses;
+  for (const PartyAddress& a : c.parties) {
+    if (!valid_name(a.name))
+      throw std::runtime_error("config key 'deploy.parties': party name '" + a.name +
+                               "' must be 1-63 characters of a-z, 0-9 and '-' (it is a certificate DNS name)");
+    address_host(a.address);
+    if (!names.insert(a.name).second) throw std::runtime_error("config key 'deploy.parties': name '" + a.name + "' twice");
+    if (!addresses.insert(a.address).second)
+      throw std::runtime_error("config key 'deploy.parties': address '" + a.address + "' twice");
+  }
+  if (!(c.call_timeout_s > 0) || !(c.join_timeout_s > 0) || !(c.dead_after_s >= 0.5))
+    throw std::runtime_error("config keys 'deploy.call_timeout_s' and 'deploy.join_timeout_s' must be > 0, "
+                             "'deploy.dead_after_s' at least 0.5");
+  if (c.max_message_bytes == 0) c.max_message_bytes = default_max_message_bytes(run);
+  if (c.max_message_bytes > (size_t)INT32_MAX)
+    throw std::runtime_error("config key 'deploy.max_message_bytes' must be below 2 GiB");
+  return c;
+}
+
+nlohmann::json to_json(const DeployConfig& c) {
+  nlohmann::json parties = nlohmann::json::array();
+  for (const PartyAddress& a : c.parties) parties.push_back({{"name", a.name}, {"address", a.address}});
+  return {{"parties", parties}, {"call_timeout_s", c.call_timeout_s}, {"join_timeout_s", c.join_timeout_s},
+          {"dead_after_s", c.dead_after_s},
+          {"max_message_bytes", c.max_message_bytes}};
+}
+
+size_t default_max_message_bytes(const RunConfig& run) {
+  const ModelConfig& m = run.model;
+  const size_t rows = (size_t)run.train.batch_size * m.seq_len * m.top_k;
+  return 8 + 4 * (size_t)m.n_experts + rows * m.d_model * sizeof(float) + 64 * 1024;
+}
+
+std::string config_hash(const RunConfig& run) {
+  const std::string text =
+      nlohmann::json{{"model", to_json(run.model)}, {"train", to_json(run.train)}, {"n_parties", run.parties.n_parties}}.dump();
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (!EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr))
+    throw std::runtime_error("SHA-256 of the config failed");
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 15];
+  }
+  return out;
+}
+
+DeployRun load_deploy_run(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open config file '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error("config file '" + path + "' is not valid JSON: " + e.what());
+  }
+  try {
+    nlohmann::json deploy = nlohmann::json::object();
+    if (j.is_object() && j.contains("deploy")) {
+      deploy = j["deploy"];
+      j.erase("deploy");
+    }
+    DeployRun r;
+    r.run = run_config_from_json(j);
+    r.deploy = deploy_config_from_json(deploy, r.run);
+    return r;
+  } catch (const std::exception& e) {
+    throw std::runtime_error("config file '" + path + "': " + e.what());
+  }
+}
+
+}  // namespace pcmoe::net

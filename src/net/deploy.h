@@ -1,0 +1,57 @@
+// A deployment of PC-MoE as separate processes: the `deploy` section of a run config (party
+// names and addresses, deadlines, message bound), the config hash parties join with, and the
+// protocol version of proto/pcmoe.proto.
+#pragma once
+#include <cstddef>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "train/train_config.h"
+
+namespace pcmoe::net {
+
+// Bump on any change to proto/pcmoe.proto or to the payload encodings of docs/protocol.md.
+constexpr uint32_t kProtocolVersion = 1;
+
+struct PartyAddress {
+  std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters
+  std::string address;  // host:port it listens on and is reached at
+};
+
+struct DeployConfig {
+  std::vector<PartyAddress> parties;  // one per party, in party order
+  double call_timeout_s = 60;         // deadline of every call (long polls add their wait)
+  double join_timeout_s = 60;         // how long a party waits for all others to join
+  double dead_after_s = 5;            // a joined party silent this long is presumed dead: the run stops
+  size_t max_message_bytes = 0;       // bound of every message (0: from the model config)
+};
+
+// A run config plus its deploy section.
+struct DeployRun {
+  RunConfig run;
+  DeployConfig deploy;
+};
+
+// Reads a config file whose optional `deploy` section is
+//   {"parties": [{"name": "party0", "address": "127.0.0.1:50051"}, ...],
+//    "call_timeout_s": 60, "join_timeout_s": 60, "dead_after_s": 5, "max_message_bytes": 0}
+// Without it, party i is "party<i>" at 127.0.0.1:<50051 + i>. The other sections are read as
+// load_run_config reads them; errors name the file.
+DeployRun load_deploy_run(const std::string& path);
+DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& run);
+nlohmann::json to_json(const DeployConfig& c);
+
+// The largest message a run of this config sends (an expert call of a whole micro-batch's routed
+// rows to one host), plus headroom for the envelope and control messages.
+size_t default_max_message_bytes(const RunConfig& run);
+
+// SHA-256 (hex) of the canonical JSON of the model and train sections and the party count:
+// every party must train the same model the same way.
+std::string config_hash(const RunConfig& run);
+
+// The host part of "host:port" ("[::1]:5" -> "::1"); throws on an address without a port.
+std::string address_host(const std::string& address);
+bool is_loopback_host(const std::string& host);
+
+}  // namespace pcmoe::net

@@ -1,0 +1,194 @@
+#include "net/grpc_transport.h"
+
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+
+#include "net/rpc.h"
+
+namespace pcmoe::net {
+
+namespace {
+const char* code_name(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    default: return "ERROR";
+  }
+}
+
+std::chrono::system_clock::time_point deadline_after(double seconds) {
+  return std::chrono::system_clock::now() + std::chrono::milliseconds((int64_t)(seconds * 1000));
+}
+}  // namespace
+
+std::string describe(const grpc::Status& s) { return std::string(code_name(s.error_code())) + ": " + s.error_message(); }
+
+GrpcTransport::GrpcTransport(const DeployConfig& deploy, int me, std::optional<TlsFiles> tls)
+    : deploy_(deploy), me_(me), tls_(std::move(tls)), channels_(deploy.parties.size()) {
+  if (me < 0 || me >= (int)deploy.parties.size())
+    throw std::runtime_error("party " + std::to_string(me) + " is not in the deployment's " +
+                             std::to_string(deploy.parties.size()) + " parties");
+  if (!tls_)
+    for (const PartyAddress& p : deploy.parties)
+      if (!is_loopback_host(address_host(p.address)))
+        throw std::runtime_error("--insecure is allowed only when every party is on a loopback address; " + p.name +
+                                 " is at " + p.address);
+}
+
+GrpcTransport::~GrpcTransport() { shutdown(); }
+
+void GrpcTransport::serve(int party, Handler handler) {
+  if (party != me_) throw std::logic_error("a gRPC transport serves only its own party " + std::to_string(me_));
+  handler_ = std::move(handler);
+}
+
+void GrpcTransport::start(grpc::Service* extra) {
+  auto party = std::make_unique<UnaryService>();
+  party->add<wire::CallRequest, wire::CallReply>(
+      wire::kPartyCall, [this](grpc::ServerContext* ctx, const wire::CallRequest& req, wire::CallReply& reply) {
+        return handle(ctx, req.kind, req.from, req.step, req.payload, &reply.payload);
+      });
+  service_ = std::move(party);
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (tls_) {
+    grpc::SslServerCredentialsOptions opts(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    opts.pem_root_certs = tls_->ca;
+    opts.pem_key_cert_pairs.push_back({tls_->key, tls_->cert});
+    creds = grpc::SslServerCredentials(opts);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort(deploy_.parties[me_].address, creds, &port);
+  b.SetMaxReceiveMessageSize((int)deploy_.max_message_bytes);
+  b.SetMaxSendMessageSize((int)deploy_.max_message_bytes);
+  b.RegisterService(service_.get());
+  if (extra) b.RegisterService(extra);
+  server_ = b.BuildAndStart();
+  if (!server_ || port == 0)
+    throw std::runtime_error(deploy_.parties[me_].name + " cannot listen on " + deploy_.parties[me_].address +
+                             " (address in use or not local?)");
+}
+
+void GrpcTransport::shutdown() {
+  if (server_) {
+    server_->Shutdown(deadline_after(2));
+    server_->Wait();
+    server_.reset();
+  }
+}
+
+std::shared_ptr<grpc::Channel> GrpcTransport::channel(int peer) {
+  std::lock_guard<std::mutex> lock(channels_mu_);
+  if (!channels_[peer]) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize((int)deploy_.max_message_bytes);
+    args.SetMaxSendMessageSize((int)deploy_.max_message_bytes);
+    std::shared_ptr<grpc::ChannelCredentials> creds;
+    if (tls_) {
+      grpc::SslCredentialsOptions opts;
+      opts.pem_root_certs = tls_->ca;
+      opts.pem_private_key = tls_->key;
+      opts.pem_cert_chain = tls_->cert;
+      creds = grpc::SslCredentials(opts);
+      args.SetSslTargetNameOverride(deploy_.parties[peer].name);  // the peer must prove this name
+    } else {
+      creds = grpc::InsecureChannelCredentials();
+    }
+    channels_[peer] = grpc::CreateCustomChannel(deploy_.parties[peer].address, creds, args);
+  }
+  return channels_[peer];
+}
+
+void GrpcTransport::count(MsgKind kind, int from, int to, size_t bytes) {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_.add(kind, from, to, bytes);
+}
+
+TrafficStats GrpcTransport::traffic() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
+
+Bytes GrpcTransport::call(int from, int to, MsgKind kind, const Bytes& request) {
+  if (from != me_) throw std::logic_error("party " + std::to_string(me_) + " cannot call as party " + std::to_string(from));
+  if (to < 0 || to >= (int)deploy_.parties.size()) throw std::runtime_error("no party " + std::to_string(to));
+  if (to == me_) {
+    std::lock_guard<std::mutex> lock(host_mu_);
+    return handler_(kind, from, request);  // not a boundary: neither sent nor counted
+  }
+  wire::CallRequest req;
+  req.kind = static_cast<uint32_t>(kind);
+  req.from = (uint32_t)from;
+  req.step = step_;
+  req.payload.assign(reinterpret_cast<const char*>(request.data()), request.size());
+  count(kind, from, to, request.size());
+  if (tap_) tap_(kind, from, to, false, request);
+  wire::CallReply reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline_after(deploy_.call_timeout_s));
+  const grpc::Status s = unary_call(*channel(to), wire::kPartyCall, ctx, req, reply);
+  if (!s.ok())
+    throw std::runtime_error(std::string(to_string(kind)) + " call from " + deploy_.parties[from].name + " to " +
+                             deploy_.parties[to].name + " at " + deploy_.parties[to].address + " failed: " + describe(s));
+  const std::string& p = reply.payload;
+  Bytes response(p.size());
+  if (!p.empty()) std::memcpy(response.data(), p.data(), p.size());
+  count(kind, to, from, response.size());
+  if (tap_) tap_(kind, to, from, true, response);
+  return response;
+}
+
+grpc::Status GrpcTransport::check_caller(grpc::ServerContext* ctx, const DeployConfig& deploy, bool secure,
+                                         uint32_t claimed) {
+  if (claimed >= deploy.parties.size())
+    return {grpc::StatusCode::INVALID_ARGUMENT, "caller claims party " + std::to_string(claimed) + ", which does not exist"};
+  if (!secure) return grpc::Status::OK;
+  const std::shared_ptr<const grpc::AuthContext> auth = ctx->auth_context();
+  const std::vector<grpc::string_ref> cns = auth ? auth->FindPropertyValues("x509_common_name") : std::vector<grpc::string_ref>{};
+  const std::string expected = deploy.parties[claimed].name;
+  if (cns.size() != 1 || std::string(cns[0].data(), cns[0].size()) != expected)
+    return {grpc::StatusCode::PERMISSION_DENIED,
+            "caller claims to be " + expected + " but its certificate's CN is '" +
+                (cns.empty() ? std::string("(none)") : std::string(cns[0].data(), cns[0].size())) + "'"};
+  return grpc::Status::OK;
+}
+
+grpc::Status GrpcTransport::handle(grpc::ServerContext* ctx, uint32_t kind, uint32_t from, uint64_t step,
+                                   const std::string& payload, std::string* reply) {
+  if (grpc::Status s = check_caller(ctx, deploy_, secure(), from); !s.ok()) return s;
+  if ((int)from == me_) return {grpc::StatusCode::INVALID_ARGUMENT, "a party does not call itself over the network"};
+  if (kind < 1 || kind > 3) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown message kind " + std::to_string(kind)};
+  const auto k = static_cast<MsgKind>(kind);
+  const Bytes request(reinterpret_cast<const std::byte*>(payload.data()),
+                      reinterpret_cast<const std::byte*>(payload.data()) + payload.size());
+  std::lock_guard<std::mutex> lock(host_mu_);
+  if (step < latest_served_step_)
+    return {grpc::StatusCode::FAILED_PRECONDITION, "call of turn " + std::to_string(step) + " after turn " +
+                                                       std::to_string(latest_served_step_) + " was served"};
+  if (!handler_) return {grpc::StatusCode::UNAVAILABLE, deploy_.parties[me_].name + " serves no host yet"};
+  Bytes response;
+  try {
+    response = handler_(k, (int)from, request);
+  } catch (const std::exception& e) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, deploy_.parties[me_].name + " rejected a " + to_string(k) + " call from " +
+                                                    deploy_.parties[from].name + ": " + e.what()};
+  }
+  latest_served_step_ = step;
+  count(k, (int)from, me_, request.size());
+  count(k, me_, (int)from, response.size());
+  reply->assign(reinterpret_cast<const char*>(response.data()), response.size());
+  return grpc::Status::OK;
+}
+
+}  // namespace pcmoe::net

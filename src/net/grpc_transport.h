@@ -1,0 +1,71 @@
+// pcmoe::Transport over gRPC (service Party of proto/pcmoe.proto): a party's process serves its
+// own handler (its ExpertHost) and calls the other parties' servers. Mutual TLS unless built
+// insecure (loopback only); deadlines on every call; every message bounded; bytes counted in
+// TrafficStats exactly as InProcessTransport counts them (payloads, each direction), on the
+// caller's side and on the host's side.
+#pragma once
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "collab/transport.h"
+#include "net/certs.h"
+#include "net/deploy.h"
+
+namespace pcmoe::net {
+
+class GrpcTransport final : public Transport {
+ public:
+  // tls empty: plaintext, refused unless every party address is a loopback address.
+  GrpcTransport(const DeployConfig& deploy, int me, std::optional<TlsFiles> tls);
+  ~GrpcTransport() override;
+
+  // Only this party's own handler; calls to it from other parties are served one at a time.
+  void serve(int party, Handler handler) override;
+  // Listens on this party's address with the Party service and `extra` (the coordinator on
+  // party 0); throws if the address cannot be bound.
+  void start(grpc::Service* extra = nullptr);
+  void shutdown();
+
+  Bytes call(int from, int to, MsgKind kind, const Bytes& request) override;
+  // The global turn index outgoing calls carry (CallRequest.step).
+  void set_step(uint64_t step) { step_ = step; }
+
+  // A channel to party `peer`, authenticated as this party, checking the peer's name.
+  std::shared_ptr<grpc::Channel> channel(int peer);
+  const DeployConfig& deploy() const { return deploy_; }
+  int me() const { return me_; }
+  bool secure() const { return tls_.has_value(); }
+  // A copy of the counts, safe while the server runs.
+  TrafficStats traffic() const;
+
+  // Checks a server-side caller: with TLS the CN of its certificate must be the name of
+  // `claimed`, a party index of the deployment. Used by Party and Coordinator alike.
+  static grpc::Status check_caller(grpc::ServerContext* ctx, const DeployConfig& deploy, bool secure, uint32_t claimed);
+
+ private:
+  grpc::Status handle(grpc::ServerContext* ctx, uint32_t kind, uint32_t from, uint64_t step, const std::string& payload,
+                      std::string* reply);
+  void count(MsgKind kind, int from, int to, size_t bytes);
+
+  DeployConfig deploy_;
+  int me_;
+  std::optional<TlsFiles> tls_;
+  Handler handler_;
+  std::unique_ptr<grpc::Service> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::mutex channels_mu_;
+  mutable std::mutex stats_mu_;
+  std::mutex host_mu_;  // one incoming call at a time reaches the handler
+  uint64_t step_ = 0;
+  uint64_t latest_served_step_ = 0;
+};
+
+// "what failed: CODE: message" for a failed gRPC status.
+std::string describe(const grpc::Status& s);
+
+}  // namespace pcmoe::net

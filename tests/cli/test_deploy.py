@@ -1,0 +1,127 @@
+"""PC-MoE deployed as separate processes over gRPC with mutual TLS (`pcmoe launch`, `pcmoe party`,
+`pcmoe certs`): 4 party processes on loopback reproduce the in-process simulation's per-turn
+losses, validation losses and traffic exactly; peers with a certificate of another CA, without
+a certificate, with another party's certificate or with another config are refused with a
+clear error and a non-zero exit."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+from common import PCMOE, check, deploy_config, finish, read_metrics, run, tiny_corpus, write_json
+
+tmp = tempfile.mkdtemp(prefix="pcmoe-deploy-")
+data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
+tiny_corpus(data_dir)
+
+
+# (a) 4 processes over TLS = the simulation, turn by turn.
+cfg = deploy_config(data_dir, cache, 4, join_timeout_s=30)
+path = os.path.join(tmp, "four.json")
+write_json(path, cfg)
+code, out, err = run("collab", "--config", path, "--out", os.path.join(tmp, "sim"))
+check(code == 0, "the simulation runs on a config with a deploy section")
+code, out, err = run("launch", "--config", path, "--out", os.path.join(tmp, "dep"))
+check(code == 0, "launch: 4 party processes over mutual TLS complete")
+if code:
+    print(err[-2000:])
+    for p in range(4):
+        print(open(os.path.join(tmp, "dep", f"party{p}.log")).read()[-1500:])
+    finish()
+print(out)
+key = lambda m: (m["round"], m["party"])
+sim = {key(m): m for m in read_metrics(os.path.join(tmp, "sim", "metrics.jsonl")) if m["mode"] == "pc-moe"}
+dep = read_metrics(os.path.join(tmp, "dep", "metrics.jsonl"))
+check(len(sim) == 12 and len(dep) == 12, f"12 turns each ({len(sim)}, {len(dep)})")
+check([key(m) for m in dep] == list(sim), "the coordinator hands out turns in the simulation's round order")
+same = all(all(m[f] == sim[key(m)][f] for f in ("loss", "ce", "lr", "grad_norm")) for m in dep)
+check(same, "every turn's loss, cross-entropy, lr and gradient norm are identical to the simulation's")
+if not same:
+    for m in dep:
+        print(key(m), m["loss"], sim[key(m)]["loss"])
+srep = json.load(open(os.path.join(tmp, "sim", "report.json")))["modes"]["pc-moe"]["parties"]
+drep = json.load(open(os.path.join(tmp, "dep", "report.json")))
+for p in range(4):
+    r = drep["parties"][p]["report"]
+    check(r["val_loss_own"] == srep[p]["val_loss_own"], f"party {p}: validation loss {r['val_loss_own']:.6f} as simulated")
+    check(r["bytes_sent_per_token"] == srep[p]["bytes_sent_per_token"] and
+          r["bytes_received_per_token"] == srep[p]["bytes_received_per_token"],
+          f"party {p}: {r['bytes_sent_per_token']:.1f} + {r['bytes_received_per_token']:.1f} bytes per token, counted as in process")
+    check(r["transport"] == "grpc+mtls", f"party {p} ran over mutual TLS")
+certs = os.path.join(tmp, "dep", "certs")
+check(all(os.path.exists(os.path.join(certs, f)) for f in ("ca.pem", "ca.key", "party0.pem", "party0.key", "party3.pem")),
+      "launch made the CA and per-party certificates")
+check(oct(os.stat(os.path.join(certs, "party0.key")).st_mode & 0o777) == "0o600", "private keys are 0600")
+
+
+# (b) refusals: party 0 (good) against a bad party 1; both must exit non-zero with clear errors.
+def pair(cfg0, cfg1, certs0, certs1, name, insecure1=False):
+    p0, p1 = os.path.join(tmp, name + "-0.json"), os.path.join(tmp, name + "-1.json")
+    write_json(p0, cfg0)
+    write_json(p1, cfg1)
+    args = lambda c, i, d, ins: [PCMOE, "party", "--config", c, "--party", str(i), "--out", os.path.join(tmp, name, str(i))] + \
+        (["--insecure"] if ins else ["--certs", d])
+    a = subprocess.Popen(args(p0, 0, certs0, False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    b = subprocess.Popen(args(p1, 1, certs1, insecure1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_b = b.communicate(timeout=120)
+    out_a = a.communicate(timeout=120)
+    return (a.returncode, out_a[1]), (b.returncode, out_b[1])
+
+
+two = deploy_config(data_dir, cache, 2, join_timeout_s=4)
+good = os.path.join(tmp, "good-certs")
+other = os.path.join(tmp, "other-certs")
+write_json(os.path.join(tmp, "two.json"), two)
+check(run("certs", "--config", os.path.join(tmp, "two.json"), "--out", good)[0] == 0, "certs for two parties")
+check(run("certs", "--config", os.path.join(tmp, "two.json"), "--out", other)[0] == 0, "certs of another CA")
+
+
+def expect(result, needle, what):
+    code, err = result
+    ok = code != 0 and needle in err
+    check(ok, f"{what}: exit {code}, stderr mentions {needle!r}")
+    if not ok:
+        print("   stderr was:", err.strip()[-800:])
+
+
+(a0, a1) = pair(two, two, good, other, "ca")
+expect(a1, "the TLS handshake failed", "party 1 with a certificate from another CA cannot connect")
+expect(a0, "not every party joined within 4 s (deploy.join_timeout_s): waiting for party1",
+       "party 0 does not admit it and gives up after join_timeout_s, naming who is missing")
+(b0, b1) = pair(two, two, good, good, "plain", insecure1=True)
+expect(b1, "a TLS coordinator closes plaintext connections", "party 1 without a certificate (plaintext) is not served")
+expect(b0, "waiting for party1", "party 0 does not admit it")
+stolen = os.path.join(tmp, "stolen-certs")
+shutil.copytree(good, stolen)
+for ext in ("pem", "key"):
+    shutil.copy(os.path.join(good, "party0." + ext), os.path.join(stolen, "party1." + ext))
+(c0, c1) = pair(two, two, good, stolen, "cn")
+expect(c1, "certificate's CN is 'party0'", "party 1 presenting party 0's certificate is refused (PERMISSION_DENIED)")
+expect(c0, "waiting for party1", "party 0 keeps waiting for the real party 1, then gives up")
+changed = json.loads(json.dumps(two))
+changed["train"]["lr"] = 0.02
+(d0, d1) = pair(two, changed, good, good, "hash")
+expect(d1, "config hash", "party 1 with a different train config is refused at join")
+expect(d0, "party1 stopped the run", "party 0 stops, naming party 1")
+
+far = json.loads(json.dumps(two))
+far["deploy"]["parties"][1]["address"] = "10.1.2.3:5000"
+write_json(os.path.join(tmp, "far.json"), far)
+code, out, err = run("party", "--config", os.path.join(tmp, "far.json"), "--party", "0", "--insecure", "--out", os.path.join(tmp, "far"))
+check(code != 0 and "loopback" in err, "--insecure is refused when a party is not on loopback")
+code, out, err = run("launch", "--config", os.path.join(tmp, "far.json"), "--out", os.path.join(tmp, "far"))
+check(code != 0 and "run `pcmoe party` on each host" in err, "launch refuses parties on other hosts")
+code, out, err = run("party", "--config", os.path.join(tmp, "two.json"), "--party", "1", "--certs", os.path.join(tmp, "nowhere"),
+                     "--out", os.path.join(tmp, "x"))
+check(code != 0 and "pcmoe certs" in err, "missing certificates: a clear error")
+code, out, err = run("party", "--config", os.path.join(tmp, "two.json"), "--party", "2", "--certs", good, "--out", os.path.join(tmp, "x"))
+check(code != 0 and "--party must be in [0, 2)" in err, "a party index outside the deployment is refused")
+bad = json.loads(json.dumps(two))
+bad["deploy"]["parties"][1]["name"] = "Party_1"
+write_json(os.path.join(tmp, "bad.json"), bad)
+code, out, err = run("certs", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
+check(code != 0 and "party name 'Party_1'" in err, "an invalid party name is refused")
+
+shutil.rmtree(tmp)
+finish()

@@ -1,0 +1,306 @@
+// The network layer: the wire codec against protoc's reading of proto/pcmoe.proto, and an
+// expert host served over gRPC with mutual TLS refusing truncated, overlong, oversized,
+// malformed and impersonating calls with an error and no change of its state.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "collab/expert_host.h"
+#include "net/certs.h"
+#include "net/grpc_transport.h"
+#include "net/rpc.h"
+#include "net/wire.h"
+
+namespace fs = std::filesystem;
+using namespace pcmoe;
+using namespace pcmoe::net;
+
+namespace {
+
+std::string shell(const std::string& cmd) {
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  EXPECT_EQ(pclose(p), 0) << cmd;
+  return out;
+}
+
+std::string protoc(const std::string& mode, const std::string& message, const std::string& input) {
+  const fs::path in = fs::temp_directory_path() / ("pcmoe-protoc-" + std::to_string(getpid()));
+  std::ofstream(in, std::ios::binary) << input;
+  const std::string out = shell(std::string(PCMOE_PROTOC) + " --proto_path=" + PCMOE_SOURCE_DIR + "/proto --" + mode +
+                                "=pcmoe.wire." + message + " pcmoe.proto < " + in.string());
+  fs::remove(in);
+  return out;
+}
+
+TEST(Wire, ProtocReadsWhatWeWrite) {
+  wire::CallRequest req;
+  req.kind = wire::EXPERT_BACKWARD;
+  req.from = 2;
+  req.step = 300;
+  req.payload = std::string("a\0b", 3);
+  const std::string text = protoc("decode", "CallRequest", wire::encode(req));
+  EXPECT_NE(text.find("kind: EXPERT_BACKWARD"), std::string::npos) << text;
+  EXPECT_NE(text.find("from: 2"), std::string::npos) << text;
+  EXPECT_NE(text.find("step: 300"), std::string::npos) << text;
+  EXPECT_NE(text.find("payload: \"a\\000b\""), std::string::npos) << text;
+  wire::TurnDoneRequest done;
+  done.party = 3;
+  done.turn = 1ull << 40;
+  done.loss = 4.25;
+  const std::string t2 = protoc("decode", "TurnDoneRequest", wire::encode(done));
+  EXPECT_NE(t2.find("turn: 1099511627776"), std::string::npos) << t2;
+  EXPECT_NE(t2.find("loss: 4.25"), std::string::npos) << t2;
+}
+
+TEST(Wire, WeReadWhatProtocWrites) {
+  wire::TurnReply r;
+  wire::decode(protoc("encode", "TurnReply", "poll: STOPPED done: true turn: 77 round: 19 reason: \"party2 died\""), r);
+  EXPECT_EQ(r.poll, wire::STOPPED);
+  EXPECT_TRUE(r.done);
+  EXPECT_EQ(r.turn, 77u);
+  EXPECT_EQ(r.round, 19u);
+  EXPECT_EQ(r.reason, "party2 died");
+  wire::JoinRequest j;
+  wire::decode(protoc("encode", "JoinRequest", "party: 1 protocol_version: 1 config_hash: \"abc\" wait_ms: 1000 first_turn: 12 end_turn: 40"), j);
+  EXPECT_EQ(j.party, 1u);
+  EXPECT_EQ(j.config_hash, "abc");
+  EXPECT_EQ(j.wait_ms, 1000u);
+  EXPECT_EQ(j.first_turn, 12u);
+  EXPECT_EQ(j.end_turn, 40u);
+}
+
+TEST(Wire, MalformedMessagesAreRejected) {
+  wire::CallRequest m;
+  auto rejects = [&](const std::string& bytes, const std::string& needle) {
+    try {
+      wire::decode(bytes, m);
+      ADD_FAILURE() << "accepted a malformed message; expected: " << needle;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("malformed CallRequest"), std::string::npos) << e.what();
+    }
+  };
+  rejects(std::string("\x08\xff", 2), "truncated varint");
+  rejects(std::string("\x22\x05" "ab", 4), "runs past the message end");
+  rejects(std::string("\x09" "12345678", 9), "wire type 1, expected 0");
+  rejects(std::string("\x10\x80\x80\x80\x80\x10", 6), "out of range");  // from = 2^32
+  rejects(std::string("\x00\x01", 2), "invalid field number");
+  wire::decode(std::string("\x50\x07\x10\x03", 4), m);  // an unknown field 10 is skipped
+  EXPECT_EQ(m.from, 3u);
+}
+
+int free_port() {
+  const int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+// Party 1 of 3 serves its expert host over mutual TLS; party 0 calls it.
+class HostOverGrpc : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    m_.vocab_size = 64;
+    m_.d_model = 16;
+    m_.n_layers = 2;
+    m_.n_heads = 2;
+    m_.n_kv_heads = 1;
+    m_.d_ff = 12;
+    m_.d_ff_dense = 20;
+    m_.n_experts = 3;
+    m_.top_k = 2;
+    m_.moe_every = 1;
+    m_.seq_len = 8;
+    t_.batch_size = 2;
+    t_.threads = 1;
+    for (int i = 0; i < 3; ++i) d_.parties.push_back({"party" + std::to_string(i), "127.0.0.1:" + std::to_string(free_port())});
+    d_.call_timeout_s = 10;
+    d_.max_message_bytes = 16 * 1024;
+    dir_ = (fs::temp_directory_path() / ("pcmoe-net-test-" + std::to_string(getpid()))).string();
+    make_certs(d_, dir_);
+    host_ = std::make_unique<ExpertHost>(m_, t_, 1, 3, t_.batch_size * m_.seq_len * m_.top_k);
+    server_ = std::make_unique<GrpcTransport>(d_, 1, read_tls_files(dir_, "party1"));
+    server_->serve(1, [this](MsgKind k, int from, const Bytes& req) { return host_->handle(k, from, req); });
+    server_->start();
+    client_ = std::make_unique<GrpcTransport>(d_, 0, read_tls_files(dir_, "party0"));
+  }
+  void TearDown() override {
+    client_.reset();
+    server_.reset();
+    fs::remove_all(dir_);
+  }
+
+  Bytes expert_call(uint32_t layer, uint32_t rows, size_t floats, size_t extra_bytes = 0) {
+    Writer w;
+    w.u32(layer);
+    w.u32(1);  // party 1 of 3 hosts expert 1 alone
+    w.u32(rows);
+    std::vector<float> x(floats);
+    for (size_t i = 0; i < floats; ++i) x[i] = 0.01f * float(i % 97) - 0.3f;
+    w.floats(x.data(), floats);
+    Bytes b = w.take();
+    b.resize(b.size() + extra_bytes);
+    return b;
+  }
+
+  std::vector<float> state() const {
+    const ParamSet& p = host_->params();
+    std::vector<float> s(p.values(), p.values() + p.numel());
+    s.insert(s.end(), p.grads(), p.grads() + p.numel());
+    return s;
+  }
+
+  void expect_refused(MsgKind kind, const Bytes& payload, const std::string& needle) {
+    try {
+      client_->call(0, 1, kind, payload);
+      ADD_FAILURE() << "the host accepted a bad call; expected: " << needle;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  }
+
+  grpc::Status raw(const wire::CallRequest& req) {
+    wire::CallReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return unary_call(*client_->channel(1), wire::kPartyCall, ctx, req, reply);
+  }
+
+  ModelConfig m_;
+  TrainConfig t_;
+  DeployConfig d_;
+  std::string dir_;
+  std::unique_ptr<ExpertHost> host_;
+  std::unique_ptr<GrpcTransport> server_, client_;
+};
+
+TEST_F(HostOverGrpc, BadCallsAreRefusedWithoutStateChange) {
+  const size_t C = m_.d_model;
+  Writer begin;
+  begin.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
+  EXPECT_TRUE(client_->call(0, 1, MsgKind::kControl, begin.take()).empty());
+  const Bytes out = client_->call(0, 1, MsgKind::kExpertForward, expert_call(0, 5, 5 * C));
+  EXPECT_EQ(out.size(), 5 * C * sizeof(float));
+  const std::vector<float> before = state();
+
+  expect_refused(MsgKind::kExpertForward, expert_call(0, 5, 4 * C), "truncated message");
+  expect_refused(MsgKind::kExpertForward, expert_call(0, 5, 5 * C, 4), "4 unexpected trailing bytes");
+  expect_refused(MsgKind::kExpertForward, expert_call(9, 5, 5 * C), "not an MoE layer");
+  expect_refused(MsgKind::kExpertBackward, expert_call(0, 4, 4 * C), "does not match the rows of the last forward");
+  expect_refused(MsgKind::kExpertForward, expert_call(0, 1000, 1000 * C), "RESOURCE_EXHAUSTED");
+  Writer bad_op;
+  bad_op.u32(99);
+  expect_refused(MsgKind::kControl, bad_op.take(), "unknown control operation 99");
+  Writer bad_update;
+  bad_update.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
+  bad_update.f32(2.0f);
+  bad_update.f32(0.01f);
+  expect_refused(MsgKind::kControl, bad_update.take(), "out of range");
+  expect_refused(MsgKind::kControl, Bytes(2), "truncated message");
+
+  wire::CallRequest req;
+  req.kind = 9;
+  req.from = 0;
+  grpc::Status s = raw(req);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("unknown message kind 9"), std::string::npos) << s.error_message();
+  req.kind = wire::CONTROL;
+  req.from = 2;  // party 0's certificate claiming to be party 2
+  s = raw(req);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(s.error_message().find("certificate's CN is 'party0'"), std::string::npos) << s.error_message();
+  req.from = 7;
+  EXPECT_EQ(raw(req).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  grpc::ByteBuffer junk = to_buffer(std::string("\x22\x7f" "abc", 5)), ignored;
+  grpc::ClientContext ctx;
+  s = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+      client_->channel(1).get(), grpc::internal::RpcMethod(wire::kPartyCall, grpc::internal::RpcMethod::NORMAL_RPC), &ctx,
+      junk, &ignored);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("malformed CallRequest"), std::string::npos) << s.error_message();
+
+  EXPECT_EQ(state(), before) << "a refused call changed the host's weights or gradients";
+  // The forward of before still stands: its backward is accepted and adds weight gradients.
+  EXPECT_EQ(client_->call(0, 1, MsgKind::kExpertBackward, expert_call(0, 5, 5 * C)).size(), 5 * C * sizeof(float));
+  EXPECT_NE(state(), before);
+
+  // Only accepted calls are counted, as payload bytes in each direction.
+  const TrafficStats st = client_->traffic();
+  const auto fwd = st.by_kind_pair.at({MsgKind::kExpertForward, 1, 0});
+  EXPECT_EQ(fwd.messages, 1u);
+  EXPECT_EQ(fwd.bytes, 5 * C * sizeof(float));
+}
+
+// The server itself requires a client certificate signed by its CA: a client that trusts the
+// server (same CA) but presents no certificate, or one from another CA, is not served.
+TEST_F(HostOverGrpc, ServerRequiresAClientCertificateOfItsCa) {
+  const std::string other = dir_ + "-other";
+  make_certs(d_, other);
+  const TlsFiles ours = read_tls_files(dir_, "party0"), theirs = read_tls_files(other, "party0");
+  auto try_call = [this](const grpc::SslCredentialsOptions& opts) {
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("party1");
+    auto channel = grpc::CreateCustomChannel(d_.parties[1].address, grpc::SslCredentials(opts), args);
+    wire::CallRequest req;
+    req.kind = wire::CONTROL;
+    req.payload = std::string("\x01\0\0\0", 4);  // begin turn
+    wire::CallReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return unary_call(*channel, wire::kPartyCall, ctx, req, reply);
+  };
+  grpc::SslCredentialsOptions no_cert;
+  no_cert.pem_root_certs = ours.ca;
+  EXPECT_EQ(try_call(no_cert).error_code(), grpc::StatusCode::UNAVAILABLE);
+  grpc::SslCredentialsOptions foreign = no_cert;
+  foreign.pem_private_key = theirs.key;
+  foreign.pem_cert_chain = theirs.cert;
+  EXPECT_EQ(try_call(foreign).error_code(), grpc::StatusCode::UNAVAILABLE);
+  grpc::SslCredentialsOptions good = no_cert;
+  good.pem_private_key = ours.key;
+  good.pem_cert_chain = ours.cert;
+  EXPECT_TRUE(try_call(good).ok()) << "the same call with party 0's own certificate is served";
+  fs::remove_all(other);
+}
+
+TEST_F(HostOverGrpc, StaleStepsAreRefused) {
+  Writer begin;
+  begin.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
+  const Bytes msg = begin.take();
+  client_->set_step(5);
+  client_->call(0, 1, MsgKind::kControl, msg);
+  client_->set_step(4);
+  try {
+    client_->call(0, 1, MsgKind::kControl, msg);
+    ADD_FAILURE() << "a call of an earlier turn was served";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("FAILED_PRECONDITION"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Deploy, InsecureOnlyOnLoopback) {
+  DeployConfig d;
+  d.parties = {{"party0", "127.0.0.1:5000"}, {"party1", "10.0.0.2:5000"}};
+  d.max_message_bytes = 1 << 20;
+  EXPECT_THROW(GrpcTransport(d, 0, std::nullopt), std::runtime_error);
+  d.parties[1].address = "localhost:5001";
+  EXPECT_NO_THROW(GrpcTransport(d, 0, std::nullopt));
+}
+
+}  // namespace
