@@ -24,9 +24,13 @@ std::vector<Segment> unit_segments(const int* unit, int n) {
 }
 
 namespace {
+// Below this many elements a loop runs on one thread: a DP batch makes thousands of small
+// per-unit reductions, and a parallel region costs more than they do (far more on a busy machine).
+constexpr size_t kParallelMin = 1 << 16;
+
 double sum_of_squares(const float* x, size_t n) {
   double s = 0;
-#pragma omp parallel for simd reduction(+ : s) schedule(static)
+#pragma omp parallel for simd reduction(+ : s) schedule(static) if (n > kParallelMin)
   for (size_t i = 0; i < n; ++i) s += (double)x[i] * x[i];
   return s;
 }
@@ -46,7 +50,7 @@ void linear_unit_sq_norms(const float* G, const float* A, int out, int in,
       matmul_nt(ga, a, a, (int)n, (int)n, in, false);
       matmul_nt(gg, g, g, (int)n, (int)n, out, false);
       double s2 = 0;
-#pragma omp parallel for simd reduction(+ : s2) schedule(static)
+#pragma omp parallel for simd reduction(+ : s2) schedule(static) if (n * n > kParallelMin)
       for (size_t i = 0; i < n * n; ++i) s2 += (double)ga[i] * gg[i];
       unit_sq[s.unit] += s2;
     } else {
@@ -63,7 +67,7 @@ void linear_weighted_grad(float* dW, const float* G, const float* A, int N, int 
   const bool scale_a = in <= out;
   const int w = scale_a ? in : out;
   const float* src = scale_a ? A : G;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * w > kParallelMin)
   for (int r = 0; r < N; ++r)
     for (int c = 0; c < w; ++c) scratch[(size_t)r * w + c] = f[r] * src[(size_t)r * w + c];
   matmul_tn(dW, scale_a ? G : scratch, scale_a ? scratch : A, out, in, N, true);
@@ -107,7 +111,7 @@ void GradSink::rmsnorm_weight(float* dw, const float* dout, const float* x, cons
     double* sq = group_sq();
     for (const Segment& s : segs_) {
       double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
+#pragma omp parallel for reduction(+ : total) schedule(static) if ((size_t)(s.end - s.begin) * C > kParallelMin)
       for (int c = 0; c < C; ++c) {
         float v = 0;
         for (int t = s.begin; t < s.end; ++t) v += dout[(size_t)t * C + c] * x[(size_t)t * C + c] * rstd[t];
