@@ -29,6 +29,7 @@ Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
     case MsgKind::kExpertForward: return expert_call(true, request);
     case MsgKind::kExpertBackward: return expert_call(false, request);
     case MsgKind::kControl: return control(request);
+    case MsgKind::kFedRound: break;  // federated baselines only: a PC-MoE host refuses it
   }
   throw std::runtime_error("party " + std::to_string(party_) + ": unknown message kind from party " + std::to_string(from));
 }

@@ -10,6 +10,7 @@ const char* to_string(MsgKind k) {
     case MsgKind::kExpertForward: return "expert_forward";
     case MsgKind::kExpertBackward: return "expert_backward";
     case MsgKind::kControl: return "control";
+    case MsgKind::kFedRound: return "fed_round";
   }
   return "unknown";
 }

@@ -13,11 +13,13 @@ namespace pcmoe {
 
 using Bytes = std::vector<std::byte>;
 
-// What a message carries. The allowed kinds are exactly what PC-MoE lets cross a boundary.
+// What a message carries. The first three are exactly what PC-MoE lets cross a boundary.
 enum class MsgKind : uint8_t {
   kExpertForward = 1,   // request: routed hidden states; response: expert outputs
   kExpertBackward = 2,  // request: gradients of expert outputs; response: gradients of inputs
   kControl = 3,         // step bookkeeping: gradient-norm contributions, optimizer step orders
+  kFedRound = 4,        // federated baselines only (src/fed/): request: the global model
+                        // (server to party); response: the party's encoded update
 };
 const char* to_string(MsgKind k);
 
