@@ -44,6 +44,8 @@ struct Shared {
   std::string tokenizer_model;
 };
 
+double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
+
 // Validation loss of one model on the pooled validation data and, for own >= 0, on that party's own.
 nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
   nlohmann::json j;
@@ -52,8 +54,7 @@ nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
   return j;
 }
 
-void progress(const char* mode, int64_t done, int64_t total, float loss, clock_type::time_point t0) {
-  const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+void progress(const char* mode, int64_t done, int64_t total, float loss, double s) {
   const bool tty = isatty(STDERR_FILENO);
   if (!tty && done % 50 != 0 && done != total) return;
   std::fprintf(stderr, "%s[%s] turn %lld/%lld | loss %.4f | %.0fs, ETA %.0fs%s", tty ? "\r" : "", mode,
@@ -61,11 +62,11 @@ void progress(const char* mode, int64_t done, int64_t total, float loss, clock_t
   if (tty && done == total) std::fprintf(stderr, "\n");
 }
 
-void fill_turn(const Shared& sh, int party, int64_t step, std::vector<int32_t>& windows) {
+void fill_turn(const Shared& sh, int party, int64_t step, int32_t* windows) {
   const TrainConfig& tc = sh.cfg.train;
   const size_t row = sh.cfg.model.seq_len + 1;
   for (int m = 0; m < tc.grad_accum; ++m)
-    sh.parties[party].sampler->sample(step, m, tc.batch_size, windows.data() + (size_t)m * tc.batch_size * row);
+    sh.parties[party].sampler->sample(step, m, tc.batch_size, windows + (size_t)m * tc.batch_size * row);
 }
 
 // PC-MoE: every party trains on its own data in the seeded round-robin; experts on their hosts.
@@ -84,12 +85,12 @@ nlohmann::json run_pcmoe(Shared& sh) {
   int64_t done = 0;
   for (int64_t round = 0; round < cfg.train.steps; ++round) {
     for (int p : round_order(cfg.train.seed, n, round)) {
-      fill_turn(sh, p, round, windows);
+      fill_turn(sh, p, round, windows.data());
       const TurnResult r = session.train_turn(p, windows.data());
       sh.metrics << nlohmann::json{{"mode", "pc-moe"}, {"round", round}, {"party", p}, {"loss", r.loss.total},
                                    {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}}.dump()
                  << "\n";
-      progress("pc-moe", ++done, (int64_t)n * cfg.train.steps, r.loss.ce, t0);
+      progress("pc-moe", ++done, (int64_t)n * cfg.train.steps, r.loss.ce, seconds_since(t0));
     }
   }
   const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -172,13 +173,13 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   for (int64_t round = 0; round < cfg.train.steps; ++round) {
     for (int p : round_order(cfg.train.seed, n_all, round)) {
       if (std::find(parties.begin(), parties.end(), p) == parties.end()) continue;
-      fill_turn(sh, p, round, windows);
+      fill_turn(sh, p, round, windows.data());
       const LossStats ls = accumulate_gradients(s.model, s.params, windows.data(), tc.batch_size, tc.grad_accum);
       const UpdateStats us = apply_update(s.params, s.opt, tc, step);
       sh.metrics << nlohmann::json{{"mode", mode}, {"round", round}, {"party", p}, {"loss", ls.total},
                                    {"ce", ls.ce}, {"lr", us.lr}, {"grad_norm", us.grad_norm}}.dump()
                  << "\n";
-      progress(mode, ++step, tc.steps, ls.ce, t0);
+      progress(mode, ++step, tc.steps, ls.ce, seconds_since(t0));
     }
   }
   if (own < 0)
@@ -195,9 +196,48 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   return out;
 }
 
+class Context final : public CollabContext {
+ public:
+  Context(Shared& sh, const data::Corpus& corpus, const data::Split& split, const data::Tokenizer& tok,
+          const std::vector<data::PartyData>& assignment)
+      : sh_(sh), corpus_(corpus), split_(split), tok_(tok), assignment_(assignment) {}
+  const RunConfig& config() const override { return sh_.cfg; }
+  int n_parties() const override { return (int)sh_.parties.size(); }
+  int64_t tokens_per_turn() const override { return sh_.tokens_per_turn; }
+  void fill_turn(int party, int64_t step, int32_t* windows) const override {
+    pcmoe::fill_turn(sh_, party, step, windows);
+  }
+  nlohmann::json evaluate(Model& model, int party) const override { return evaluate_everywhere(model, sh_, party); }
+  void log(const nlohmann::json& line) override { sh_.metrics << line.dump() << "\n"; }
+  void progress(const std::string& mode, int64_t done, int64_t total, float loss, double seconds) const override {
+    pcmoe::progress(mode.c_str(), done, total, loss, seconds);
+  }
+  data::TokenStream public_tokens(const std::vector<std::string>& categories) const override {
+    for (const data::PartyData& pd : assignment_)
+      for (const std::string& c : categories)
+        if (std::find(pd.categories.begin(), pd.categories.end(), c) != pd.categories.end())
+          throw std::runtime_error("category '" + c + "' is held by a party and cannot be treated as public");
+    std::vector<size_t> docs;
+    for (size_t d : split_.train)
+      if (std::find(categories.begin(), categories.end(), corpus_.docs[d].category) != categories.end()) docs.push_back(d);
+    data::TokenStream ts = data::encode_documents(tok_, corpus_, docs, sh_.cfg.data.cache_dir);
+    if (ts.tokens.size() <= (size_t)sh_.cfg.model.seq_len + 1)
+      throw std::runtime_error("the public categories hold fewer than seq_len+1 tokens of training text");
+    return ts;
+  }
+
+ private:
+  Shared& sh_;
+  const data::Corpus& corpus_;
+  const data::Split& split_;
+  const data::Tokenizer& tok_;
+  const std::vector<data::PartyData>& assignment_;
+};
+
 }  // namespace
 
-nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
+nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
+                          const std::map<std::string, ExtraMode>& extra_modes) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   const int n = cfg.parties.n_parties;
@@ -266,6 +306,13 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
     report["modes"]["local-only-budget"] = small;
     report["local_only_budget_experts"] = budget.n_experts;
   }
+  Context context(sh, corpus, split, tok, assignment);
+  for (const std::string& m : cfg.collab.modes) {
+    if (m == "pc-moe" || m == "centralised" || m == "local-only") continue;
+    auto it = extra_modes.find(m);
+    if (it == extra_modes.end()) throw std::runtime_error("mode '" + m + "' is not available to this runner");
+    report["modes"][m] = it->second(context);
+  }
 
   // Per party: validation loss on its own data and on the pooled data, for each mode.
   nlohmann::json table = nlohmann::json::array();
@@ -276,6 +323,8 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
     if (modes.contains("centralised")) row["centralised"] = modes["centralised"]["eval"][p];
     if (modes.contains("local-only-full")) row["local-only-full"] = modes["local-only-full"][p]["eval"];
     if (modes.contains("local-only-budget")) row["local-only-budget"] = modes["local-only-budget"][p]["eval"];
+    for (const auto& [m, run] : extra_modes)
+      if (modes.contains(m)) row[m] = modes[m]["parties"][p];
     table.push_back(row);
   }
   report["per_party"] = table;
