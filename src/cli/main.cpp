@@ -195,9 +195,12 @@ int cmd_collab(int argc, char** argv) {
   };
   std::printf("\nvalidation loss (nats), own data / pooled data, after %lld tokens per party\n",
               r["tokens_per_party"].get<long long>());
-  std::printf("%-5s %-17s %-17s %-17s %-17s %10s %12s\n", "party", "pc-moe", "centralised", "local full", "local budget",
-              "pcmoe MiB", "bytes/token");
-  for (const auto& row : r["per_party"]) {
+  const auto& ran = r["modes"];
+  const bool classic = ran.contains("pc-moe") || ran.contains("centralised") || ran.contains("local-only-full");
+  if (classic)
+    std::printf("%-5s %-17s %-17s %-17s %-17s %10s %12s\n", "party", "pc-moe", "centralised", "local full", "local budget",
+                "pcmoe MiB", "bytes/token");
+  for (const auto& row : classic ? r["per_party"] : nlohmann::json::array()) {
     const int p = row["party"];
     std::string mem = "-", traffic = "-";
     if (row.contains("pc-moe")) {
