@@ -1,5 +1,6 @@
 #include "fed/fed_runner.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "fed/fedavg.h"

@@ -1,6 +1,6 @@
 #include "fed/fedavg.h"
 
-#include <cstring>
+#include <algorithm>
 #include <stdexcept>
 
 #include "tensor/rng.h"

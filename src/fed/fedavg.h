@@ -47,6 +47,7 @@ class FedParty {
   nlohmann::json memory() const;
   const PartyRound& last() const { return last_; }
   LocalModel& local() { return local_; }
+  const BlockAutoencoder* autoencoder() const { return ae_.get(); }  // cg-fedllm: this party's copy
 
  private:
   int id_, local_steps_;

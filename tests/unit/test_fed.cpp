@@ -208,6 +208,27 @@ TEST(Fed, BytesPerRoundFollowFromShapesAndWireType) {
   }
 }
 
+TEST(Fed, FafAveragesThePartiesAutoencoderUpdates) {
+  set_num_threads(1);
+  InProcessTransport net;
+  auto s = session("cg-fedllm", {1, 3}, net);
+  const BlockAutoencoder& global = *s->server().autoencoder();
+  const std::vector<float> a0(global.params(), global.params() + global.numel());
+  s->round();
+  const double t0 = (double)s->party(0).last().tokens, t1 = (double)s->party(1).last().tokens;
+  const float* a = s->party(0).autoencoder()->params();
+  const float* b = s->party(1).autoencoder()->params();
+  double worst = 0, moved = 0;
+  for (size_t i = 0; i < a0.size(); ++i) {
+    const double want = a0[i] + (t0 * ((double)a[i] - a0[i]) + t1 * ((double)b[i] - a0[i])) / (t0 + t1);
+    worst = std::max(worst, std::fabs(global.params()[i] - want));
+    moved = std::max(moved, std::fabs((double)global.params()[i] - a0[i]));
+  }
+  EXPECT_LT(worst, 1e-6);
+  EXPECT_GT(moved, 1e-4);  // FAF's Adam steps moved it (lr 1e-3 per step)
+  EXPECT_GT(s->party(0).last().faf_loss, 0.0);
+}
+
 TEST(Fed, SameSeedSameGlobalModel) {
   set_num_threads(1);
   std::vector<float> first;
@@ -216,8 +237,11 @@ TEST(Fed, SameSeedSameGlobalModel) {
     auto s = session("cg-fedllm", {1, 2}, net);
     s->round();
     s->round();
-    if (run == 0) first = s->server().global();
-    else EXPECT_EQ(std::memcmp(first.data(), s->server().global().data(), first.size() * 4), 0);
+    if (run == 0) {
+      first = s->server().global();
+    } else {
+      EXPECT_EQ(std::memcmp(first.data(), s->server().global().data(), first.size() * 4), 0);
+    }
   }
 }
 
@@ -244,7 +268,9 @@ TEST(Fed, CodecsKeepExactShapesForPartialBlocks) {
     for (size_t i = n; i < n + 8; ++i) EXPECT_EQ(out[i], 12345.0f) << "codec " << c << " wrote past n";
     for (size_t i = 0; i < n; ++i) ASSERT_TRUE(std::isfinite(out[i])) << c;
     EXPECT_THROW(codecs[c]->decode(Bytes(msg.begin(), msg.end() - 1), out.data(), n), std::runtime_error);
-    if (c == 0) EXPECT_EQ(std::memcmp(out.data(), u.data(), n * 4), 0);
+    if (c == 0) {
+      EXPECT_EQ(std::memcmp(out.data(), u.data(), n * 4), 0);
+    }
     if (c == 1) {  // each value within half a step of its block's scale
       for (size_t i = 0; i < n; ++i) {
         float mx = 0;
