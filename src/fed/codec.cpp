@@ -62,13 +62,17 @@ void Int8Codec::decode(const Bytes& msg, float* out, size_t n) const {
   }
 }
 
-TopKCodec::TopKCodec(size_t n, size_t k) : k_(k), residual_(n), order_(n) {
+TopKCodec::TopKCodec(size_t n, size_t k) : n_(n), k_(k) {
   if (k == 0 || k > n) throw std::runtime_error("top-k needs 1 <= k <= n (k " + std::to_string(k) + ", n " + std::to_string(n) + ")");
   if (n > std::numeric_limits<uint32_t>::max()) throw std::runtime_error("top-k indices are u32: update too large");
 }
 
 Bytes TopKCodec::encode(const float* u, size_t n) {
-  if (n != residual_.size()) throw std::runtime_error("top-k codec made for " + std::to_string(residual_.size()) + " floats, got " + std::to_string(n));
+  if (n != n_) throw std::runtime_error("top-k codec made for " + std::to_string(n_) + " floats, got " + std::to_string(n));
+  if (residual_.empty()) {
+    residual_.assign(n, 0.0f);
+    order_.resize(n);
+  }
   float* e = residual_.data();
   for (size_t i = 0; i < n; ++i) {
     e[i] += u[i];

@@ -58,7 +58,8 @@ class TopKCodec final : public UpdateCodec {
   const std::vector<float>& residual() const { return residual_; }
 
  private:
-  size_t k_;
+  size_t n_, k_;
+  // The encoder's (the party's): made by the first encode(), so a decoder holds neither.
   std::vector<float> residual_;
   std::vector<uint32_t> order_;  // scratch of the selection
 };
