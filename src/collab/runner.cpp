@@ -244,6 +244,9 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   set_num_threads(tc.threads);
   fs::create_directories(out_dir);
   const auto t_start = clock_type::now();
+  for (const std::string& m : cfg.collab.modes)
+    if (m != "pc-moe" && m != "centralised" && m != "local-only" && !extra_modes.count(m))
+      throw std::runtime_error("mode '" + m + "' is not available to this runner");
 
   const data::Corpus corpus = cfg.parties.mode == "paths" ? data::load_party_corpora(cfg.parties) : data::load_corpus(cfg.data);
   const data::Split split = data::split_documents(corpus, cfg.data.val_fraction, cfg.data.split_seed);
@@ -307,12 +310,8 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
     report["local_only_budget_experts"] = budget.n_experts;
   }
   Context context(sh, corpus, split, tok, assignment);
-  for (const std::string& m : cfg.collab.modes) {
-    if (m == "pc-moe" || m == "centralised" || m == "local-only") continue;
-    auto it = extra_modes.find(m);
-    if (it == extra_modes.end()) throw std::runtime_error("mode '" + m + "' is not available to this runner");
-    report["modes"][m] = it->second(context);
-  }
+  for (const std::string& m : cfg.collab.modes)
+    if (extra_modes.count(m)) report["modes"][m] = extra_modes.at(m)(context);
 
   // Per party: validation loss on its own data and on the pooled data, for each mode.
   nlohmann::json table = nlohmann::json::array();
