@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "collab/runner.h"
+#include "fed/fed_runner.h"
 #include "model/local_experts.h"
 #include "net/certs.h"
 #include "net/deploy.h"
@@ -42,9 +43,9 @@ usage:
             --until stops after STEP (with a checkpoint), to train in several sittings
   eval      validation loss and perplexity of a checkpoint on its config's validation split
   generate  samples text from a checkpoint (temperature 0 = greedy)
-  collab    PC-MoE with all parties simulated in one process, beside centralised and
-            local-only training on the same data and tokens per party; prints a table,
-            writes DIR/report.json and DIR/metrics.jsonl
+  collab    PC-MoE with all parties simulated in one process, beside centralised,
+            local-only and federated (FedAvg, int8, top-k, CG-FedLLM) training on the same data
+            and tokens per party; prints a table, writes DIR/report.json and DIR/metrics.jsonl
   certs     a development CA and a key and certificate per party of FILE's deploy section
             (CN = party name): DIR/ca.pem, DIR/ca.key, DIR/<name>.pem, DIR/<name>.key
   party     runs party I of a deployment as its own process: serves its expert shard over
@@ -198,7 +199,7 @@ int cmd_collab(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out"}, {});
   RunConfig cfg = net::load_deploy_run(need(a, "--config")).run;  // a deploy section is allowed (and checked)
   const std::string out = need(a, "--out");
-  nlohmann::json r = run_collab(cfg, out);
+  nlohmann::json r = run_collab(cfg, out, fed::fed_modes());
   auto cell = [](const nlohmann::json& row, const char* mode) -> std::string {
     if (!row.contains(mode)) return "-";
     char buf[48];
@@ -209,9 +210,12 @@ int cmd_collab(int argc, char** argv) {
   std::printf("\nvalidation loss (nats), own data / pooled data, after %s%lld tokens per party\n",
               r.contains("privacy") ? "DP-SGD (see report.json's privacy block) on about " : "",
               r["tokens_per_party"].get<long long>());
-  std::printf("%-5s %-17s %-17s %-17s %-17s %10s %12s\n", "party", "pc-moe", "centralised", "local full", "local budget",
-              "pcmoe MiB", "bytes/token");
-  for (const auto& row : r["per_party"]) {
+  const auto& ran = r["modes"];
+  const bool classic = ran.contains("pc-moe") || ran.contains("centralised") || ran.contains("local-only-full");
+  if (classic)
+    std::printf("%-5s %-17s %-17s %-17s %-17s %10s %12s\n", "party", "pc-moe", "centralised", "local full", "local budget",
+                "pcmoe MiB", "bytes/token");
+  for (const auto& row : classic ? r["per_party"] : nlohmann::json::array()) {
     const int p = row["party"];
     std::string mem = "-", traffic = "-";
     if (row.contains("pc-moe")) {
@@ -223,6 +227,30 @@ int cmd_collab(int argc, char** argv) {
     }
     std::printf("%-5d %-17s %-17s %-17s %-17s %10s %12s\n", p, cell(row, "pc-moe").c_str(), cell(row, "centralised").c_str(),
                 cell(row, "local-only-full").c_str(), cell(row, "local-only-budget").c_str(), mem.c_str(), traffic.c_str());
+  }
+  bool fed_header = false;
+  for (const auto& [mode, run] : r["modes"].items()) {
+    if (!run.is_object() || !run.contains("rounds")) continue;
+    if (!fed_header) {
+      std::printf("\nfederated baselines: the global model after %d rounds of %d local steps; bytes per trained token,\n"
+                  "up = party to server; reconstruction of each round's update (mean over rounds)\n",
+                  run["rounds"].get<int>(), run["local_steps"].get<int>());
+      std::printf("%-10s %-5s %-17s %10s %10s %10s %7s %7s %8s\n", "mode", "party", "val own / pooled", "up B/tok",
+                  "down B/tok", "party MiB", "cosine", "SNR dB", "seconds");
+      fed_header = true;
+    }
+    for (size_t p = 0; p < run["parties"].size(); ++p) {
+      const auto& pp = run["parties"][p];
+      char loss[48], cos[16] = "-", snr[16] = "-";
+      std::snprintf(loss, sizeof loss, "%.3f / %.3f", pp["val_loss_own"].get<double>(), pp["val_loss_pooled"].get<double>());
+      if (pp.contains("reconstruction_cosine")) {
+        std::snprintf(cos, sizeof cos, "%.3f", pp["reconstruction_cosine"].get<double>());
+        std::snprintf(snr, sizeof snr, "%.2f", pp["reconstruction_snr_db"].get<double>());
+      }
+      std::printf("%-10s %-5zu %-17s %10.1f %10.1f %10s %7s %7s %8.0f\n", mode.c_str(), p, loss,
+                  pp["bytes_sent_per_token"].get<double>(), pp["bytes_received_per_token"].get<double>(),
+                  mib(pp["memory"]["total"]).c_str(), cos, snr, run["wall_seconds"].get<double>());
+    }
   }
   if (r["modes"].contains("centralised"))
     std::printf("centralised model: %s MiB planned\n", mib(r["modes"]["centralised"]["memory"]["total"]).c_str());

@@ -35,6 +35,7 @@ Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
       if (!privacy_.per_unit) break;
       return expert_call(Call::kBackwardUnits, request);
     case MsgKind::kControl: return control(request);
+    case MsgKind::kFedRound: break;  // federated baselines only: a PC-MoE host refuses it
   }
   throw std::runtime_error("party " + std::to_string(party_) + ": unexpected message kind " + to_string(kind) +
                            " from party " + std::to_string(from));

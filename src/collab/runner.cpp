@@ -45,6 +45,7 @@ struct Shared {
 bool private_run(const Shared& sh) { return !sh.plans.empty(); }
 uint64_t party_seed(const Shared& sh, int p) { return sh.cfg.train.seed + 7919 * (uint64_t)(p + 1); }
 uint64_t noise_stream(int p, int64_t round) { return ((uint64_t)(p + 1) << 32) + (uint64_t)round; }
+double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
 // Validation loss of one model on the pooled validation data and, for own >= 0, on that party's own.
 nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
@@ -54,8 +55,7 @@ nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
   return j;
 }
 
-void progress(const char* mode, int64_t done, int64_t total, float loss, clock_type::time_point t0) {
-  const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+void progress(const char* mode, int64_t done, int64_t total, float loss, double s) {
   const bool tty = isatty(STDERR_FILENO);
   if (!tty && done % 50 != 0 && done != total) return;
   std::fprintf(stderr, "%s[%s] turn %lld/%lld | loss %.4f | %.0fs, ETA %.0fs%s", tty ? "\r" : "", mode,
@@ -63,7 +63,7 @@ void progress(const char* mode, int64_t done, int64_t total, float loss, clock_t
   if (tty && done == total) std::fprintf(stderr, "\n");
 }
 
-void fill_turn(const Shared& sh, int party, int64_t step, std::vector<int32_t>& windows) {
+void fill_turn(const Shared& sh, int party, int64_t step, int32_t* windows) {
   pcmoe::fill_turn(sh.cfg, sh.parties[party], step, windows);
 }
 
@@ -98,13 +98,13 @@ nlohmann::json run_pcmoe(Shared& sh) {
         line["units"] = d.batch.units;
         line["epsilon"] = sh.plans[p].epsilon_after(round + 1);
       } else {
-        fill_turn(sh, p, round, windows);
+        fill_turn(sh, p, round, windows.data());
         r = session.train_turn(p, windows.data());
         tokens[p] += (double)sh.tokens_per_turn;
       }
       line.update({{"loss", r.loss.total}, {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}});
       sh.metrics << line.dump() << "\n";
-      progress("pc-moe", ++done, (int64_t)n * sh.rounds, r.loss.ce, t0);
+      progress("pc-moe", ++done, (int64_t)n * sh.rounds, r.loss.ce, seconds_since(t0));
     }
   }
   const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -201,14 +201,14 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
         ls = cb.loss;
         us.grad_norm = cb.mean_norm;
       } else {
-        fill_turn(sh, p, round, windows);
+        fill_turn(sh, p, round, windows.data());
         ls = accumulate_gradients(s.model, s.params, windows.data(), tc.batch_size, tc.grad_accum);
         us = apply_update(s.params, s.opt, tc, step);
       }
       sh.metrics << nlohmann::json{{"mode", mode}, {"round", round}, {"party", p}, {"loss", ls.total},
                                    {"ce", ls.ce}, {"lr", us.lr}, {"grad_norm", us.grad_norm}}.dump()
                  << "\n";
-      progress(mode, ++step, sh.rounds * k, ls.ce, t0);
+      progress(mode, ++step, sh.rounds * k, ls.ce, seconds_since(t0));
     }
   }
   if (own < 0)
@@ -225,30 +225,70 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   return out;
 }
 
+class Context final : public CollabContext {
+ public:
+  Context(Shared& sh, const CollabData& data)
+      : sh_(sh), corpus_(data.corpus), split_(data.split), tok_(data.tokenizer), assignment_(data.assignment) {}
+  const RunConfig& config() const override { return sh_.cfg; }
+  int n_parties() const override { return (int)sh_.parties.size(); }
+  int64_t tokens_per_turn() const override { return sh_.tokens_per_turn; }
+  void fill_turn(int party, int64_t step, int32_t* windows) const override {
+    pcmoe::fill_turn(sh_.cfg, sh_.parties[party], step, windows);
+  }
+  nlohmann::json evaluate(Model& model, int party) const override { return evaluate_everywhere(model, sh_, party); }
+  void log(const nlohmann::json& line) override { sh_.metrics << line.dump() << "\n"; }
+  void progress(const std::string& mode, int64_t done, int64_t total, float loss, double seconds) const override {
+    pcmoe::progress(mode.c_str(), done, total, loss, seconds);
+  }
+  data::TokenStream public_tokens(const std::vector<std::string>& categories) const override {
+    for (const data::PartyData& pd : assignment_)
+      for (const std::string& c : categories)
+        if (std::find(pd.categories.begin(), pd.categories.end(), c) != pd.categories.end())
+          throw std::runtime_error("category '" + c + "' is held by a party and cannot be treated as public");
+    std::vector<size_t> docs;
+    for (size_t d : split_.train)
+      if (std::find(categories.begin(), categories.end(), corpus_.docs[d].category) != categories.end()) docs.push_back(d);
+    data::TokenStream ts = data::encode_documents(tok_, corpus_, docs, sh_.cfg.data.cache_dir);
+    if (ts.tokens.size() <= (size_t)sh_.cfg.model.seq_len + 1)
+      throw std::runtime_error("the public categories hold fewer than seq_len+1 tokens of training text");
+    return ts;
+  }
+
+ private:
+  Shared& sh_;
+  const data::Corpus& corpus_;
+  const data::Split& split_;
+  const data::Tokenizer& tok_;
+  const std::vector<data::PartyData>& assignment_;
+};
+
 }  // namespace
 
 CollabData load_collab_data(const RunConfig& cfg, int only_party) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   const int n = cfg.parties.n_parties;
-  const data::Corpus corpus = cfg.parties.mode == "paths" ? data::load_party_corpora(cfg.parties) : data::load_corpus(cfg.data);
-  const data::Split split = data::split_documents(corpus, cfg.data.val_fraction, cfg.data.split_seed);
-  const std::vector<data::PartyData> assignment = data::assign_parties(corpus, split, cfg.parties);
+  CollabData out;
+  out.corpus = cfg.parties.mode == "paths" ? data::load_party_corpora(cfg.parties) : data::load_corpus(cfg.data);
+  out.split = data::split_documents(out.corpus, cfg.data.val_fraction, cfg.data.split_seed);
+  out.assignment = data::assign_parties(out.corpus, out.split, cfg.parties);
+  const data::Corpus& corpus = out.corpus;
+  const std::vector<data::PartyData>& assignment = out.assignment;
   // One tokenizer for all: the starting checkpoint's, or one trained on the union of the
   // parties' training documents (a shared vocabulary is part of the shared model; in a
   // deployment it would come from public text).
   std::vector<size_t> union_train;
   for (const auto& pd : assignment) union_train.insert(union_train.end(), pd.train.begin(), pd.train.end());
   std::sort(union_train.begin(), union_train.end());
-  const data::Tokenizer tok =
+  out.tokenizer =
       cfg.collab.init_from.empty()
           ? data::Tokenizer::train_or_load(corpus, union_train, cfg.data)
           : data::Tokenizer::load((fs::path(resolve_checkpoint(cfg.collab.init_from)) / "tokenizer.model").string());
+  const data::Tokenizer& tok = out.tokenizer;
   if (tok.vocab_size() != mc.vocab_size)
     throw std::runtime_error("tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but model.vocab_size is " +
                              std::to_string(mc.vocab_size));
 
-  CollabData out;
   out.tokens_per_turn = (int64_t)tc.grad_accum * tc.batch_size * mc.seq_len;
   out.tokenizer_model = tok.model_file();
   out.bos_id = tok.bos_id();
@@ -277,20 +317,28 @@ CollabData load_collab_data(const RunConfig& cfg, int only_party) {
   return out;
 }
 
-void fill_turn(const RunConfig& cfg, const PartyStreams& party, int64_t step, std::vector<int32_t>& windows) {
+void fill_turn(const RunConfig& cfg, const PartyStreams& party, int64_t step, int32_t* windows) {
   const TrainConfig& tc = cfg.train;
   const size_t row = cfg.model.seq_len + 1;
   for (int m = 0; m < tc.grad_accum; ++m)
-    party.sampler->sample(step, m, tc.batch_size, windows.data() + (size_t)m * tc.batch_size * row);
+    party.sampler->sample(step, m, tc.batch_size, windows + (size_t)m * tc.batch_size * row);
 }
 
-nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
+nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
+                          const std::map<std::string, ExtraMode>& extra_modes) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   const int n = cfg.parties.n_parties;
   set_num_threads(tc.threads);
   fs::create_directories(out_dir);
   const auto t_start = clock_type::now();
+  for (const std::string& m : cfg.collab.modes) {
+    if (m != "pc-moe" && m != "centralised" && m != "local-only" && !extra_modes.count(m))
+      throw std::runtime_error("mode '" + m + "' is not available to this runner");
+    if (cfg.privacy.enabled && extra_modes.count(m))
+      throw std::runtime_error("mode '" + m + "' does not run DP-SGD: the privacy section applies to pc-moe, "
+                               "centralised and local-only");
+  }
 
   CollabData data = load_collab_data(cfg);
   Shared sh{cfg, std::move(data.parties), {}, 0, std::ofstream(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc),
@@ -346,6 +394,9 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
     report["modes"]["local-only-budget"] = small;
     report["local_only_budget_experts"] = budget.n_experts;
   }
+  Context context(sh, data);
+  for (const std::string& m : cfg.collab.modes)
+    if (extra_modes.count(m)) report["modes"][m] = extra_modes.at(m)(context);
 
   // Per party: validation loss on its own data and on the pooled data, for each mode.
   nlohmann::json table = nlohmann::json::array();
@@ -356,6 +407,8 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir) {
     if (modes.contains("centralised")) row["centralised"] = modes["centralised"]["eval"][p];
     if (modes.contains("local-only-full")) row["local-only-full"] = modes["local-only-full"][p]["eval"];
     if (modes.contains("local-only-budget")) row["local-only-budget"] = modes["local-only-budget"][p]["eval"];
+    for (const auto& [m, run] : extra_modes)
+      if (modes.contains(m)) row[m] = modes[m]["parties"][p];
     table.push_back(row);
   }
   report["per_party"] = table;

@@ -11,6 +11,7 @@ const char* to_string(MsgKind k) {
     case MsgKind::kExpertBackward: return "expert_backward";
     case MsgKind::kControl: return "control";
     case MsgKind::kExpertBackwardUnits: return "expert_backward_units";
+    case MsgKind::kFedRound: return "fed_round";
   }
   return "unknown";
 }

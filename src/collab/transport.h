@@ -13,7 +13,7 @@ namespace pcmoe {
 
 using Bytes = std::vector<std::byte>;
 
-// What a message carries. The allowed kinds are exactly what PC-MoE lets cross a boundary.
+// What a message carries. The first three are exactly what PC-MoE lets cross a boundary.
 enum class MsgKind : uint8_t {
   kExpertForward = 1,   // request: routed hidden states; response: expert outputs
   kExpertBackward = 2,  // request: gradients of expert outputs; response: gradients of inputs
@@ -22,6 +22,8 @@ enum class MsgKind : uint8_t {
   kExpertBackwardUnits = 4,  // DP-SGD pass 1. request: output gradients with each row's privacy
                              // unit (an index in the batch); response: input gradients and each
                              // unit's squared gradient norm at the host's experts
+  kFedRound = 5,        // federated baselines only (src/fed/): request: the global model
+                        // (server to party); response: the party's encoded update
 };
 const char* to_string(MsgKind k);
 

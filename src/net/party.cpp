@@ -102,7 +102,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
       const Turn t = coord.next_turn();
       if (t.done) break;
       const auto t_turn = clock_type::now();
-      fill_turn(cfg, own, (int64_t)t.round, windows);
+      fill_turn(cfg, own, (int64_t)t.round, windows.data());
       net.set_step(t.turn);
       const TurnResult r = run_turn(party, net, cfg.train, plan, windows.data());
       busy += std::chrono::duration<double>(clock_type::now() - t_turn).count();

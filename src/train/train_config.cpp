@@ -66,8 +66,9 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   f.reject_unknown();
   if (c.modes.empty()) throw std::runtime_error("config key 'collab.modes' must name at least one mode");
   for (const std::string& m : c.modes)
-    if (m != "pc-moe" && m != "centralised" && m != "local-only")
-      throw std::runtime_error("config key 'collab.modes': unknown mode '" + m + "' (expected pc-moe, centralised, local-only)");
+    if (m != "pc-moe" && m != "centralised" && m != "local-only" && !is_fed_mode(m))
+      throw std::runtime_error("config key 'collab.modes': unknown mode '" + m +
+                               "' (expected pc-moe, centralised, local-only, fedavg, int8, topk-ef, cg-fedllm)");
   return c;
 }
 
@@ -120,8 +121,9 @@ nlohmann::json to_json(const PrivacyConfig& c) {
 RunConfig run_config_from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data, parties, collab, privacy");
   for (auto& [key, value] : j.items())
-    if (key != "model" && key != "train" && key != "data" && key != "parties" && key != "collab" && key != "privacy")
-      throw std::runtime_error("unknown config section '" + key + "' (expected model, train, data, parties, collab, privacy)");
+    if (key != "model" && key != "train" && key != "data" && key != "parties" && key != "collab" && key != "fed" &&
+        key != "privacy")
+      throw std::runtime_error("unknown config section '" + key + "' (expected model, train, data, parties, collab, fed, privacy)");
   RunConfig c;
   static const nlohmann::json empty = nlohmann::json::object();
   c.model = model_config_from_json(j.contains("model") ? j["model"] : empty);
@@ -130,6 +132,8 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   c.data.vocab_size = c.model.vocab_size;
   c.parties = data::party_split_config_from_json(j.contains("parties") ? j["parties"] : empty);
   c.collab = collab_config_from_json(j.contains("collab") ? j["collab"] : empty);
+  c.fed = fed_config_from_json(j.contains("fed") ? j["fed"] : empty);
+  check_fed_config(c.fed, c.train.steps, c.collab.modes);
   if (j.contains("privacy")) {
     c.privacy = privacy_config_from_json(j["privacy"]);
     if (c.train.grad_accum != 1)
@@ -159,7 +163,7 @@ RunConfig load_run_config(const std::string& path) {
 
 nlohmann::json to_json(const RunConfig& c) {
   nlohmann::json j = {{"model", to_json(c.model)}, {"train", to_json(c.train)}, {"data", data::to_json(c.data)},
-                      {"parties", data::to_json(c.parties)}, {"collab", to_json(c.collab)}};
+                      {"parties", data::to_json(c.parties)}, {"collab", to_json(c.collab)}, {"fed", to_json(c.fed)}};
   if (c.privacy.enabled) j["privacy"] = to_json(c.privacy);
   return j;
 }

@@ -7,6 +7,7 @@
 #include "data/data.h"
 #include "data/parties.h"
 #include "model/config.h"
+#include "train/fed_config.h"
 
 namespace pcmoe {
 
@@ -36,7 +37,8 @@ nlohmann::json to_json(const TrainConfig& c);
 // The "collab" section: which training modes `pcmoe collab` runs side by side.
 struct CollabConfig {
   // "pc-moe", "centralised", "local-only" (each party alone, with the full model and with a
-  // model of its own memory budget: the backbone and its share of the experts)
+  // model of its own memory budget: the backbone and its share of the experts), and the
+  // federated baselines "fedavg", "int8", "topk-ef", "cg-fedllm" (src/fed/)
   std::vector<std::string> modes = {"pc-moe", "centralised", "local-only"};
   // A `pcmoe train` checkpoint directory every party's backbone and every expert starts from
   // (the same model config), with its tokenizer; empty: the seeded initialisation of train.seed
@@ -72,6 +74,7 @@ struct RunConfig {
   data::PartySplitConfig parties;  // how documents are dealt to parties (pcmoe collab)
   CollabConfig collab;
   PrivacyConfig privacy;
+  FedConfig fed;  // the federated baselines' settings
 };
 // Reads and checks a config file: clear errors for a missing file, bad JSON, unknown keys.
 RunConfig load_run_config(const std::string& path);

@@ -1,0 +1,125 @@
+#include "fed/fed_runner.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "fed/fedavg.h"
+#include "train/checkpoint.h"
+
+namespace pcmoe::fed {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+// TGAP: a fresh copy of the initial model fine-tunes on the public data for tgap_steps steps
+// (the parties' schedule); blocks of each step's update pre-train the autoencoder. The last
+// quarter of the recorded steps is held out to report the pre-training's effect.
+nlohmann::json pretrain_tgap(CollabContext& ctx, const std::vector<float>& initial, BlockAutoencoder& ae) {
+  const RunConfig& cfg = ctx.config();
+  const FedConfig& fc = cfg.fed;
+  const auto t0 = clock_type::now();
+  const data::TokenStream pub = ctx.public_tokens(fc.public_categories);
+  const data::BatchSampler sampler(pub, cfg.model.seq_len, cfg.train.seed + 104729);
+  LocalModel m(cfg.model, cfg.train);
+  scatter(initial.data(), m.params);
+  const TrainConfig& tc = cfg.train;
+  const size_t row = cfg.model.seq_len + 1;
+  const BatchFn data = [&](int64_t step, int32_t* w) {
+    for (int k = 0; k < tc.grad_accum; ++k) sampler.sample(step, k, tc.batch_size, w + (size_t)k * tc.batch_size * row);
+  };
+  const BlockSet all = record_updates(m, tc, fc.tgap_steps, data, fc.tgap_blocks, fc.block_size, tc.seed);
+  const int held_steps = std::max(1, fc.tgap_steps / 4);
+  const size_t cut = all.rows() * (fc.tgap_steps - held_steps) / fc.tgap_steps;
+  const BlockSet train{fc.block_size, std::vector<float>(all.x.begin(), all.x.begin() + cut * fc.block_size)};
+  const BlockSet held{fc.block_size, std::vector<float>(all.x.begin() + cut * fc.block_size, all.x.end())};
+  const double before = reconstruction_loss(ae, held);
+  train_autoencoder(ae, train, fc.tgap_epochs, fc.ae_batch, fc.ae_lr, tc.seed);
+  return {{"public_tokens", pub.tokens.size()},   {"recorded_steps", fc.tgap_steps},
+          {"blocks", all.rows()},                   {"held_out_blocks", held.rows()},
+          {"held_out_mse_untrained", before},       {"held_out_mse_pretrained", reconstruction_loss(ae, held)},
+          {"train_mse_pretrained", reconstruction_loss(ae, train)}, {"seconds", seconds_since(t0)}};
+}
+
+}  // namespace
+
+nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
+  const RunConfig& cfg = ctx.config();
+  const FedConfig& fc = cfg.fed;
+  const int n = ctx.n_parties();
+  const int rounds = cfg.train.steps / fc.local_steps;
+  const auto t0 = clock_type::now();
+
+  std::vector<float> initial;
+  {
+    ParamSet init(cfg.model, ParamSelection{});
+    init.init(cfg.train.seed);
+    if (!cfg.collab.init_from.empty()) load_checkpoint(cfg.collab.init_from, cfg.model, init, nullptr);
+    initial.resize(trainable_numel(init));
+    gather(init, initial.data());
+  }
+  nlohmann::json out = {{"rounds", rounds}, {"local_steps", fc.local_steps}, {"trainable_floats", initial.size()}};
+  std::unique_ptr<BlockAutoencoder> ae;
+  if (mode == "cg-fedllm") {
+    ae = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), cfg.train.seed);
+    if (fc.tgap_steps > 0) out["tgap"] = pretrain_tgap(ctx, initial, *ae);
+    out["autoencoder"] = {{"block", fc.block_size}, {"latent", fc.latent()}, {"parameters", ae->numel()}};
+  }
+  if (mode == "topk-ef") out["topk_k"] = matched_topk(initial.size(), fc.block_size, fc.latent());
+
+  InProcessTransport net;
+  FedSession s(cfg.model, cfg.train, fc, mode, std::vector<int>(n, fc.local_steps), net,
+               [&ctx](int p, int64_t step, int32_t* w) { ctx.fill_turn(p, step, w); }, std::move(initial),
+               std::move(ae));
+  std::vector<double> cos_sum(n, 0.0), snr_sum(n, 0.0);
+  const auto t_train = clock_type::now();
+  for (int r = 0; r < rounds; ++r) {
+    s.round();
+    for (int p = 0; p < n; ++p) {
+      const PartyRound& pr = s.party(p).last();
+      cos_sum[p] += pr.fidelity.cosine;
+      snr_sum[p] += pr.fidelity.snr_db;
+      nlohmann::json line = {{"mode", mode}, {"round", r}, {"party", p}, {"loss", pr.loss.total}, {"ce", pr.loss.ce},
+                             {"lr", pr.lr}, {"grad_norm", pr.grad_norm}};
+      if (mode != "fedavg") {
+        line["cosine"] = pr.fidelity.cosine;
+        line["snr_db"] = pr.fidelity.snr_db;
+      }
+      if (mode == "cg-fedllm" && fc.faf_steps > 0) line["faf_mse"] = pr.faf_loss;
+      ctx.log(line);
+    }
+    ctx.progress(mode, r + 1, rounds, s.party(0).last().loss.ce, seconds_since(t_train));
+  }
+  out["train_seconds"] = seconds_since(t_train);
+  const TrafficStats training = net.stats();
+  const double tokens = (double)cfg.train.steps * ctx.tokens_per_turn();
+  // Every party ends with the global model; party 0's model slot evaluates it.
+  LocalModel& eval = s.party(0).local();
+  scatter(s.server().global().data(), eval.params);
+  out["parties"] = nlohmann::json::array();
+  for (int p = 0; p < n; ++p) {
+    nlohmann::json j = ctx.evaluate(eval.model, p);
+    j["bytes_sent_per_token"] = training.bytes_sent(p) / tokens;
+    j["bytes_received_per_token"] = training.bytes_received(p) / tokens;
+    j["memory"] = s.party(p).memory();
+    if (mode != "fedavg") {
+      j["reconstruction_cosine"] = cos_sum[p] / rounds;
+      j["reconstruction_snr_db"] = snr_sum[p] / rounds;
+    }
+    out["parties"].push_back(j);
+  }
+  out["server_memory"] = s.server().memory_bytes();
+  out["wall_seconds"] = seconds_since(t0);
+  return out;
+}
+
+std::map<std::string, ExtraMode> fed_modes() {
+  std::map<std::string, ExtraMode> m;
+  for (const char* name : {"fedavg", "int8", "topk-ef", "cg-fedllm"})
+    m[name] = [mode = std::string(name)](CollabContext& ctx) { return run_fed_mode(ctx, mode); };
+  return m;
+}
+
+}  // namespace pcmoe::fed

@@ -1,0 +1,58 @@
+#include "train/fed_config.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "common/json_fields.h"
+
+namespace pcmoe {
+
+FedConfig fed_config_from_json(const nlohmann::json& j) {
+  FedConfig c;
+  JsonFields f(j, "fed");
+  f.read("local_steps", c.local_steps);
+  f.read("block_size", c.block_size);
+  f.read("latent_ratio", c.latent_ratio);
+  f.read("ae_lr", c.ae_lr);
+  f.read("ae_batch", c.ae_batch);
+  f.read("tgap_steps", c.tgap_steps);
+  f.read("tgap_blocks", c.tgap_blocks);
+  f.read("tgap_epochs", c.tgap_epochs);
+  f.read("faf_steps", c.faf_steps);
+  f.read("public_categories", c.public_categories);
+  f.reject_unknown();
+  auto require = [](bool ok, const char* what) {
+    if (!ok) throw std::runtime_error(std::string("invalid fed config: ") + what);
+  };
+  require(c.local_steps >= 1, "local_steps must be >= 1");
+  require(c.block_size >= 2 && c.block_size <= (1 << 20), "block_size must be in [2, 1048576]");
+  require(c.latent_ratio >= 1 && c.block_size % c.latent_ratio == 0,
+          "latent_ratio must be >= 1 and divide block_size");
+  require(c.ae_lr > 0 && c.ae_batch >= 1, "need ae_lr > 0 and ae_batch >= 1");
+  require(c.tgap_steps >= 0 && c.tgap_blocks >= 1 && c.tgap_epochs >= 1 && c.faf_steps >= 0,
+          "need tgap_steps >= 0, tgap_blocks >= 1, tgap_epochs >= 1, faf_steps >= 0");
+  return c;
+}
+
+nlohmann::json to_json(const FedConfig& c) {
+  return {{"local_steps", c.local_steps}, {"block_size", c.block_size}, {"latent_ratio", c.latent_ratio},
+          {"ae_lr", c.ae_lr},             {"ae_batch", c.ae_batch},     {"tgap_steps", c.tgap_steps},
+          {"tgap_blocks", c.tgap_blocks}, {"tgap_epochs", c.tgap_epochs}, {"faf_steps", c.faf_steps},
+          {"public_categories", c.public_categories}};
+}
+
+bool is_fed_mode(const std::string& m) { return m == "fedavg" || m == "int8" || m == "topk-ef" || m == "cg-fedllm"; }
+
+void check_fed_config(const FedConfig& c, int train_steps, const std::vector<std::string>& modes) {
+  if (std::none_of(modes.begin(), modes.end(), is_fed_mode)) return;
+  if (train_steps % c.local_steps != 0)
+    throw std::runtime_error("config key 'fed.local_steps' (" + std::to_string(c.local_steps) +
+                             ") must divide train.steps (" + std::to_string(train_steps) +
+                             "): every party trains the same tokens in every mode");
+  if (std::find(modes.begin(), modes.end(), "cg-fedllm") != modes.end() && c.tgap_steps > 0 &&
+      c.public_categories.empty())
+    throw std::runtime_error("mode cg-fedllm pre-trains its autoencoder (TGAP) on public data: set "
+                             "'fed.public_categories' to corpus categories no party holds, or 'fed.tgap_steps' to 0");
+}
+
+}  // namespace pcmoe

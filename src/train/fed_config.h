@@ -1,0 +1,33 @@
+// The "fed" section of a run config: the federated baselines of `pcmoe collab` (modes fedavg,
+// int8, topk-ef, cg-fedllm). See docs/federated.md.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace pcmoe {
+
+struct FedConfig {
+  int local_steps = 1;      // E: local AdamW steps per round (1: FedSGD); rounds = train.steps / E
+  int block_size = 1024;    // floats per block: int8 scales and the autoencoder's input
+  int latent_ratio = 64;    // block floats per latent float (latent = block_size / latent_ratio)
+  float ae_lr = 1e-3f;      // Adam learning rate of the autoencoder (TGAP and FAF)
+  int ae_batch = 64;        // blocks per autoencoder step
+  int tgap_steps = 20;      // recorded steps of the public fine-tuning run (0: no TGAP)
+  int tgap_blocks = 256;    // blocks sampled from each recorded update
+  int tgap_epochs = 10;     // passes over the recorded blocks
+  int faf_steps = 4;        // autoencoder steps per round on the party's own update (0: no FAF)
+  // Corpus categories treated as public (the TGAP run trains on their training documents); no
+  // party may hold them. Required by cg-fedllm when tgap_steps > 0.
+  std::vector<std::string> public_categories;
+  int latent() const { return block_size / latent_ratio; }
+};
+FedConfig fed_config_from_json(const nlohmann::json& j);
+nlohmann::json to_json(const FedConfig& c);
+// Checks what depends on other sections: rounds must divide train.steps, cg-fedllm's TGAP needs
+// public data. Throws std::runtime_error naming the key.
+void check_fed_config(const FedConfig& c, int train_steps, const std::vector<std::string>& modes);
+// The modes of `pcmoe collab` that are federated baselines.
+bool is_fed_mode(const std::string& mode);
+
+}  // namespace pcmoe
