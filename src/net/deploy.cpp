@@ -114,16 +114,7 @@ std::string config_hash(const RunConfig& run) {
 }
 
 DeployRun load_deploy_run(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open config file '" + path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw std::runtime_error("config file '" + path + "' is not valid JSON: " + e.what());
-  }
+  nlohmann::json j = read_config_json(path);
   try {
     nlohmann::json deploy = nlohmann::json::object();
     if (j.is_object() && j.contains("deploy")) {

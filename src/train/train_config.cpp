@@ -143,7 +143,7 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
-RunConfig load_run_config(const std::string& path) {
+nlohmann::json read_config_json(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot open config file '" + path + "'");
   std::stringstream ss;
@@ -154,6 +154,11 @@ RunConfig load_run_config(const std::string& path) {
   } catch (const nlohmann::json::parse_error& e) {
     throw std::runtime_error("config file '" + path + "' is not valid JSON: " + e.what());
   }
+  return j;
+}
+
+RunConfig load_run_config(const std::string& path) {
+  const nlohmann::json j = read_config_json(path);
   try {
     return run_config_from_json(j);
   } catch (const std::exception& e) {

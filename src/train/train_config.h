@@ -76,6 +76,8 @@ struct RunConfig {
   PrivacyConfig privacy;
   FedConfig fed;  // the federated baselines' settings
 };
+// The JSON of a config file: clear errors for a missing file and bad JSON.
+nlohmann::json read_config_json(const std::string& path);
 // Reads and checks a config file: clear errors for a missing file, bad JSON, unknown keys.
 RunConfig load_run_config(const std::string& path);
 RunConfig run_config_from_json(const nlohmann::json& j);
