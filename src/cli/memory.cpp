@@ -87,8 +87,10 @@ class PeerStubTransport final : public Transport {
       case ControlOp::kBeginTurn:
       case ControlOp::kApplyUpdate: return {};
       case ControlOp::kGradSqSums: return Bytes(host_tensors_[to] * sizeof(double));  // f64 zeros
+      case ControlOp::kClipFactors:
+      case ControlOp::kApplyNoisyUpdate: break;  // DP-SGD turns: `memory` runs plain turns
     }
-    throw std::runtime_error("unknown control operation");
+    throw std::runtime_error("unexpected control operation");
   }
 
   ModelConfig cfg_;

@@ -342,7 +342,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
 
   CollabData data = load_collab_data(cfg);
   Shared sh{cfg, std::move(data.parties), {}, 0, std::ofstream(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc),
-            data.tokens_per_turn, out_dir, data.tokenizer_model};
+            data.tokens_per_turn, out_dir, data.tokenizer_model, {}, {}, 0, 0, {}};
   sh.rounds = tc.steps;
   if (cfg.privacy.enabled) {
     sh.dp_model = mc;
