@@ -43,7 +43,6 @@ struct Shared {
 };
 
 bool private_run(const Shared& sh) { return !sh.plans.empty(); }
-uint64_t party_seed(const Shared& sh, int p) { return sh.cfg.train.seed + 7919 * (uint64_t)(p + 1); }
 uint64_t noise_stream(int p, int64_t round) { return ((uint64_t)(p + 1) << 32) + (uint64_t)round; }
 double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
@@ -91,7 +90,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
       nlohmann::json line = {{"mode", "pc-moe"}, {"round", round}, {"party", p}};
       TurnResult r;
       if (dp) {
-        const std::vector<int> sampled = poisson_sample(party_seed(sh, p), round, sh.units[p].n_units(), sh.plans[p].q);
+        const std::vector<int> sampled = poisson_sample(party_seed(sh.cfg, p), round, sh.units[p].n_units(), sh.plans[p].q);
         const DpTurnResult d = session.train_dp_turn(p, sh.units[p], sh.plans[p], sampled, noise_stream(p, round));
         r = d.turn;
         tokens[p] += (double)d.batch.windows * cfg.model.seq_len;
@@ -197,7 +196,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
         us.lr = learning_rate(tc, step);
         NoiseSource noise = noise_for(sh.plans[p], noise_stream(p, round));
         const ClippedBatch cb = dp_local_step(s.model, s.params, s.opt, noise, sh.units[p], sh.plans[p],
-                                              party_seed(sh, p), round, us.lr);
+                                              party_seed(sh.cfg, p), round, us.lr);
         ls = cb.loss;
         us.grad_norm = cb.mean_norm;
       } else {
@@ -313,9 +312,11 @@ CollabData load_collab_data(const RunConfig& cfg, int only_party) {
   // Samplers point at their streams: made once the streams have stopped moving.
   for (int p = 0; p < n; ++p)
     if (only_party < 0 || p == only_party)
-      out.parties[p].sampler = std::make_unique<data::BatchSampler>(out.parties[p].train, mc.seq_len, tc.seed + 7919 * (uint64_t)(p + 1));
+      out.parties[p].sampler = std::make_unique<data::BatchSampler>(out.parties[p].train, mc.seq_len, party_seed(cfg, p));
   return out;
 }
+
+uint64_t party_seed(const RunConfig& cfg, int party) { return cfg.train.seed + 7919 * (uint64_t)(party + 1); }
 
 void fill_turn(const RunConfig& cfg, const PartyStreams& party, int64_t step, int32_t* windows) {
   const TrainConfig& tc = cfg.train;
@@ -373,7 +374,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   if (private_run(sh)) {
     double expected = 0;
     for (int p = 0; p < n; ++p)
-      expected += sh.rounds * sh.plans[p].q * sh.units[p].windows.size() / (mc.seq_len + 1) * mc.seq_len / n;
+      expected += sh.rounds * sh.plans[p].q * sh.units[p].n_windows() * mc.seq_len / n;
     tokens_per_party = (int64_t)expected;
   }
   nlohmann::json report = {{"parties", n}, {"tokens_per_party", tokens_per_party}, {"modes", nlohmann::json::object()}};

@@ -40,6 +40,9 @@ struct CollabData {
 };
 CollabData load_collab_data(const RunConfig& cfg, int only_party = -1);
 
+// The seed of party `party`'s batches: its sampler's, and its DP-SGD Poisson draws'.
+uint64_t party_seed(const RunConfig& cfg, int party);
+
 // Party `party`'s batch of round `step`: grad_accum x batch_size windows of seq_len+1 tokens.
 void fill_turn(const RunConfig& cfg, const PartyStreams& party, int64_t step, int32_t* windows);
 

@@ -77,13 +77,11 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
   NoiseSource noise = noise_for(dp, noise_stream * 1024 + 1023);  // hosts use ids 0..1022
   privatise_gradients(me.backbone, noise, dp);
   me.optimizer.step(me.backbone, r.turn.lr);
-  const double std = dp.sigma * dp.clip;
-  const float scale = (float)(1.0 / dp.expected_batch());
   for (int h = 0; h < n; ++h) {
     Writer w;
     w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
-    w.f32((float)std);
-    w.f32(scale);
+    w.f32((float)dp.noise_std());
+    w.f32(dp.average_scale());
     w.f32(r.turn.lr);
     w.u64(noise_stream);
     transport.call(p, h, MsgKind::kControl, w.take());

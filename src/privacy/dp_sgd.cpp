@@ -49,9 +49,11 @@ PrivacyUnits make_privacy_units(const std::vector<int32_t>& tokens, int seq_len,
   return pu;
 }
 
-double DpPlan::epsilon_after(int64_t steps) const {
+double DpPlan::epsilon_after(int64_t steps) const { return epsilon_after(steps, conversion); }
+
+double DpPlan::epsilon_after(int64_t steps, privacy::Conversion conv) const {
   if (steps <= 0) return 0;
-  return privacy::epsilon_rdp(q, sigma, steps, delta, conversion).epsilon;
+  return privacy::epsilon_rdp(q, sigma, steps, delta, conv).epsilon;
 }
 
 nlohmann::json DpPlan::report(int64_t steps) const {
@@ -68,8 +70,8 @@ nlohmann::json DpPlan::report(int64_t steps) const {
           {"clipping", per_layer ? "per-layer" : "flat"},
           {"steps", steps},
           {"delta", delta},
-          {"epsilon", {{"rdp_improved", steps > 0 ? privacy::epsilon_rdp(q, sigma, steps, delta, privacy::Conversion::kImproved).epsilon : 0.0},
-                       {"rdp_classic", steps > 0 ? privacy::epsilon_rdp(q, sigma, steps, delta, privacy::Conversion::kClassic).epsilon : 0.0}}},
+          {"epsilon", {{"rdp_improved", epsilon_after(steps, privacy::Conversion::kImproved)},
+                       {"rdp_classic", epsilon_after(steps, privacy::Conversion::kClassic)}}},
           {"conversion", privacy::conversion_name(conversion)},
           {"epsilon_budget", epsilon_budget},
           {"aux_loss", aux_per_unit ? "per-unit (per sequence)" : "off"},
@@ -195,8 +197,8 @@ NoiseSource noise_for(const DpPlan& plan, uint64_t stream) {
 }
 
 void privatise_gradients(ParamSet& params, NoiseSource& noise, const DpPlan& plan) {
-  add_gaussian_noise(params, noise, plan.sigma * plan.clip);
-  scale_grads(params, (float)(1.0 / plan.expected_batch()));
+  add_gaussian_noise(params, noise, plan.noise_std());
+  scale_grads(params, plan.average_scale());
 }
 
 ClippedBatch dp_local_step(Model& model, ParamSet& params, AdamW& opt, NoiseSource& noise, const PrivacyUnits& units,

@@ -23,6 +23,7 @@ struct PrivacyUnits {
   std::vector<int32_t> windows;  // [n_windows, T+1]
   std::vector<int> first;        // unit u owns windows first[u] .. first[u+1]-1
   int n_units() const { return (int)first.size() - 1; }
+  int n_windows() const { return first.back(); }
   int max_windows() const;
   const int32_t* window(int w) const { return windows.data() + (size_t)w * (seq_len + 1); }
 };
@@ -46,7 +47,10 @@ struct DpPlan {
   bool seeded_noise = false;
   uint64_t noise_seed = 0;
   double epsilon_after(int64_t steps) const;  // by the configured conversion
+  double epsilon_after(int64_t steps, privacy::Conversion conv) const;
   double expected_batch() const { return q * n_units; }
+  double noise_std() const { return sigma * clip; }                  // of every gradient coordinate's noise
+  float average_scale() const { return (float)(1.0 / expected_batch()); }  // the noisy sum / qN
   // The report's privacy block after `steps` steps.
   nlohmann::json report(int64_t steps) const;
 };
@@ -77,7 +81,8 @@ std::vector<float> clip_factors(const std::vector<double>& unit_sq, int groups, 
                                 double* norm_sum, int* clipped);
 
 // The noise of a party's own tensors at step `step`: the secure source, or (seeded plans) a
-// stream of (noise_seed, stream) — stream names the tensors' owner and step.
+// stream of (noise_seed, stream) — stream names the tensors' owner and step. A secure source gets
+// a fresh key from RAND_bytes at every call.
 NoiseSource noise_for(const DpPlan& plan, uint64_t stream);
 
 // What the optimizer gets: every gradient coordinate += N(0, σ²C²), then divided by qN.

@@ -157,7 +157,6 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
                  plan.epsilon_budget, (long long)plan.budget_steps);
     stop = plan.budget_steps;
   }
-  NoiseSource run_noise = NoiseSource::secure();  // DP without a noise seed: one secure stream
   int64_t tokens_done = 0;
   for (int64_t step = start; step < stop; ++step) {
     const auto ts = clock::now();
@@ -165,8 +164,8 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
     nlohmann::json dp_metrics;
     if (dp) {
       us.lr = learning_rate(tc, step);
-      NoiseSource step_noise = plan.seeded_noise ? noise_for(plan, (uint64_t)step) : NoiseSource::secure();
-      const ClippedBatch cb = dp_local_step(model, params, opt, plan.seeded_noise ? step_noise : run_noise, units,
+      NoiseSource noise = noise_for(plan, (uint64_t)step);
+      const ClippedBatch cb = dp_local_step(model, params, opt, noise, units,
                                             plan, tc.seed, step, us.lr);
       last = cb.loss;
       us.grad_norm = cb.mean_norm;
