@@ -29,11 +29,11 @@ ExpertHost::ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party,
 
 Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
   switch (kind) {
-    case MsgKind::kExpertForward: return expert_call(Call::kForward, request);
-    case MsgKind::kExpertBackward: return expert_call(Call::kBackward, request);
+    case MsgKind::kExpertForward: return expert_call(Call::kForward, kind, request);
+    case MsgKind::kExpertBackward: return expert_call(Call::kBackward, kind, request);
     case MsgKind::kExpertBackwardUnits:
       if (!privacy_.per_unit) break;
-      return expert_call(Call::kBackwardUnits, request);
+      return expert_call(Call::kBackwardUnits, kind, request);
     case MsgKind::kControl: return control(request);
     case MsgKind::kFedRound: break;  // federated baselines only: a PC-MoE host refuses it
   }
@@ -41,58 +41,28 @@ Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
                            " from party " + std::to_string(from));
 }
 
-Bytes ExpertHost::expert_call(Call call, const Bytes& request) {
-  const bool forward = call == Call::kForward;
+Bytes ExpertHost::expert_call(Call call, MsgKind kind, const Bytes& request) {
   const int C = cfg_.d_model;
-  Reader r(request);
-  const uint32_t layer = r.u32();
-  if (layer >= (uint32_t)cfg_.n_layers || !cfg_.is_moe((int)layer))
-    throw std::runtime_error("expert call for layer " + std::to_string(layer) + ", which is not an MoE layer");
-  const uint32_t k = r.u32();
-  if (k != local_.size())
-    throw std::runtime_error("expert call names " + std::to_string(k) + " experts; this host holds " + std::to_string(local_.size()));
-  // Offsets over all experts, with rows only for the hosted ones.
-  std::vector<int> offsets(cfg_.n_experts + 1, 0);
-  std::vector<int> rows(cfg_.n_experts, 0);
-  for (int e : local_) rows[e] = (int)r.u32();
-  for (int e = 0; e < cfg_.n_experts; ++e) {
-    if (rows[e] < 0 || (int64_t)offsets[e] + rows[e] > compute_.max_rows())
-      throw std::runtime_error("expert call carries more rows than a party's batch can route");
-    offsets[e + 1] = offsets[e] + rows[e];
-  }
-  const size_t total = (size_t)offsets[cfg_.n_experts] * C;
-  if (!forward && offsets != forward_offsets_[layer])
+  decode_expert_request(kind, request, cfg_, local_, compute_.max_rows(), in_);
+  const int layer = in_.layer;
+  const std::vector<int>& offsets = in_.offsets;
+  const size_t total = (size_t)in_.n_rows() * C;
+  if (call != Call::kForward && offsets != forward_offsets_[layer])
     throw std::runtime_error("backward call does not match the rows of the last forward of layer " + std::to_string(layer));
-  uint32_t n_units = 0;
-  if (call == Call::kBackwardUnits) {
-    n_units = r.u32();
-    if (n_units < 1 || n_units > (uint32_t)compute_.max_rows())
-      throw std::runtime_error("per-unit backward names " + std::to_string(n_units) + " units");
-    units_in_.resize(offsets[cfg_.n_experts]);
-    for (int& u : units_in_) {
-      u = (int)r.u32();
-      if (u < 0 || (uint32_t)u >= n_units) throw std::runtime_error("per-unit backward: unit index out of range");
-    }
-    for (int e : local_)
-      for (int i = offsets[e] + 1; i < offsets[e + 1]; ++i)
-        if (units_in_[i] < units_in_[i - 1]) throw std::runtime_error("per-unit backward: units not ascending within an expert");
-  }
-  rows_in_.resize(total);
-  r.floats(rows_in_.data(), total);
-  r.expect_end();
+  const uint32_t n_units = (uint32_t)in_.n_units;
   // The results go straight into the reply (f32 rows, then f64 unit norms for kBackwardUnits).
   Bytes reply(total * sizeof(float) + n_units * sizeof(double));
   float* out = reinterpret_cast<float*>(reply.data());
   switch (call) {
     case Call::kForward:
-      compute_.forward((int)layer, offsets.data(), rows_in_.data(), out);
+      compute_.forward(layer, offsets.data(), in_.rows.data(), out);
       forward_offsets_[layer] = offsets;
       n_units_[layer] = 0;
       break;
-    case Call::kBackward: compute_.backward((int)layer, offsets.data(), rows_in_.data(), out); break;
+    case Call::kBackward: compute_.backward(layer, offsets.data(), in_.rows.data(), out); break;
     case Call::kBackwardUnits: {
       std::vector<double> sq(n_units, 0.0);
-      compute_.backward_unit_norms((int)layer, offsets.data(), rows_in_.data(), units_in_.data(), (int)n_units, out,
+      compute_.backward_unit_norms(layer, offsets.data(), in_.rows.data(), in_.units.data(), (int)n_units, out,
                                    sq.data());
       std::memcpy(reply.data() + total * sizeof(float), sq.data(), n_units * sizeof(double));
       n_units_[layer] = (int)n_units;

@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "collab/expert_wire.h"
 #include "collab/transport.h"
 #include "model/local_experts.h"
 #include "model/params.h"
@@ -54,7 +55,7 @@ class ExpertHost {
 
  private:
   enum class Call { kForward, kBackward, kBackwardUnits };
-  Bytes expert_call(Call call, const Bytes& request);
+  Bytes expert_call(Call call, MsgKind kind, const Bytes& request);
   Bytes control(const Bytes& request);
   void add_noise(float std, uint64_t stream);
 
@@ -65,9 +66,8 @@ class ExpertHost {
   LocalExperts compute_;
   AdamW opt_;
   std::vector<std::vector<int>> forward_offsets_;  // per layer: offsets of the last forward
-  std::vector<float> rows_in_;
+  ExpertRequest in_;  // the last expert call (its buffers reused)
   HostPrivacy privacy_;
-  std::vector<int> units_in_;
   std::vector<int> n_units_;  // per layer: units of the last kExpertBackwardUnits (0: none)
   std::unique_ptr<NoiseSource> noise_;  // the secure source, when not seeded
 };

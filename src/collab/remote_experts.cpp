@@ -1,8 +1,7 @@
 #include "collab/remote_experts.h"
 
-#include <cstring>
-
 #include "collab/expert_host.h"
+#include "collab/expert_wire.h"
 
 namespace pcmoe {
 
@@ -45,17 +44,7 @@ std::vector<int> RemoteExperts::exchange(MsgKind kind, int layer, const int* off
     size_t rows = 0;
     for (int e : experts) rows += offsets[e + 1] - offsets[e];
     if (rows == 0) continue;
-    Writer w;
-    w.u32((uint32_t)layer);
-    w.u32((uint32_t)experts.size());
-    for (int e : experts) w.u32((uint32_t)(offsets[e + 1] - offsets[e]));
-    if (unit) {
-      w.u32((uint32_t)n_units);
-      for (int e : experts)
-        for (int r = offsets[e]; r < offsets[e + 1]; ++r) w.u32((uint32_t)unit[r]);
-    }
-    for (int e : experts) w.floats(in + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
-    const Bytes reply = transport_.call(party_, h, kind, w.take());
+    const Bytes reply = transport_.call(party_, h, kind, encode_expert_request(kind, cfg_, layer, experts, offsets, in, unit, n_units));
     Reader r(reply);
     for (int e : experts) r.floats(out + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
     if (unit)
