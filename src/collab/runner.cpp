@@ -200,8 +200,9 @@ void load_budget_model(const std::string& dir, const ModelConfig& full, int p, i
 
 // One model trained on the turns of `parties` in the round-robin order (all of them: the
 // centralised model on the pooled data; one: a local-only model).
+// `save_as`: the checkpoint's directory under the run's (empty: not saved).
 nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, const std::vector<int>& parties,
-                        int own) {
+                        int own, const std::string& save_as) {
   const RunConfig& cfg = sh.cfg;
   const int n_all = (int)sh.parties.size();
   TrainConfig tc = cfg.train;
@@ -243,8 +244,8 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
       progress(mode, ++step, sh.rounds * k, ls.ce, seconds_since(t0));
     }
   }
-  if (own < 0)
-    save_checkpoint((sh.out_dir / mode / "checkpoint").string(), cfg, s.params, nullptr, step, sh.tokenizer_model);
+  if (!save_as.empty())
+    save_checkpoint((sh.out_dir / save_as / "checkpoint").string(), cfg, s.params, nullptr, step, sh.tokenizer_model);
   nlohmann::json out = {{"train_seconds", std::chrono::duration<double>(clock_type::now() - t0).count()},
                         {"memory", s.memory()},
                         {"parameters", s.params.numel()}};
@@ -414,15 +415,17 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   std::vector<int> everyone(n);
   for (int p = 0; p < n; ++p) everyone[p] = p;
   if (wants("pc-moe")) report["modes"]["pc-moe"] = run_pcmoe(sh);
-  if (wants("centralised")) report["modes"]["centralised"] = run_solo(sh, "centralised", mc, everyone, -1);
+  if (wants("centralised")) report["modes"]["centralised"] = run_solo(sh, "centralised", mc, everyone, -1, "centralised");
   if (wants("local-only")) {
     ModelConfig budget = mc;  // the backbone and this party's share of the experts
     budget.n_experts = std::max(1, mc.n_experts / n);
     budget.top_k = std::min(mc.top_k, budget.n_experts);
     nlohmann::json full = nlohmann::json::array(), small = nlohmann::json::array();
     for (int p = 0; p < n; ++p) {
-      full.push_back(run_solo(sh, ("local-only full, party " + std::to_string(p)).c_str(), mc, {p}, p));
-      small.push_back(run_solo(sh, ("local-only budget, party " + std::to_string(p)).c_str(), budget, {p}, p));
+      // the full local-only models are kept: the audit's membership inference targets them too
+      full.push_back(run_solo(sh, ("local-only full, party " + std::to_string(p)).c_str(), mc, {p}, p,
+                              "local-only/party" + std::to_string(p)));
+      small.push_back(run_solo(sh, ("local-only budget, party " + std::to_string(p)).c_str(), budget, {p}, p, ""));
     }
     report["modes"]["local-only-full"] = full;
     report["modes"]["local-only-budget"] = small;

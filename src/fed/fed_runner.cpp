@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <chrono>
 
+#include "collab/recorder.h"
+#include "eval/bag_of_words.h"
 #include "fed/fedavg.h"
 #include "train/checkpoint.h"
+#include "train/step.h"
 
 namespace pcmoe::fed {
 namespace {
@@ -43,6 +46,71 @@ nlohmann::json pretrain_tgap(CollabContext& ctx, const std::vector<float>& initi
           {"train_mse_pretrained", reconstruction_loss(ae, train)}, {"seconds", seconds_since(t0)}};
 }
 
+// The leakage audit's federated server (config section "audit"): at each recorded round it
+// fits the bag-of-words rule on an update it makes itself — the round's global model, trained
+// local_steps steps on public text with a fresh optimizer (a party's own AdamW state it cannot
+// know) — and applies it to each party's decoded update; the party's batches score it.
+class ServerAudit {
+ public:
+  ServerAudit(CollabContext& ctx, const ParamSet& layout)
+      : ctx_(ctx), cfg_(ctx.config()), pub_(ctx.public_tokens(cfg_.fed.public_categories)),
+        sampler_(pub_, cfg_.model.seq_len, cfg_.train.seed + 7919) {
+    size_t offset = 0;
+    for (const ParamTensor& t : layout.tensors()) {
+      if (t.name == "wte") wte_ = offset;
+      offset += t.numel;
+    }
+  }
+  void begin_round(int round, const std::vector<float>& global) {
+    const TrainConfig& tc = cfg_.train;
+    const int E = cfg_.fed.local_steps, V = cfg_.model.vocab_size, C = cfg_.model.d_model;
+    global_.assign(global.begin() + wte_, global.begin() + wte_ + (size_t)V * C);
+    round_ = round;
+    LocalModel m(cfg_.model, tc);
+    scatter(global.data(), m.params);
+    std::vector<uint8_t> present(V, 0);
+    std::vector<int32_t> w((size_t)tc.grad_accum * tc.batch_size * (cfg_.model.seq_len + 1));
+    for (int s = 0; s < E; ++s) {
+      const int64_t step = (int64_t)round * E + s;
+      for (int k = 0; k < tc.grad_accum; ++k)
+        sampler_.sample(step, k, tc.batch_size, w.data() + (size_t)k * tc.batch_size * (cfg_.model.seq_len + 1));
+      for (int32_t t : w) present[t] = 1;
+      accumulate_gradients(m.model, m.params, w.data(), tc.batch_size, tc.grad_accum);
+      apply_update(m.params, m.opt, tc, step);
+    }
+    std::vector<float> delta(V * C);
+    std::copy_n(m.params.value("wte"), delta.size(), delta.data());
+    for (size_t i = 0; i < delta.size(); ++i) delta[i] -= global_[i];
+    attack_.fit(delta.data(), global_.data(), present, V, C);
+  }
+  void party_update(int p, const std::vector<float>& update) {
+    const TrainConfig& tc = cfg_.train;
+    const int E = cfg_.fed.local_steps, V = cfg_.model.vocab_size, C = cfg_.model.d_model;
+    std::vector<int32_t> w((size_t)tc.grad_accum * tc.batch_size * (cfg_.model.seq_len + 1));
+    std::vector<uint8_t> actual(V, 0);
+    for (int s = 0; s < E; ++s) {
+      ctx_.fill_turn(p, (int64_t)round_ * E + s, w.data());
+      for (int32_t t : w) actual[t] = 1;
+    }
+    const eval::TokenSetScore sc =
+        eval::score_token_set(attack_.predict(update.data() + wte_, global_.data(), V, C), actual);
+    cells_.push_back({{"round", round_}, {"party", p}, {"precision", sc.precision}, {"recall", sc.recall},
+                      {"predicted", sc.predicted}, {"actual", sc.actual}, {"chance_precision", (double)sc.actual / V}});
+  }
+  const nlohmann::json& cells() const { return cells_; }
+
+ private:
+  CollabContext& ctx_;
+  const RunConfig& cfg_;
+  data::TokenStream pub_;
+  data::BatchSampler sampler_;
+  size_t wte_ = 0;
+  int round_ = 0;
+  std::vector<float> global_;
+  eval::BagOfWordsAttack attack_;
+  nlohmann::json cells_ = nlohmann::json::array();
+};
+
 }  // namespace
 
 nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
@@ -75,8 +143,20 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
                std::move(ae));
   std::vector<double> cos_sum(n, 0.0), snr_sum(n, 0.0);
   const auto t_train = clock_type::now();
+  std::unique_ptr<ServerAudit> audit;
+  if (cfg.audit.enabled) {
+    if (fc.public_categories.empty())
+      out["audit"] = "skipped: the server's attack needs public text (fed.public_categories)";
+    else
+      audit = std::make_unique<ServerAudit>(ctx, s.party(0).local().params);
+  }
   for (int r = 0; r < rounds; ++r) {
-    s.round();
+    if (audit && recorded_round(cfg.audit, rounds, r)) {
+      audit->begin_round(r, s.server().global());
+      s.round([&audit](int p, const std::vector<float>& update) { audit->party_update(p, update); });
+    } else {
+      s.round();
+    }
     for (int p = 0; p < n; ++p) {
       const PartyRound& pr = s.party(p).last();
       cos_sum[p] += pr.fidelity.cosine;
@@ -111,6 +191,7 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
     out["parties"].push_back(j);
   }
   out["server_memory"] = s.server().memory_bytes();
+  if (audit) out["audit_bag_of_words"] = audit->cells();
   out["wall_seconds"] = seconds_since(t0);
   return out;
 }

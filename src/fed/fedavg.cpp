@@ -177,9 +177,12 @@ FedSession::FedSession(const ModelConfig& mc, const TrainConfig& tc, const FedCo
   });
 }
 
-void FedSession::round() {
+void FedSession::round(const std::function<void(int, const std::vector<float>&)>& on_update) {
   const Bytes req = server_.request();
-  for (int p = 0; p < n_parties(); ++p) server_.add(transport_.call(server_id(), p, MsgKind::kFedRound, req));
+  for (int p = 0; p < n_parties(); ++p) {
+    server_.add(transport_.call(server_id(), p, MsgKind::kFedRound, req));
+    if (on_update) on_update(p, server_.last_decoded());
+  }
   server_.apply();
 }
 

@@ -7,6 +7,7 @@
 // downlink also carries the autoencoder and, with FAF, the uplink the party's autoencoder
 // update, averaged the same way.
 #pragma once
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -74,6 +75,7 @@ class FedServer {
             std::unique_ptr<BlockAutoencoder> ae);
   Bytes request() const;                  // this round's downlink
   void add(const Bytes& response);        // one party's uplink
+  const std::vector<float>& last_decoded() const { return decoded_; }  // the last add's update
   void apply();                           // global += token-weighted mean of the added updates
   const std::vector<float>& global() const { return global_; }
   const BlockAutoencoder* autoencoder() const { return ae_.get(); }
@@ -97,7 +99,9 @@ class FedSession {
              const std::vector<int>& local_steps, Transport& transport,
              const std::function<void(int party, int64_t step, int32_t* windows)>& data,
              std::vector<float> initial_global, std::unique_ptr<BlockAutoencoder> ae);
-  void round();
+  // One round; `on_update(p, update)` sees each party's update as the server decoded it (the
+  // leakage audit's federated server).
+  void round(const std::function<void(int, const std::vector<float>&)>& on_update = {});
   int n_parties() const { return (int)parties_.size(); }
   int server_id() const { return n_parties(); }
   FedParty& party(int p) { return *parties_[p]; }

@@ -1,0 +1,89 @@
+#include "eval/bag_of_words.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace pcmoe::eval {
+
+TokenSetScore score_token_set(const std::vector<uint8_t>& predicted, const std::vector<uint8_t>& actual) {
+  if (predicted.size() != actual.size()) throw std::logic_error("token sets of different vocabularies");
+  TokenSetScore s;
+  int64_t hits = 0;
+  for (size_t v = 0; v < actual.size(); ++v) {
+    s.predicted += predicted[v];
+    s.actual += actual[v];
+    hits += predicted[v] && actual[v];
+  }
+  s.precision = s.predicted ? (double)hits / s.predicted : 0;
+  s.recall = s.actual ? (double)hits / s.actual : 0;
+  return s;
+}
+
+std::vector<uint8_t> tokens_present(const int32_t* tokens, size_t n, int V) {
+  std::vector<uint8_t> out(V, 0);
+  for (size_t i = 0; i < n; ++i)
+    if (tokens[i] >= 0 && tokens[i] < V) out[tokens[i]] = 1;
+  return out;
+}
+
+// Per row: the log of its step's size, its cosine with its own weights (weight decay pulls a row
+// straight back; a token's own gradient does not), and its cosine with the mean step (what the
+// head's softmax pushes on every row alike).
+std::vector<std::array<double, BagOfWordsAttack::kFeatures>> BagOfWordsAttack::features(const float* delta,
+                                                                                        const float* global, int V,
+                                                                                        int C) const {
+  std::vector<double> mean(C, 0.0);
+  for (int v = 0; v < V; ++v)
+    for (int c = 0; c < C; ++c) mean[c] += delta[(size_t)v * C + c] / V;
+  double mean_norm = 0;
+  for (double m : mean) mean_norm += m * m;
+  mean_norm = std::sqrt(mean_norm);
+  std::vector<std::array<double, kFeatures>> f(V);
+  for (int v = 0; v < V; ++v) {
+    const float* d = delta + (size_t)v * C;
+    const float* w = global + (size_t)v * C;
+    double dd = 0, ww = 0, dw = 0, dm = 0;
+    for (int c = 0; c < C; ++c) dd += (double)d[c] * d[c], ww += (double)w[c] * w[c], dw += (double)d[c] * w[c], dm += d[c] * mean[c];
+    const double dn = std::sqrt(dd);
+    f[v] = {std::log(dn + 1e-20), dn > 0 && ww > 0 ? dw / (dn * std::sqrt(ww)) : 0,
+            dn > 0 && mean_norm > 0 ? dm / (dn * mean_norm) : 0};
+  }
+  return f;
+}
+
+void BagOfWordsAttack::fit(const float* delta, const float* global, const std::vector<uint8_t>& present, int V, int C) {
+  const auto f = features(delta, global, V, C);
+  for (int k = 0; k < kFeatures; ++k) {
+    double s = 0, ss = 0;
+    for (const auto& x : f) s += x[k], ss += x[k] * x[k];
+    mean_[k] = s / V;
+    scale_[k] = 1 / std::sqrt(std::max(ss / V - mean_[k] * mean_[k], 1e-12));
+  }
+  // Logistic regression by gradient descent on standardised features (a convex fit: the
+  // iteration count only has to be large enough).
+  w_.fill(0);
+  for (int it = 0; it < 2000; ++it) {
+    std::array<double, kFeatures + 1> g{};
+    for (int v = 0; v < V; ++v) {
+      double z = w_[kFeatures];
+      for (int k = 0; k < kFeatures; ++k) z += w_[k] * (f[v][k] - mean_[k]) * scale_[k];
+      const double err = 1 / (1 + std::exp(-z)) - present[v];
+      for (int k = 0; k < kFeatures; ++k) g[k] += err * (f[v][k] - mean_[k]) * scale_[k] / V;
+      g[kFeatures] += err / V;
+    }
+    for (int k = 0; k <= kFeatures; ++k) w_[k] -= 1.0 * g[k];
+  }
+}
+
+std::vector<uint8_t> BagOfWordsAttack::predict(const float* delta, const float* global, int V, int C) const {
+  const auto f = features(delta, global, V, C);
+  std::vector<uint8_t> out(V);
+  for (int v = 0; v < V; ++v) {
+    double z = w_[kFeatures];
+    for (int k = 0; k < kFeatures; ++k) z += w_[k] * (f[v][k] - mean_[k]) * scale_[k];
+    out[v] = z > 0;
+  }
+  return out;
+}
+
+}  // namespace pcmoe::eval
