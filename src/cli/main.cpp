@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "collab/runner.h"
+#include "eval/loaded_model.h"
 #include "fed/fed_runner.h"
-#include "model/local_experts.h"
 #include "net/certs.h"
 #include "net/deploy.h"
 #include "net/party.h"
@@ -116,25 +116,10 @@ int cmd_train(int argc, char** argv) {
   return 0;
 }
 
-// A model and its weights loaded from a checkpoint, for inference.
-struct Loaded {
-  RunConfig cfg;
-  ParamSet params;
-  LocalExperts experts;
-  Model model;
-  Loaded(const std::string& dir, int batch)
-      : cfg(read_checkpoint_config(dir)), params(cfg.model, ParamSelection{}),
-        experts(cfg.model, params, batch * cfg.model.seq_len * cfg.model.top_k),
-        model(cfg.model, params, experts, batch) {
-    set_num_threads(cfg.train.threads);
-    load_checkpoint(dir, cfg.model, params, nullptr);
-  }
-};
-
 int cmd_eval(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--checkpoint", "--windows"}, {});
   const std::string dir = resolve_checkpoint(need(a, "--checkpoint"));
-  Loaded m(dir, read_checkpoint_config(dir).train.batch_size);
+  LoadedModel m(dir, read_checkpoint_config(dir).train.batch_size);
   Dataset ds = prepare_dataset(m.cfg, (fs::path(dir) / "tokenizer.model").string());
   int n = 0;
   auto windows = data::validation_windows(ds.val, m.cfg.model.seq_len, (int)number(a, "--windows", m.cfg.train.eval_windows), &n);
@@ -152,7 +137,7 @@ int cmd_generate(int argc, char** argv) {
   if (n_new < 0 || temperature < 0 || top_p <= 0 || top_p > 1)
     throw UsageError("need --tokens >= 0, --temperature >= 0, 0 < --top-p <= 1");
   Rng rng((uint64_t)number(a, "--seed", 1));
-  Loaded m(dir, 1);
+  LoadedModel m(dir, 1);
   data::Tokenizer tok = data::Tokenizer::load((fs::path(dir) / "tokenizer.model").string());
   const int T = m.cfg.model.seq_len, V = m.cfg.model.vocab_size;
   std::vector<int32_t> ids{tok.bos_id()};
