@@ -1,5 +1,6 @@
 // `pcmoe audit`: runs the leakage attacks on a finished run's recording (src/eval/audit.h) and
 // prints what the observer recovered next to the chance level.
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <stdexcept>
@@ -53,6 +54,24 @@ void print_table(const nlohmann::json& report) {
       std::printf(" %11.1f%%", 100 * best);
     }
     std::printf("\n");
+  }
+  if (!report["membership"].empty()) {
+    std::printf("\nmembership inference (AUC; 0.5 = no leak): the victim's training windows vs its held-out ones\n");
+    std::printf("%-7s %-32s %10s %11s\n", "victim", "model", "loss", "calibrated");
+    for (const auto& c : report["membership"])
+      std::printf("%-7d %-32s %10.3f %11.3f\n", c["victim"].get<int>(), c["model"].get<std::string>().c_str(),
+                  c["auc_loss"].get<double>(), c["auc_calibrated"].get<double>());
+  }
+  for (const auto& [mode, cells] : report["bag_of_words"].items()) {
+    double p = 0, r = 0, chance = 0;
+    for (const auto& c : cells) {
+      p += c["precision"].get<double>();
+      r += c["recall"].get<double>();
+      chance += c["chance_precision"].get<double>();
+    }
+    const double n = (double)std::max<size_t>(1, cells.size());
+    std::printf("\nfederated server, %s: bag of words of each party's round, precision %.1f%% (chance %.1f%%), "
+                "recall %.1f%% over %zu updates\n", mode.c_str(), 100 * p / n, 100 * chance / n, 100 * r / n, cells.size());
   }
 }
 

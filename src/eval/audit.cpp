@@ -13,6 +13,8 @@
 #include "collab/expert_wire.h"
 #include "collab/recorder.h"
 #include "collab/runner.h"
+#include "eval/loaded_model.h"
+#include "eval/membership.h"
 #include "model/local_experts.h"
 #include "model/model.h"
 #include "tensor/gemm.h"
@@ -196,6 +198,50 @@ nlohmann::json cell(const char* attack, const char* signal, int layer, int64_t r
           {"chance_top1", chance.top1}, {"chance_top10", chance.top10}, {"rows", hit.n}};
 }
 
+// Membership inference against the released models of the run (those it saved): each victim's
+// training windows (the batches of its turns) against its validation windows (the same genres,
+// never trained on), calibrated by the observer's local-only model when the run has one (it
+// never saw the victim's data) and otherwise by the shared starting model.
+nlohmann::json membership_cells(const fs::path& run, const RunConfig& cfg, int observer, int n_parties,
+                                const fs::path& start_view) {
+  const int T = cfg.model.seq_len, n_each = 256;
+  const CollabData data = load_collab_data(cfg);
+  const fs::path own_local = run / "local-only" / ("party" + std::to_string(observer)) / "checkpoint";
+  const bool local_reference = fs::exists(own_local);
+  LoadedModel reference(local_reference ? own_local.string() : start_view.string(), 16);
+  nlohmann::json cells = nlohmann::json::array();
+  for (int v = 0; v < n_parties; ++v) {
+    if (v == observer) continue;
+    std::vector<int32_t> members((size_t)n_each * (T + 1));
+    const int per_turn = cfg.train.grad_accum * cfg.train.batch_size;
+    std::vector<int32_t> turn((size_t)per_turn * (T + 1));
+    int have = 0;
+    for (int64_t step = 0; have < n_each && step < cfg.train.steps; ++step) {
+      fill_turn(cfg, data.parties[v], step, turn.data());
+      const int take = std::min(per_turn, n_each - have);
+      std::copy_n(turn.begin(), (size_t)take * (T + 1), members.begin() + (size_t)have * (T + 1));
+      have += take;
+    }
+    const int n_non = std::min(n_each, data.parties[v].n_val);
+    if (have < 4 || n_non < 4) continue;  // too few windows for an AUC to mean anything
+    const std::vector<std::pair<std::string, fs::path>> targets = {
+        {"pc-moe, the victim's model", run / ("party" + std::to_string(v)) / "checkpoint"},
+        {"pc-moe, the observer's model", run / ("party" + std::to_string(observer)) / "checkpoint"},
+        {"centralised", run / "centralised" / "checkpoint"},
+        {"local-only, the victim's model", run / "local-only" / ("party" + std::to_string(v)) / "checkpoint"}};
+    for (const auto& [name, dir] : targets) {
+      if (!fs::exists(dir)) continue;
+      LoadedModel target(dir.string(), 16);
+      const MembershipResult r = membership_inference(target.model, reference.model, members.data(), have,
+                                                      data.parties[v].val_windows.data(), n_non);
+      cells.push_back({{"victim", v}, {"model", name}, {"auc_loss", r.auc_loss}, {"auc_calibrated", r.auc_calibrated},
+                       {"members", r.n_members}, {"nonmembers", r.n_nonmembers},
+                       {"reference", local_reference ? "the observer's local-only model" : "the shared start"}});
+    }
+  }
+  return cells;
+}
+
 }  // namespace
 
 nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir, const AuditOptions& opt) {
@@ -271,8 +317,20 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
     std::fprintf(stderr, "audit: round %lld done (%zu/%zu), %.0fs\n", (long long)round, ri + 1, rounds.size(),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  nlohmann::json out = {{"run", run_dir}, {"observer", rec.observer}, {"rounds", rounds}, {"public_windows", n_windows},
-                        {"cells", cells}};
+  std::fprintf(stderr, "audit: membership inference against the released models\n");
+  const nlohmann::json membership = membership_cells(run_dir, cfg, rec.observer, rec.n_parties,
+                                                     rec_dir / ("view_r" + std::to_string(rounds[0])));
+  // The federated server's attack runs where the server decodes (collab's fed modes); gather it.
+  nlohmann::json bag_of_words = nlohmann::json::object();
+  const fs::path report_path = fs::path(run_dir) / "report.json";
+  if (fs::exists(report_path)) {
+    const nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
+    for (const auto& [mode, r] : report["modes"].items())
+      if (r.contains("audit_bag_of_words")) bag_of_words[mode] = r["audit_bag_of_words"];
+  }
+  nlohmann::json out = {{"run", run_dir},   {"observer", rec.observer},   {"rounds", rounds},
+                        {"public_windows", n_windows}, {"cells", cells}, {"membership", membership},
+                        {"bag_of_words", bag_of_words}};
   out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   fs::create_directories(out_dir);
   std::ofstream(fs::path(out_dir) / "audit.json") << out.dump(2) << "\n";
