@@ -14,8 +14,8 @@ constexpr const char* kAuditUsage =
     "usage: pcmoe audit --run DIR --out DIR2 [--public-windows N] [--mlp-every-round]\n"
     "  --run DIR            a `pcmoe collab` output made with an \"audit\" section (DIR/audit/)\n"
     "  --out DIR2           where audit.json goes\n"
-    "  --public-windows N   windows of the observer's own text the attack models learn from (192)\n"
-    "  --mlp-every-round    train the MLP decoder at every recorded round (default: first and last)\n";
+    "  --public-windows N   windows of the observer's own text the attack models learn from (128)\n"
+    "  --mlp-every-round    train the MLP decoder at every recorded round (default: the last)\n";
 
 struct AuditUsageError : std::runtime_error {
   using std::runtime_error::runtime_error;

@@ -277,7 +277,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
   nlohmann::json cells = nlohmann::json::array();
   for (size_t ri = 0; ri < rounds.size(); ++ri) {
     const int64_t round = rounds[ri];
-    const bool mlp = opt.mlp_every_round || ri == 0 || ri + 1 == rounds.size();
+    const bool mlp = opt.mlp_every_round || ri + 1 == rounds.size();
     const PublicView pub = public_view(cfg, (rec_dir / ("view_r" + std::to_string(round))).string(), windows, n_windows);
     const std::map<int, Rows> vic = victim_rows(cfg, rec, round);
     for (const auto& [layer, v] : vic) {

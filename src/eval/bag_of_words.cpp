@@ -1,5 +1,6 @@
 #include "eval/bag_of_words.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -53,6 +54,8 @@ std::vector<std::array<double, BagOfWordsAttack::kFeatures>> BagOfWordsAttack::f
 
 void BagOfWordsAttack::fit(const float* delta, const float* global, const std::vector<uint8_t>& present, int V, int C) {
   const auto f = features(delta, global, V, C);
+  expected_ = 0;
+  for (uint8_t p : present) expected_ += p;
   for (int k = 0; k < kFeatures; ++k) {
     double s = 0, ss = 0;
     for (const auto& x : f) s += x[k], ss += x[k] * x[k];
@@ -77,12 +80,17 @@ void BagOfWordsAttack::fit(const float* delta, const float* global, const std::v
 
 std::vector<uint8_t> BagOfWordsAttack::predict(const float* delta, const float* global, int V, int C) const {
   const auto f = features(delta, global, V, C);
-  std::vector<uint8_t> out(V);
+  std::vector<std::pair<double, int>> z(V);
   for (int v = 0; v < V; ++v) {
-    double z = w_[kFeatures];
-    for (int k = 0; k < kFeatures; ++k) z += w_[k] * (f[v][k] - mean_[k]) * scale_[k];
-    out[v] = z > 0;
+    z[v] = {w_[kFeatures], v};
+    for (int k = 0; k < kFeatures; ++k) z[v].first += w_[k] * (f[v][k] - mean_[k]) * scale_[k];
   }
+  // The rows ranked by the rule, as many as the server's own round touched: a party's optimizer
+  // state shifts the features' scale from round to round, but rarely their order.
+  const int m = std::min(V, expected_);
+  std::partial_sort(z.begin(), z.begin() + m, z.end(), std::greater<>());
+  std::vector<uint8_t> out(V, 0);
+  for (int i = 0; i < m; ++i) out[z[i].second] = 1;
   return out;
 }
 

@@ -26,6 +26,7 @@ class BagOfWordsAttack {
   // delta, global: the embedding rows [V, C] of an update and of the model it started from;
   // present: the tokens that update's batches held.
   void fit(const float* delta, const float* global, const std::vector<uint8_t>& present, int V, int C);
+  // The rows the rule ranks highest, as many as the fitted update's tokens.
   std::vector<uint8_t> predict(const float* delta, const float* global, int V, int C) const;
 
  private:
@@ -33,6 +34,7 @@ class BagOfWordsAttack {
   std::vector<std::array<double, kFeatures>> features(const float* delta, const float* global, int V, int C) const;
   std::array<double, kFeatures> mean_{}, scale_{};
   std::array<double, kFeatures + 1> w_{};  // weights, then the bias
+  int expected_ = 0;                       // tokens in the server's own round
 };
 
 }  // namespace pcmoe::eval

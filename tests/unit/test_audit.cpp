@@ -9,10 +9,13 @@
 
 #include "collab/recorder.h"
 #include "collab/session.h"
+#include "eval/bag_of_words.h"
 #include "eval/probe.h"
 #include "model/local_experts.h"
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
+#include "train/local_model.h"
+#include "train/step.h"
 
 using namespace pcmoe;
 namespace fs = std::filesystem;
@@ -253,4 +256,49 @@ TEST(AuditProbe, ExactWeightsInvertLayerZeroStates) {
     EXPECT_GT(hit.top1, 0.9) << "hidden " << hidden;
     EXPECT_GT(hit.top10, 0.99) << "hidden " << hidden;
   }
+}
+
+// The federated server's rule: fitted on one fresh-optimizer step of the model on a batch it
+// knows, it finds another batch's tokens in that step's embedding rows (the leaky case: the
+// party also starts from fresh AdamW state); on an update of random rows it scores at chance.
+TEST(AuditBagOfWords, FindsTheTokensOfAFreshStepAndNothingInNoise) {
+  ModelConfig m = tiny_model();
+  m.vocab_size = 256;
+  m.tie_embeddings = true;
+  TrainConfig t = tiny_train();
+  const int V = m.vocab_size, C = m.d_model, T = m.seq_len;
+  auto step_delta = [&](const std::vector<int32_t>& w) {
+    LocalModel local(m, t);
+    std::vector<float> before(local.params.value("wte"), local.params.value("wte") + (size_t)V * C);
+    accumulate_gradients(local.model, local.params, w.data(), t.batch_size, 1);
+    apply_update(local.params, local.opt, t, 5);
+    std::vector<float> delta(before.size());
+    for (size_t i = 0; i < delta.size(); ++i) delta[i] = local.params.value("wte")[i] - before[i];
+    return std::make_pair(delta, before);
+  };
+  // Each batch draws from its own half-overlapping quarter of the vocabulary, so sets differ.
+  auto batch = [&](int lo, uint64_t seed) {
+    std::vector<int32_t> w = random_tokens((size_t)t.batch_size * (T + 1), V / 2, seed);
+    for (auto& x : w) x = lo + x % (V / 4);
+    return w;
+  };
+  const auto pub = batch(0, 1), victim = batch(V / 8, 2);
+  const auto [dp, g] = step_delta(pub);
+  const auto [dv, g2] = step_delta(victim);
+  ASSERT_EQ(g, g2);
+  eval::BagOfWordsAttack attack;
+  attack.fit(dp.data(), g.data(), eval::tokens_present(pub.data(), pub.size(), V), V, C);
+  const std::vector<uint8_t> actual = eval::tokens_present(victim.data(), victim.size(), V);
+  const eval::TokenSetScore s = eval::score_token_set(attack.predict(dv.data(), g.data(), V, C), actual);
+  EXPECT_GT(s.precision, 0.95);
+  EXPECT_GT(s.recall, 0.9);
+  std::vector<float> noise(dv.size());
+  Rng rng(4);
+  for (float& x : noise) x = (float)rng.normal() * 1e-3f;
+  const eval::TokenSetScore r = eval::score_token_set(attack.predict(noise.data(), g.data(), V, C), actual);
+  const double chance = (double)r.actual / V;
+  EXPECT_LT(r.precision, chance + 0.15);
+  const eval::TokenSetScore exact = eval::score_token_set({1, 1, 0, 0}, {1, 0, 1, 0});
+  EXPECT_DOUBLE_EQ(exact.precision, 0.5);
+  EXPECT_DOUBLE_EQ(exact.recall, 0.5);
 }
