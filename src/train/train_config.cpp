@@ -133,7 +133,7 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   c.parties = data::party_split_config_from_json(j.contains("parties") ? j["parties"] : empty);
   c.collab = collab_config_from_json(j.contains("collab") ? j["collab"] : empty);
   c.fed = fed_config_from_json(j.contains("fed") ? j["fed"] : empty);
-  check_fed_config(c.fed, c.train.steps, c.collab.modes);
+  check_fed_config(c.fed, c.model, c.train.steps, c.collab.modes);
   if (j.contains("privacy")) {
     c.privacy = privacy_config_from_json(j["privacy"]);
     if (c.train.grad_accum != 1)
