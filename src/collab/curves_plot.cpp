@@ -33,11 +33,13 @@ void write_curve_plot(const nlohmann::json& curves, const std::string& dir) {
       sends |= pt["bytes_sent_per_party"].get<double>() > 0;
     }
     dat << "\n\n";
-    const std::string idx = "'curves.dat' index " + std::to_string(i++);
-    by_tokens += (by_tokens.empty() ? "" : ", ") + idx + " using 1:3 with linespoints title '" + mode + "'";
+    // One line type per mode, so a mode looks the same in both panels.
+    const std::string idx = "'curves.dat' index " + std::to_string(i), style = " with linespoints lt " + std::to_string(i + 1);
+    ++i;
+    by_tokens += (by_tokens.empty() ? "" : ", ") + idx + " using 1:3" + style + " title '" + mode + "'";
     // Points without bytes (the start) cannot sit on a log axis.
     if (sends)
-      by_bytes += (by_bytes.empty() ? "" : ", ") + idx + " using ($2 > 0 ? $2 : 1/0):3 with linespoints title '" + mode + "'";
+      by_bytes += (by_bytes.empty() ? "" : ", ") + idx + " using ($2 > 0 ? $2 : 1/0):3" + style + " title '" + mode + "'";
   }
   gp << "set terminal svg size 1200,500 dynamic noenhanced font 'sans,11'\n"
      << "set output 'curves.svg'\n"
