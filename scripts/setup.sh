@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs what pcmoe needs on Debian 12 (build tools, libraries, the PyTorch used only by tests
-# and benchmarks), fetches the Brown corpus and builds everything into build/.
+# Installs what pcmoe needs on Debian 12 (build tools, libraries, gnuplot for `pcmoe collab`'s
+# figure, the PyTorch used only by tests and benchmarks), fetches the Brown corpus and builds
+# everything into build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PACKAGES=(build-essential cmake ninja-build pkg-config git ca-certificates
+PACKAGES=(build-essential cmake ninja-build pkg-config git ca-certificates gnuplot-nox
           libopenblas-openmp-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev
           libgrpc++-dev protobuf-compiler libssl-dev
           python3 python3-torch)

@@ -223,7 +223,7 @@ int cmd_collab(int argc, char** argv) {
       std::printf("\nfederated baselines: the global model after %d rounds of %d local steps; bytes per trained token,\n"
                   "up = party to server; reconstruction of each round's update (mean over rounds)\n",
                   run["rounds"].get<int>(), run["local_steps"].get<int>());
-      std::printf("%-10s %-5s %-17s %10s %10s %10s %7s %7s %8s\n", "mode", "party", "val own / pooled", "up B/tok",
+      std::printf("%-11s %-5s %-17s %10s %10s %10s %7s %7s %8s\n", "mode", "party", "val own / pooled", "up B/tok",
                   "down B/tok", "party MiB", "cosine", "SNR dB", "seconds");
       fed_header = true;
     }
@@ -235,7 +235,7 @@ int cmd_collab(int argc, char** argv) {
         std::snprintf(cos, sizeof cos, "%.3f", pp["reconstruction_cosine"].get<double>());
         std::snprintf(snr, sizeof snr, "%.2f", pp["reconstruction_snr_db"].get<double>());
       }
-      std::printf("%-10s %-5zu %-17s %10.1f %10.1f %10s %7s %7s %8.0f\n", mode.c_str(), p, loss,
+      std::printf("%-11s %-5zu %-17s %10.1f %10.1f %10s %7s %7s %8.0f\n", mode.c_str(), p, loss,
                   pp["bytes_sent_per_token"].get<double>(), pp["bytes_received_per_token"].get<double>(),
                   mib(pp["memory"]["total"]).c_str(), cos, snr, run["wall_seconds"].get<double>());
     }

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 
+#include "collab/curves_plot.h"
 #include "collab/recorder.h"
 #include "collab/session.h"
 #include "tensor/gemm.h"
@@ -41,6 +42,8 @@ struct Shared {
   int64_t rounds = 0;
   int dp_max_batch = 0;
   ModelConfig dp_model;
+  std::vector<int32_t> curve_val;  // the learning curve's windows: kCurveWindows of each party
+  int n_curve_val = 0;
 };
 
 bool private_run(const Shared& sh) { return !sh.plans.empty(); }
@@ -53,6 +56,16 @@ nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
   j["val_loss_pooled"] = evaluate(model, sh.pooled_val, sh.n_pooled_val);
   if (own >= 0) j["val_loss_own"] = evaluate(model, sh.parties[own].val_windows, sh.parties[own].n_val);
   return j;
+}
+
+double curve_loss(Model& model, const Shared& sh) { return evaluate(model, sh.curve_val, sh.n_curve_val); }
+bool curve_due(const Shared& sh, int64_t done) {
+  const int every = sh.cfg.train.eval_every;
+  return done == 0 || done == sh.rounds || (every > 0 && done % every == 0);
+}
+nlohmann::json curve_point(int64_t done, const Shared& sh, double bytes_sent, double bytes_received, double loss) {
+  return {{"turns", done}, {"tokens_per_party", (double)done * sh.tokens_per_turn},
+          {"bytes_sent_per_party", bytes_sent}, {"bytes_received_per_party", bytes_received}, {"val_loss_pooled", loss}};
 }
 
 void progress(const char* mode, int64_t done, int64_t total, float loss, double s) {
@@ -88,18 +101,6 @@ nlohmann::json run_pcmoe(Shared& sh) {
                                                cfg.collab.state_noise_seed
                                                    ? NoiseSource::seeded(cfg.collab.state_noise_seed, (uint64_t)p + 1)
                                                    : NoiseSource::secure());
-  // Each party's model as it would use it: its own backbone with the shared experts (saved for
-  // `pcmoe eval` and `pcmoe generate`, and as the audit's observer's view of the model).
-  ParamSet gathered(cfg.model, ParamSelection{});
-  auto gather_model = [&](int p) -> const ParamSet& {
-    ParamSet& model = gathered;
-    auto take = [&model](const ParamSet& part) {
-      for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, model.value(t.name));
-    };
-    take(session.party(p).backbone);
-    for (int h = 0; h < n; ++h) take(session.party(h).host.params());
-    return model;
-  };
   std::unique_ptr<Recorder> recorder;
   const fs::path audit_dir = sh.out_dir / "audit";
   if (cfg.audit.enabled) {
@@ -111,6 +112,32 @@ nlohmann::json run_pcmoe(Shared& sh) {
     net.set_tap(recorder->tap());
   }
   std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
+  // Party p's model as it would use it: its own backbone with the shared experts (the curve's,
+  // the final checkpoints', and the audit observer's view).
+  auto assemble = [&](int p, ParamSet& model) {
+    auto take = [&model](const ParamSet& part) {
+      for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, model.value(t.name));
+    };
+    take(session.party(p).backbone);
+    for (int h = 0; h < n; ++h) take(session.party(h).host.params());
+  };
+  // The curve evaluates each party's assembled model here, so no evaluation crosses the transport.
+  ParamSet whole(cfg.model, ParamSelection{}, /*with_grads=*/false);
+  LocalExperts whole_experts(cfg.model, whole, cfg.train.batch_size * cfg.model.seq_len * cfg.model.top_k);
+  Model whole_model(cfg.model, whole, whole_experts, cfg.train.batch_size);
+  nlohmann::json curve = nlohmann::json::array();
+  auto add_point = [&](int64_t done_rounds) {
+    double loss = 0, sent = 0, received = 0;
+    const TrafficStats st = net.stats();
+    for (int p = 0; p < n; ++p) {
+      assemble(p, whole);
+      loss += curve_loss(whole_model, sh) / n;
+      sent += (double)st.bytes_sent(p) / n;
+      received += (double)st.bytes_received(p) / n;
+    }
+    curve.push_back(curve_point(done_rounds, sh, sent, received, loss));
+  };
+  add_point(0);
   const auto t0 = clock_type::now();
   int64_t done = 0;
   std::vector<double> tokens(n, 0.0);
@@ -119,9 +146,11 @@ nlohmann::json run_pcmoe(Shared& sh) {
       const bool record = recorded_round(cfg.audit, sh.rounds, round);
       recorder->set_round(round, record);
       // The observer's view at the round's start: its backbone and the experts it can query.
-      if (record)
-        save_checkpoint((audit_dir / ("view_r" + std::to_string(round))).string(), cfg, gather_model(cfg.audit.observer),
-                        nullptr, round, sh.tokenizer_model);
+      if (record) {
+        assemble(cfg.audit.observer, whole);
+        save_checkpoint((audit_dir / ("view_r" + std::to_string(round))).string(), cfg, whole, nullptr, round,
+                        sh.tokenizer_model);
+      }
     }
     for (int p : round_order(cfg.train.seed, n, round)) {
       nlohmann::json line = {{"mode", "pc-moe"}, {"round", round}, {"party", p}};
@@ -142,15 +171,19 @@ nlohmann::json run_pcmoe(Shared& sh) {
       sh.metrics << line.dump() << "\n";
       progress("pc-moe", ++done, (int64_t)n * sh.rounds, r.loss.ce, seconds_since(t0));
     }
+    if (curve_due(sh, round + 1)) add_point(round + 1);
   }
   const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
   const TrafficStats training = net.stats();  // before evaluation adds its own traffic
   if (recorder) recorder->set_round(sh.rounds, false);
-  // The simulation can gather what a deployment keeps apart.
-  for (int p = 0; p < n; ++p)
-    save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, gather_model(p), nullptr,
+  // Each party's model, saved for `pcmoe eval` and `pcmoe generate` (the simulation can gather
+  // what a deployment keeps apart).
+  for (int p = 0; p < n; ++p) {
+    assemble(p, whole);
+    save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, whole, nullptr,
                     sh.rounds, sh.tokenizer_model);
-  nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}};
+  }
+  nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}, {"curve", curve}};
   const size_t transport_bytes = 2 * net.largest_payload();
   for (int p = 0; p < n; ++p) {
     nlohmann::json j = evaluate_everywhere(session.party(p).model, sh, p);
@@ -219,6 +252,8 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
     else load_budget_model(cfg.collab.init_from, cfg.model, own, n_all, s.params);
   }
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
+  nlohmann::json curve = nlohmann::json::array();
+  curve.push_back(curve_point(0, sh, 0, 0, curve_loss(s.model, sh)));
   const auto t0 = clock_type::now();
   int64_t step = 0;
   for (int64_t round = 0; round < sh.rounds; ++round) {
@@ -243,12 +278,14 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
                  << "\n";
       progress(mode, ++step, sh.rounds * k, ls.ce, seconds_since(t0));
     }
+    if (curve_due(sh, round + 1)) curve.push_back(curve_point(round + 1, sh, 0, 0, curve_loss(s.model, sh)));
   }
   if (!save_as.empty())
     save_checkpoint((sh.out_dir / save_as / "checkpoint").string(), cfg, s.params, nullptr, step, sh.tokenizer_model);
   nlohmann::json out = {{"train_seconds", std::chrono::duration<double>(clock_type::now() - t0).count()},
                         {"memory", s.memory()},
-                        {"parameters", s.params.numel()}};
+                        {"parameters", s.params.numel()},
+                        {"curve", curve}};
   if (own >= 0) {
     out["eval"] = evaluate_everywhere(s.model, sh, own);
   } else {
@@ -269,6 +306,9 @@ class Context final : public CollabContext {
     pcmoe::fill_turn(sh_.cfg, sh_.parties[party], step, windows);
   }
   nlohmann::json evaluate(Model& model, int party) const override { return evaluate_everywhere(model, sh_, party); }
+  double curve_loss(Model& model) const override { return pcmoe::curve_loss(model, sh_); }
+  bool curve_due(int64_t steps) const override { return pcmoe::curve_due(sh_, steps); }
+  std::string out_dir() const override { return sh_.out_dir.string(); }
   void log(const nlohmann::json& line) override { sh_.metrics << line.dump() << "\n"; }
   void progress(const std::string& mode, int64_t done, int64_t total, float loss, double seconds) const override {
     pcmoe::progress(mode.c_str(), done, total, loss, seconds);
@@ -377,7 +417,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
 
   CollabData data = load_collab_data(cfg);
   Shared sh{cfg, std::move(data.parties), {}, 0, std::ofstream(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc),
-            data.tokens_per_turn, out_dir, data.tokenizer_model, {}, {}, 0, 0, {}};
+            data.tokens_per_turn, out_dir, data.tokenizer_model, {}, {}, 0, 0, {}, {}, 0};
   sh.rounds = tc.steps;
   if (cfg.privacy.enabled) {
     sh.dp_model = mc;
@@ -400,6 +440,9 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   for (const PartyStreams& ps : sh.parties) {
     sh.pooled_val.insert(sh.pooled_val.end(), ps.val_windows.begin(), ps.val_windows.end());
     sh.n_pooled_val += ps.n_val;
+    const int k = std::min(ps.n_val, kCurveWindows);
+    sh.curve_val.insert(sh.curve_val.end(), ps.val_windows.begin(), ps.val_windows.begin() + (size_t)k * (mc.seq_len + 1));
+    sh.n_curve_val += k;
   }
 
   auto wants = [&](const char* m) { return std::find(cfg.collab.modes.begin(), cfg.collab.modes.end(), m) != cfg.collab.modes.end(); };
@@ -449,6 +492,23 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
     table.push_back(row);
   }
   report["per_party"] = table;
+  // The learning curves, local-only's as the mean over the parties' own full models.
+  nlohmann::json curves = nlohmann::json::object();
+  for (const auto& [m, run] : report["modes"].items()) {
+    if (m == "local-only-budget") continue;
+    if (m != "local-only-full") {
+      curves[m] = run["curve"];
+      continue;
+    }
+    nlohmann::json mean = run[0]["curve"];
+    for (size_t i = 0; i < mean.size(); ++i) {
+      double loss = 0;
+      for (const auto& party : run) loss += party["curve"][i]["val_loss_pooled"].get<double>() / run.size();
+      mean[i]["val_loss_pooled"] = loss;
+    }
+    curves["local-only"] = mean;
+  }
+  report["curves"] = curves;
   if (report["modes"].contains("pc-moe") && report["modes"].contains("centralised")) {
     size_t largest = 0;
     for (const auto& pp : report["modes"]["pc-moe"]["parties"]) largest = std::max(largest, pp["memory"]["total"].get<size_t>());
@@ -463,6 +523,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   report["wall_seconds"] = std::chrono::duration<double>(clock_type::now() - t_start).count();
   report["config"] = to_json(cfg);
   std::ofstream(fs::path(out_dir) / "report.json") << report.dump(2) << "\n";
+  write_curve_plot(curves, out_dir);
   return report;
 }
 

@@ -59,6 +59,11 @@ class CollabContext {
   virtual void fill_turn(int party, int64_t step, int32_t* windows) const = 0;
   // {"val_loss_own", "val_loss_pooled"} of `model` for party p.
   virtual nlohmann::json evaluate(Model& model, int party) const = 0;
+  // The learning curve's loss: pooled validation loss of `model` on a fixed few windows of every
+  // party; and whether the curve takes a point after `steps` of train.steps steps per party.
+  virtual double curve_loss(Model& model) const = 0;
+  virtual bool curve_due(int64_t steps) const = 0;
+  virtual std::string out_dir() const = 0;
   virtual void log(const nlohmann::json& line) = 0;  // one line of metrics.jsonl
   virtual void progress(const std::string& mode, int64_t done, int64_t total, float loss, double seconds) const = 0;
   // The training documents of `categories` (none of which a party may hold), encoded with the
@@ -66,11 +71,15 @@ class CollabContext {
   virtual data::TokenStream public_tokens(const std::vector<std::string>& categories) const = 0;
 };
 // A mode run by such a layer: its report["modes"] entry, with "parties": one object per party
-// holding at least val_loss_own and val_loss_pooled.
+// holding at least val_loss_own and val_loss_pooled, and "curve" (see run_collab).
 using ExtraMode = std::function<nlohmann::json(CollabContext&)>;
 
 // Writes out_dir/metrics.jsonl (every turn of every mode, with the schedule) and
-// out_dir/report.json; prints progress and the comparison table. Returns the report.
+// out_dir/report.json; prints progress and the comparison table. Returns the report. Every mode
+// records its learning curve (pooled validation loss on kCurveWindows windows of each party, at
+// the start, every train.eval_every turns per party and at the end, against tokens and bytes
+// sent per party): report["curves"], and the figure out_dir/curves.svg (collab/curves_plot.h).
+constexpr int kCurveWindows = 8;
 // `extra_modes` runs the modes of collab.modes that are not collab's own.
 nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
                           const std::map<std::string, ExtraMode>& extra_modes = {});

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <stdexcept>
 
 #include "tensor/gemm.h"
+#include "tensor/safetensors.h"
 #include "tensor/rng.h"
 
 namespace pcmoe::fed {
@@ -98,6 +101,34 @@ float normalised_block(const float* u, size_t n, int B, size_t b, float* out) {
   for (size_t i = 0; i < len; ++i) out[i] = u[start + i] * inv;
   std::fill(out + len, out + B, 0.0f);
   return rms;
+}
+
+void save_autoencoder(const BlockAutoencoder& ae, const std::string& path) {
+  const int64_t B = ae.block(), L = ae.latent();
+  StFile f;
+  f.put_f32("We", {L, B}, ae.We());
+  f.put_f32("be", {L}, ae.be());
+  f.put_f32("Wd", {B, L}, ae.Wd());
+  f.put_f32("bd", {B}, ae.bd());
+  write_safetensors(path, f);
+}
+
+void load_autoencoder(const std::string& path, BlockAutoencoder& ae) {
+  const StFile f = read_safetensors(path);
+  const auto it = f.tensors.find("We");
+  if (it == f.tensors.end() || it->second.shape.size() != 2)
+    throw std::runtime_error("autoencoder checkpoint '" + path + "' holds no encoder matrix We [latent, block]");
+  const int64_t L = it->second.shape[0], B = it->second.shape[1];
+  if (B != ae.block() || L != ae.latent())
+    throw std::runtime_error("autoencoder checkpoint '" + path + "' codes blocks of " + std::to_string(B) +
+                             " floats into " + std::to_string(L) + "; this run's fed.block_size and fed.latent_ratio need " +
+                             std::to_string(ae.block()) + " into " + std::to_string(ae.latent()));
+  float* p = ae.params();
+  const size_t we = (size_t)L * B;
+  std::memcpy(p, f.get("We", {L, B}).f32(), we * 4);
+  std::memcpy(p + we, f.get("be", {L}).f32(), L * 4);
+  std::memcpy(p + we + L, f.get("Wd", {B, L}).f32(), we * 4);
+  std::memcpy(p + 2 * we + L, f.get("bd", {B}).f32(), B * 4);
 }
 
 }  // namespace pcmoe::fed

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace pcmoe::fed {
@@ -45,6 +46,12 @@ class BlockAutoencoder {
   int64_t t_ = 0;
   std::vector<float> z_, y_, dy_, dz_;  // scratch of loss_and_grad
 };
+
+// The parameters as safetensors (We [L,B], be [L], Wd [B,L], bd [B]; the Adam state is not kept).
+void save_autoencoder(const BlockAutoencoder& ae, const std::string& path);
+// Loads a saved autoencoder into `ae`; throws std::runtime_error naming the file when it cannot
+// be read or its block size or latent differ from ae's.
+void load_autoencoder(const std::string& path, BlockAutoencoder& ae);
 
 // Block b of u[n] (B floats, zero past n), divided by its RMS; returns the RMS (0: an all-zero
 // block, left as zeros).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 
 #include "collab/recorder.h"
 #include "eval/bag_of_words.h"
@@ -120,7 +121,7 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
   const int rounds = cfg.train.steps / fc.local_steps;
   const auto t0 = clock_type::now();
 
-  std::vector<float> initial;
+  std::vector<float> initial, base;
   {
     ParamSet init(cfg.model, ParamSelection{});
     init.init(cfg.train.seed);
@@ -128,25 +129,58 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
     initial.resize(trainable_numel(init));
     gather(init, initial.data());
   }
-  nlohmann::json out = {{"rounds", rounds}, {"local_steps", fc.local_steps}, {"trainable_floats", initial.size()}};
+  if ((mode == "int8" || mode == "topk-ef" || mode == "cg-fedllm") && (size_t)fc.block_size > initial.size())
+    throw std::runtime_error("config key 'fed.block_size' (" + std::to_string(fc.block_size) + ") is larger than the update (" +
+                             std::to_string(initial.size()) + " floats) that mode " + mode + " cuts into blocks");
+  if (mode == "fedavg-lora") {
+    // The full model is the frozen shared start; the global trainable state is the adapters.
+    base = std::move(initial);
+    LoraAdapters lora(cfg.model, fc.lora, 1);
+    lora.init(cfg.train.seed);
+    initial.resize(trainable_numel(lora.params()));
+    gather(lora.params(), initial.data());
+  }
+  nlohmann::json out = {{"rounds", rounds}, {"local_steps", fc.local_steps}, {"trainable_floats", initial.size()},
+                        {"server_optimizer", fc.server_optimizer}};
+  if (mode == "fedavg-lora")
+    out["lora"] = {{"rank", fc.lora.rank}, {"alpha", fc.lora.alpha}, {"targets", fc.lora.targets}};
   std::unique_ptr<BlockAutoencoder> ae;
   if (mode == "cg-fedllm") {
     ae = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), cfg.train.seed);
-    if (fc.tgap_steps > 0) out["tgap"] = pretrain_tgap(ctx, initial, *ae);
-    out["autoencoder"] = {{"block", fc.block_size}, {"latent", fc.latent()}, {"parameters", ae->numel()}};
+    if (!fc.autoencoder.empty()) load_autoencoder(fc.autoencoder, *ae);
+    else if (fc.tgap_steps > 0) out["tgap"] = pretrain_tgap(ctx, initial, *ae);
+    out["autoencoder"] = {{"block", fc.block_size}, {"latent", fc.latent()}, {"parameters", ae->numel()},
+                          {"loaded_from", fc.autoencoder}};
   }
   if (mode == "topk-ef") out["topk_k"] = matched_topk(initial.size(), fc.block_size, fc.latent());
 
   InProcessTransport net;
   FedSession s(cfg.model, cfg.train, fc, mode, std::vector<int>(n, fc.local_steps), net,
                [&ctx](int p, int64_t step, int32_t* w) { ctx.fill_turn(p, step, w); }, std::move(initial),
-               std::move(ae));
+               std::move(ae), base);
   std::vector<double> cos_sum(n, 0.0), snr_sum(n, 0.0);
+  // The curve evaluates the global model in party 0's model slot: each round overwrites it with
+  // the global state anyway.
+  nlohmann::json curve = nlohmann::json::array();
+  auto add_point = [&](int64_t steps) {
+    const TrafficStats st = net.stats();
+    double sent = 0, received = 0;
+    for (int p = 0; p < n; ++p) {
+      sent += (double)st.bytes_sent(p) / n;
+      received += (double)st.bytes_received(p) / n;
+    }
+    const double loss = ctx.curve_loss(s.party(0).load(s.server().global().data()));
+    curve.push_back({{"turns", steps}, {"tokens_per_party", (double)steps * ctx.tokens_per_turn()},
+                     {"bytes_sent_per_party", sent}, {"bytes_received_per_party", received}, {"val_loss_pooled", loss}});
+  };
+  add_point(0);
   const auto t_train = clock_type::now();
   std::unique_ptr<ServerAudit> audit;
   if (cfg.audit.enabled) {
     if (fc.public_categories.empty())
       out["audit"] = "skipped: the server's attack needs public text (fed.public_categories)";
+    else if (mode == "fedavg-lora")
+      out["audit"] = "not attempted: a LoRA update holds no embedding rows to read the tokens from";
     else
       audit = std::make_unique<ServerAudit>(ctx, s.party(0).local().params);
   }
@@ -157,13 +191,17 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
     } else {
       s.round();
     }
+    const int64_t steps = (int64_t)(r + 1) * fc.local_steps;
+    bool due = false;  // a round of E steps may pass over a curve point
+    for (int64_t k = steps - fc.local_steps + 1; k <= steps; ++k) due |= ctx.curve_due(k);
+    if (due) add_point(steps);
     for (int p = 0; p < n; ++p) {
       const PartyRound& pr = s.party(p).last();
       cos_sum[p] += pr.fidelity.cosine;
       snr_sum[p] += pr.fidelity.snr_db;
       nlohmann::json line = {{"mode", mode}, {"round", r}, {"party", p}, {"loss", pr.loss.total}, {"ce", pr.loss.ce},
                              {"lr", pr.lr}, {"grad_norm", pr.grad_norm}};
-      if (mode != "fedavg") {
+      if (mode != "fedavg" && mode != "fedavg-lora") {
         line["cosine"] = pr.fidelity.cosine;
         line["snr_db"] = pr.fidelity.snr_db;
       }
@@ -173,18 +211,23 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
     ctx.progress(mode, r + 1, rounds, s.party(0).last().loss.ce, seconds_since(t_train));
   }
   out["train_seconds"] = seconds_since(t_train);
+  out["curve"] = curve;
   const TrafficStats training = net.stats();
   const double tokens = (double)cfg.train.steps * ctx.tokens_per_turn();
+  if (mode == "cg-fedllm") {
+    const std::filesystem::path dir = std::filesystem::path(ctx.out_dir()) / "cg-fedllm";
+    std::filesystem::create_directories(dir);
+    save_autoencoder(*s.server().autoencoder(), (dir / "autoencoder.safetensors").string());
+  }
   // Every party ends with the global model; party 0's model slot evaluates it.
-  LocalModel& eval = s.party(0).local();
-  scatter(s.server().global().data(), eval.params);
+  Model& eval = s.party(0).load(s.server().global().data());
   out["parties"] = nlohmann::json::array();
   for (int p = 0; p < n; ++p) {
-    nlohmann::json j = ctx.evaluate(eval.model, p);
+    nlohmann::json j = ctx.evaluate(eval, p);
     j["bytes_sent_per_token"] = training.bytes_sent(p) / tokens;
     j["bytes_received_per_token"] = training.bytes_received(p) / tokens;
     j["memory"] = s.party(p).memory();
-    if (mode != "fedavg") {
+    if (mode != "fedavg" && mode != "fedavg-lora") {
       j["reconstruction_cosine"] = cos_sum[p] / rounds;
       j["reconstruction_snr_db"] = snr_sum[p] / rounds;
     }
@@ -198,7 +241,7 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
 
 std::map<std::string, ExtraMode> fed_modes() {
   std::map<std::string, ExtraMode> m;
-  for (const char* name : {"fedavg", "int8", "topk-ef", "cg-fedllm"})
+  for (const char* name : {"fedavg", "int8", "topk-ef", "cg-fedllm", "fedavg-lora"})
     m[name] = [mode = std::string(name)](CollabContext& ctx) { return run_fed_mode(ctx, mode); };
   return m;
 }

@@ -1,5 +1,5 @@
-// The federated baselines as modes of `pcmoe collab`: fedavg (fp32), int8, topk-ef and
-// cg-fedllm, on the same party data, batches and tokens per party as PC-MoE.
+// The federated baselines as modes of `pcmoe collab`: fedavg (fp32), int8, topk-ef, cg-fedllm and
+// fedavg-lora, on the same party data, batches and tokens per party as PC-MoE.
 #pragma once
 #include <map>
 #include <string>
@@ -13,7 +13,7 @@ namespace pcmoe::fed {
 // rounds, the codec's uplink bytes and, for cg-fedllm, TGAP's pre-training losses.
 nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode);
 
-// The four modes, for run_collab's extra_modes.
+// The five modes, for run_collab's extra_modes.
 std::map<std::string, ExtraMode> fed_modes();
 
 }  // namespace pcmoe::fed

@@ -1,6 +1,7 @@
 #include "fed/fedavg.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "tensor/rng.h"
@@ -24,7 +25,7 @@ bool faf(const std::string& mode, const FedConfig& fc) { return mode == "cg-fedl
 
 std::unique_ptr<UpdateCodec> make_codec(const std::string& mode, size_t n, const FedConfig& fc,
                                         const BlockAutoencoder* ae) {
-  if (mode == "fedavg") return std::make_unique<Fp32Codec>();
+  if (mode == "fedavg" || mode == "fedavg-lora") return std::make_unique<Fp32Codec>();
   if (mode == "int8") return std::make_unique<Int8Codec>(fc.block_size);
   if (mode == "topk-ef") return std::make_unique<TopKCodec>(n, matched_topk(n, fc.block_size, fc.latent()));
   if (mode == "cg-fedllm") {
@@ -35,10 +36,17 @@ std::unique_ptr<UpdateCodec> make_codec(const std::string& mode, size_t n, const
 }
 
 FedParty::FedParty(const ModelConfig& mc, const TrainConfig& tc, const FedConfig& fc, const std::string& mode, int id,
-                   int local_steps, BatchFn data)
-    : id_(id), local_steps_(local_steps), tc_(tc), fc_(fc), local_(mc, tc), data_(std::move(data)),
-      n_(trainable_numel(local_.params)), global_(n_), update_(n_), decoded_(n_),
+                   int local_steps, BatchFn data, const std::vector<float>& base)
+    : id_(id), local_steps_(local_steps), tc_(tc), fc_(fc),
+      full_(mode == "fedavg-lora" ? nullptr : std::make_unique<LocalModel>(mc, tc)),
+      lora_(mode == "fedavg-lora" ? std::make_unique<LoraModel>(mc, tc, fc.lora) : nullptr), data_(std::move(data)),
+      n_(trainable_numel(trainable())), global_(n_), update_(n_), decoded_(n_),
       windows_((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1)) {
+  if (lora_) {
+    if (base.size() != trainable_numel(lora_->base))
+      throw std::logic_error("fedavg-lora needs the frozen base model of every party");
+    scatter(base.data(), lora_->base);
+  }
   if (mode == "cg-fedllm") ae_ = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), tc.seed);
   codec_ = make_codec(mode, n_, fc, ae_.get());
 }
@@ -51,18 +59,18 @@ Bytes FedParty::handle(const Bytes& request) {
   Reader rd(request);
   rd.floats(global_.data(), n_);
   if (ae_) rd.floats(ae_->params(), ae_n);
-  scatter(global_.data(), local_.params);
+  scatter(global_.data(), trainable());
 
   last_ = PartyRound{};
   for (int s = 0; s < local_steps_; ++s, ++steps_) {
     data_(steps_, windows_.data());
-    last_.loss = accumulate_gradients(local_.model, local_.params, windows_.data(), tc_.batch_size, tc_.grad_accum);
-    const UpdateStats u = apply_update(local_.params, local_.opt, tc_, steps_);
+    last_.loss = accumulate_gradients(model(), trainable(), windows_.data(), tc_.batch_size, tc_.grad_accum);
+    const UpdateStats u = apply_update(trainable(), opt(), tc_, steps_);
     last_.grad_norm = u.grad_norm;
     last_.lr = u.lr;
-    last_.tokens += (int64_t)tc_.grad_accum * tc_.batch_size * local_.model.config().seq_len;
+    last_.tokens += (int64_t)tc_.grad_accum * tc_.batch_size * model().config().seq_len;
   }
-  gather(local_.params, update_.data());
+  gather(trainable(), update_.data());
   for (size_t i = 0; i < n_; ++i) update_[i] -= global_[i];
 
   Writer head;
@@ -91,8 +99,18 @@ Bytes FedParty::handle(const Bytes& request) {
   return response;
 }
 
+LocalModel& FedParty::local() {
+  if (!full_) throw std::logic_error("a fedavg-lora party holds no full trainable model");
+  return *full_;
+}
+
+Model& FedParty::load(const float* state) {
+  scatter(state, trainable());
+  return model();
+}
+
 nlohmann::json FedParty::memory() const {
-  nlohmann::json j = local_.memory();
+  nlohmann::json j = full_ ? full_->memory() : lora_->memory();
   j["round_buffers"] = (global_.size() + update_.size() + decoded_.size()) * sizeof(float) + windows_.size() * 4;
   j["codec"] = codec_->state_bytes() + (ae_ ? ae_->bytes() : 0);
   j["transport"] = largest_request_ + largest_response_;
@@ -111,6 +129,10 @@ FedServer::FedServer(const FedConfig& fc, const std::string& mode, std::vector<f
   if (ae_) {
     ae_update_.resize(ae_->numel());
     ae_sum_.resize(ae_->numel());
+  }
+  if (fc.server_optimizer == "adam") {
+    adam_m_.assign(global_.size(), 0.0f);
+    adam_v_.assign(global_.size(), 0.0f);
   }
 }
 
@@ -142,9 +164,20 @@ void FedServer::add(const Bytes& response) {
 
 void FedServer::apply() {
   if (tokens_ <= 0) throw std::logic_error("a federated round without updates");
-  for (size_t i = 0; i < global_.size(); ++i) {
-    global_[i] += (float)(sum_[i] / tokens_);
-    sum_[i] = 0;
+  if (adam_m_.empty()) {
+    for (size_t i = 0; i < global_.size(); ++i) {
+      global_[i] += (float)(sum_[i] / tokens_);
+      sum_[i] = 0;
+    }
+  } else {  // FedAdam (Reddi et al., arXiv 2003.00295, Algorithm 2; no bias correction)
+    const float b1 = fc_.server_beta1, b2 = fc_.server_beta2;
+    for (size_t i = 0; i < global_.size(); ++i) {
+      const float d = (float)(sum_[i] / tokens_);
+      adam_m_[i] = b1 * adam_m_[i] + (1 - b1) * d;
+      adam_v_[i] = b2 * adam_v_[i] + (1 - b2) * d * d;
+      global_[i] += fc_.server_lr * adam_m_[i] / (std::sqrt(adam_v_[i]) + fc_.server_tau);
+      sum_[i] = 0;
+    }
   }
   for (size_t i = 0; i < ae_sum_.size(); ++i) {
     ae_->params()[i] += (float)(ae_sum_[i] / tokens_);
@@ -154,18 +187,18 @@ void FedServer::apply() {
 }
 
 size_t FedServer::memory_bytes() const {
-  return (global_.size() + decoded_.size() + ae_update_.size()) * sizeof(float) +
+  return (global_.size() + decoded_.size() + ae_update_.size() + adam_m_.size() + adam_v_.size()) * sizeof(float) +
          (sum_.size() + ae_sum_.size()) * sizeof(double) + codec_->state_bytes() + (ae_ ? ae_->bytes() : 0);
 }
 
 FedSession::FedSession(const ModelConfig& mc, const TrainConfig& tc, const FedConfig& fc, const std::string& mode,
                        const std::vector<int>& local_steps, Transport& transport,
                        const std::function<void(int, int64_t, int32_t*)>& data, std::vector<float> initial_global,
-                       std::unique_ptr<BlockAutoencoder> ae)
+                       std::unique_ptr<BlockAutoencoder> ae, const std::vector<float>& base)
     : transport_(transport), server_(fc, mode, std::move(initial_global), std::move(ae)) {
   for (int p = 0; p < (int)local_steps.size(); ++p) {
-    parties_.push_back(std::make_unique<FedParty>(mc, tc, fc, mode, p, local_steps[p],
-                                                  [data, p](int64_t step, int32_t* w) { data(p, step, w); }));
+    parties_.push_back(std::make_unique<FedParty>(
+        mc, tc, fc, mode, p, local_steps[p], [data, p](int64_t step, int32_t* w) { data(p, step, w); }, base));
     FedParty* party = parties_.back().get();
     transport.serve(p, [party](MsgKind kind, int, const Bytes& req) {
       if (kind != MsgKind::kFedRound) throw std::runtime_error("a federated party only answers fed_round messages");

@@ -5,7 +5,8 @@
 // its token count and its update (local minus global) through its codec; the server decodes
 // every update and adds their token-weighted mean to the global state. In cg-fedllm the
 // downlink also carries the autoencoder and, with FAF, the uplink the party's autoencoder
-// update, averaged the same way.
+// update, averaged the same way. In fedavg-lora the trainable state is the LoRA adapters only:
+// every party holds the same frozen base (the shared start, not sent) and the adapters cross.
 #pragma once
 #include <functional>
 #include <memory>
@@ -15,13 +16,15 @@
 
 #include "collab/transport.h"
 #include "fed/codec.h"
+#include "fed/lora_model.h"
 #include "fed/tgap.h"
 #include "train/fed_config.h"
 #include "train/local_model.h"
 
 namespace pcmoe::fed {
 
-// The codec of a mode ("fedavg": fp32, "int8", "topk-ef", "cg-fedllm") for updates of n floats;
+// The codec of a mode ("fedavg" and "fedavg-lora": fp32, "int8", "topk-ef", "cg-fedllm") for
+// updates of n floats;
 // cg-fedllm's codes with `ae`.
 std::unique_ptr<UpdateCodec> make_codec(const std::string& mode, size_t n, const FedConfig& fc,
                                         const BlockAutoencoder* ae);
@@ -38,8 +41,9 @@ struct PartyRound {
 
 class FedParty {
  public:
+  // fedavg-lora: `base` is the frozen shared start (gather() order of the full model).
   FedParty(const ModelConfig& mc, const TrainConfig& tc, const FedConfig& fc, const std::string& mode, int id,
-           int local_steps, BatchFn data);
+           int local_steps, BatchFn data, const std::vector<float>& base = {});
   // One round: request = global state [+ autoencoder]; response = tokens (f64), encoded
   // update [+ autoencoder update].
   Bytes handle(const Bytes& request);
@@ -47,14 +51,22 @@ class FedParty {
   // (with the autoencoder copy), the transport's request and response.
   nlohmann::json memory() const;
   const PartyRound& last() const { return last_; }
-  LocalModel& local() { return local_; }
+  LocalModel& local();  // the full model (every mode but fedavg-lora)
+  // This party's model with the trainable state `state` (n floats, gather() order) loaded: how
+  // the global model is evaluated.
+  Model& load(const float* state);
   const BlockAutoencoder* autoencoder() const { return ae_.get(); }  // cg-fedllm: this party's copy
 
  private:
+  ParamSet& trainable() { return full_ ? full_->params : lora_->lora.params(); }
+  AdamW& opt() { return full_ ? full_->opt : lora_->opt; }
+  Model& model() { return full_ ? full_->model : lora_->model; }
+
   int id_, local_steps_;
   TrainConfig tc_;
   FedConfig fc_;
-  LocalModel local_;
+  std::unique_ptr<LocalModel> full_;  // every mode but fedavg-lora
+  std::unique_ptr<LoraModel> lora_;   // fedavg-lora
   BatchFn data_;
   size_t n_;
   std::unique_ptr<BlockAutoencoder> ae_;  // cg-fedllm: this party's copy of the autoencoder
@@ -70,13 +82,14 @@ class FedParty {
 class FedServer {
  public:
   // `global` is the initial trainable state (gather() order); `ae` the (pre-trained)
-  // autoencoder for cg-fedllm, else null.
+  // autoencoder for cg-fedllm, else null. fc.server_optimizer picks plain averaging or FedAdam.
   FedServer(const FedConfig& fc, const std::string& mode, std::vector<float> global,
             std::unique_ptr<BlockAutoencoder> ae);
   Bytes request() const;                  // this round's downlink
   void add(const Bytes& response);        // one party's uplink
   const std::vector<float>& last_decoded() const { return decoded_; }  // the last add's update
-  void apply();                           // global += token-weighted mean of the added updates
+  // Δ = the token-weighted mean of the added updates; "avg": global += Δ; "adam": FedAdam's step.
+  void apply();
   const std::vector<float>& global() const { return global_; }
   const BlockAutoencoder* autoencoder() const { return ae_.get(); }
   size_t memory_bytes() const;
@@ -85,6 +98,7 @@ class FedServer {
   FedConfig fc_;
   std::string mode_;
   std::vector<float> global_, decoded_, ae_update_;
+  std::vector<float> adam_m_, adam_v_;  // FedAdam's moments (server_optimizer "adam")
   std::vector<double> sum_, ae_sum_;
   double tokens_ = 0;
   std::unique_ptr<BlockAutoencoder> ae_;
@@ -94,11 +108,13 @@ class FedServer {
 class FedSession {
  public:
   // Parties 0..n-1 and the server (transport id n). data(p, step, windows) fills party p's batch
-  // of its local step `step`.
+  // of its local step `step`. fedavg-lora: initial_global holds the adapters and `base` the
+  // frozen full model every party starts from.
   FedSession(const ModelConfig& mc, const TrainConfig& tc, const FedConfig& fc, const std::string& mode,
              const std::vector<int>& local_steps, Transport& transport,
              const std::function<void(int party, int64_t step, int32_t* windows)>& data,
-             std::vector<float> initial_global, std::unique_ptr<BlockAutoencoder> ae);
+             std::vector<float> initial_global, std::unique_ptr<BlockAutoencoder> ae,
+             const std::vector<float>& base = {});
   // One round; `on_update(p, update)` sees each party's update as the server decoded it (the
   // leakage audit's federated server).
   void round(const std::function<void(int, const std::vector<float>&)>& on_update = {});

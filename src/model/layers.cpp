@@ -170,26 +170,32 @@ inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 }  // namespace
 
 void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, const float* w1,
-                    const float* w3, const float* w2, int N, int C, int F) {
+                    const float* w3, const float* w2, int N, int C, int F, const SwigluLora& lora) {
   if (N == 0) return;
   matmul_nt(g, x, w1, N, F, C, false);
   matmul_nt(u, x, w3, N, F, C, false);
+  if (lora.w1) lora_forward(g, x, *lora.w1, N);
+  if (lora.w3) lora_forward(u, x, *lora.w3, N);
   const size_t n = (size_t)N * F;
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) act[i] = g[i] * sigmoid(g[i]) * u[i];
   matmul_nt(y, act, w2, N, C, F, false);
+  if (lora.w2) lora_forward(y, act, *lora.w2, N);
 }
 
 void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float* dy, const float* g,
                      const float* u, float* act, float* dg, float* du, const float* x, const float* w1,
-                     const float* w3, const float* w2, int N, int C, int F, const GradSink& sink) {
+                     const float* w3, const float* w2, int N, int C, int F, const GradSink& sink,
+                     const SwigluLora& lora) {
   if (N == 0) return;
   const size_t n = (size_t)N * F;
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) act[i] = g[i] * sigmoid(g[i]) * u[i];
   sink.linear(dw2, dy, act, N, C, F);
-  float* dact = act;  // act is no longer needed once dw2 is formed
+  if (lora.w2) lora_backward_weights(dy, act, *lora.w2, N);
+  float* dact = act;  // act is no longer needed once dw2 (and W2's adapter gradient) is formed
   matmul_nn(dact, dy, w2, N, F, C, false);
+  if (lora.w2) lora_backward_input(dact, *lora.w2, N);
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) {
     const float gi = g[i], ui = u[i], s = sigmoid(gi);
@@ -201,6 +207,8 @@ void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float*
   sink.linear(dw3, du, x, N, F, C);
   matmul_nn(dx, dg, w1, N, C, F, false);
   matmul_nn(dx, du, w3, N, C, F, true);
+  if (lora.w1) lora_backward(dx, dg, x, *lora.w1, N);
+  if (lora.w3) lora_backward(dx, du, x, *lora.w3, N);
 }
 
 float cross_entropy_forward_backward(float* logits, const int32_t* targets, int N, int V, float scale) {

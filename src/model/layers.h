@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 
+#include "model/lora.h"
 #include "model/per_unit.h"
 
 namespace pcmoe {
@@ -32,16 +33,22 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
                         const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
 
+// LoRA adapters of a SwiGLU's three matrices (null: not adapted).
+struct SwigluLora {
+  const LoraMap *w1 = nullptr, *w3 = nullptr, *w2 = nullptr;
+};
+
 // SwiGLU MLP y = (silu(x W1ᵀ) ⊙ x W3ᵀ) W2ᵀ. Keeps g = x W1ᵀ and u = x W3ᵀ [N,F]; `act` [N,F]
-// is scratch.
+// is scratch. With adapters each x Wᵀ gains its LoRA term.
 void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, const float* w1,
-                    const float* w3, const float* w2, int N, int C, int F);
+                    const float* w3, const float* w2, int N, int C, int F, const SwigluLora& lora = {});
 // dx = (overwritten), dw1/dw3/dw2 += ... through the sink. act, dg, du are [N,F] scratch. dg and
 // du may alias g and u (which are then consumed); kept apart, a second backward over the same
 // forward (DP-SGD's second pass) is possible.
 void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float* dy, const float* g,
                      const float* u, float* act, float* dg, float* du, const float* x, const float* w1,
-                     const float* w3, const float* w2, int N, int C, int F, const GradSink& sink = {});
+                     const float* w3, const float* w2, int N, int C, int F, const GradSink& sink = {},
+                     const SwigluLora& lora = {});
 
 // Row-wise softmax cross-entropy. On entry logits[N,V]; on exit it holds the gradient of
 // scale * mean_t CE with respect to the logits. Returns the mean CE.

@@ -35,6 +35,12 @@ LocalExperts::LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_row
   });
 }
 
+SwigluLora LocalExperts::adapters(int layer, int e) const {
+  if (!lora_) return {};
+  return {lora_->map(expert_param(layer, e, "w1")), lora_->map(expert_param(layer, e, "w3")),
+          lora_->map(expert_param(layer, e, "w2"))};
+}
+
 void LocalExperts::forward(int layer, const int* offsets, const float* x, float* y) {
   const int C = cfg_.d_model, F = cfg_.d_ff;
   const int rows = offsets[cfg_.n_experts];
@@ -48,7 +54,7 @@ void LocalExperts::forward(int layer, const int* offsets, const float* x, float*
     swiglu_forward(y + (size_t)r0 * C, s.g + (size_t)r0 * F, s.u + (size_t)r0 * F, act_,
                    s.x + (size_t)r0 * C, params_.value(expert_param(layer, e, "w1")),
                    params_.value(expert_param(layer, e, "w3")),
-                   params_.value(expert_param(layer, e, "w2")), n, C, F);
+                   params_.value(expert_param(layer, e, "w2")), n, C, F, adapters(layer, e));
   }
 }
 
@@ -63,7 +69,7 @@ void LocalExperts::expert_backward(int layer, int e, const float* dy, float* dx,
                   params_.grad(expert_param(layer, e, "w2")), dy, g, u, act_, per_unit_ ? dg_ : g,
                   per_unit_ ? du_ : u, s.x + (size_t)r0 * C, params_.value(expert_param(layer, e, "w1")),
                   params_.value(expert_param(layer, e, "w3")), params_.value(expert_param(layer, e, "w2")), n,
-                  C, F, sink);
+                  C, F, sink, adapters(layer, e));
 }
 
 void LocalExperts::backward(int layer, const int* offsets, const float* dy, float* dx) {
@@ -72,12 +78,14 @@ void LocalExperts::backward(int layer, const int* offsets, const float* dy, floa
     throw std::logic_error("expert backward does not match the rows of the last forward");
   for (int e = 0; e < cfg_.n_experts; ++e)
     if (offsets[e + 1] > offsets[e])
-      expert_backward(layer, e, dy + (size_t)offsets[e] * C, dx + (size_t)offsets[e] * C, GradSink{});
+      expert_backward(layer, e, dy + (size_t)offsets[e] * C, dx + (size_t)offsets[e] * C,
+                      lora_ ? GradSink::frozen() : GradSink{});
 }
 
 void LocalExperts::backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit,
                                        int n_units, float* dx, double* unit_sq) {
   if (!per_unit_) throw std::logic_error("per-unit gradients need LocalExperts planned with per_unit");
+  if (lora_) throw std::logic_error("per-unit gradients of LoRA adapters are not implemented");
   const int C = cfg_.d_model;
   Saved& s = saved_[layer];
   if (!std::equal(offsets, offsets + cfg_.n_experts + 1, s.offsets.begin()))

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "model/expert_backend.h"
+#include "model/layers.h"
 #include "model/params.h"
 #include "model/per_unit.h"
 #include "tensor/buffer.h"
@@ -20,6 +21,9 @@ class LocalExperts final : public ExpertBackend {
   void backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit, int n_units,
                            float* dx, double* unit_sq) override;
   void add_clipped_grads(int layer, const float* factor) override;
+  // LoRA: experts' matrices that `lora` adapts gain their adapters; backward() then forms only
+  // the adapters' gradients (the experts' weights are frozen). Null: plain experts.
+  void set_lora(const LoraAdapters* lora) { lora_ = lora; }
   size_t activation_bytes() const { return acts_.bytes(); }
   int max_rows() const { return max_rows_; }
 
@@ -35,11 +39,13 @@ class LocalExperts final : public ExpertBackend {
     int n_units = 0;
   };
   void expert_backward(int layer, int e, const float* dy, float* dx, const GradSink& sink);
+  SwigluLora adapters(int layer, int e) const;
 
   const ModelConfig cfg_;
   ParamSet& params_;
   int max_rows_;
   bool per_unit_;
+  const LoraAdapters* lora_ = nullptr;
   std::vector<Saved> saved_;  // indexed by layer (unused for dense layers)
   float* act_ = nullptr;      // [max_rows, F] scratch
   float *dg_ = nullptr, *du_ = nullptr;  // [max_rows, F]; the saved g, u themselves unless per_unit

@@ -69,6 +69,10 @@ Model::Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, i
   });
 }
 
+SwigluLora Model::dense_adapters(int l) const {
+  return {adapter(dense_param(l, "w1")), adapter(dense_param(l, "w3")), adapter(dense_param(l, "w2"))};
+}
+
 MoeShape Model::moe_shape(int batch) const {
   const int N = batch * cfg_.seq_len;
   return {N, cfg_.d_model, cfg_.n_experts, cfg_.top_k, cfg_.renormalize, aux_per_sequence_ ? cfg_.seq_len : N};
@@ -90,19 +94,23 @@ void Model::forward_body(int batch) {
     matmul_nt(la.q, la.h1, params_.value(layer_param(l, "wq")), N, HD, C, false);
     matmul_nt(la.k, la.h1, params_.value(layer_param(l, "wk")), N, KVD, C, false);
     matmul_nt(la.v, la.h1, params_.value(layer_param(l, "wv")), N, KVD, C, false);
+    if (const LoraMap* m = adapter(layer_param(l, "wq"))) lora_forward(la.q, la.h1, *m, N);
+    if (const LoraMap* m = adapter(layer_param(l, "wk"))) lora_forward(la.k, la.h1, *m, N);
+    if (const LoraMap* m = adapter(layer_param(l, "wv"))) lora_forward(la.v, la.h1, *m, N);
     rope_apply(la.q, B, T, H, D, cfg_.rope_theta, false);
     rope_apply(la.k, B, T, KV, D, cfg_.rope_theta, false);
     attention_forward(la.ao, la.att, la.q, la.k, la.v, B, T, H, KV, D);
     std::memcpy(la.xmid, x, (size_t)N * C * sizeof(float));
     matmul_nt(la.xmid, la.ao, params_.value(layer_param(l, "wo")), N, C, HD, true);
+    if (const LoraMap* m = adapter(layer_param(l, "wo"))) lora_forward(la.xmid, la.ao, *m, N);
     rmsnorm_forward(la.h2, la.rstd2, la.xmid, params_.value(layer_param(l, "ffn_norm")), N, C, cfg_.norm_eps);
     if (cfg_.is_moe(l)) {
       moe_forward(branch_, la.moe, moe_scratch_, la.h2, params_.value(layer_param(l, "router")),
-                  experts_, l, ms);
+                  experts_, l, ms, adapter(layer_param(l, "router")));
     } else {
       swiglu_forward(branch_, la.g, la.u, act_, la.h2, params_.value(dense_param(l, "w1")),
                      params_.value(dense_param(l, "w3")), params_.value(dense_param(l, "w2")), N, C,
-                     cfg_.d_ff_dense);
+                     cfg_.d_ff_dense, dense_adapters(l));
     }
     float* out = resid_[l + 1];
 #pragma omp parallel for simd schedule(static)
@@ -140,12 +148,13 @@ const float* Model::logits(const int32_t* inputs, int batch) {
 }
 
 void Model::backward() {
-  GradSink sum;
-  backward_pass(sum);
+  GradSink sink = lora_ ? GradSink::frozen() : GradSink{};
+  backward_pass(sink);
 }
 
 void Model::set_token_units(const int* unit_of_seq) {
   if (!per_unit_) throw std::logic_error("per-unit gradients need a Model planned with per_unit");
+  if (lora_) throw std::logic_error("per-unit gradients of LoRA adapters are not implemented");
   const int T = cfg_.seq_len;
   for (int t = 0; t < batch_ * T; ++t) token_unit_[t] = unit_of_seq[t / T];
 }
@@ -203,19 +212,21 @@ void Model::backward_pass(GradSink& sink) {
     if (cfg_.is_moe(l)) {
       moe_backward(dh_, params_.grad(layer_param(l, "router")), dresid_, la.moe, moe_scratch_, la.h2,
                    params_.value(layer_param(l, "router")), experts_, l, ms,
-                   grad_scale_ * cfg_.aux_loss_weight, grad_scale_ * cfg_.z_loss_weight, sink, la.moe_dx);
+                   grad_scale_ * cfg_.aux_loss_weight, grad_scale_ * cfg_.z_loss_weight, sink, la.moe_dx,
+                   adapter(layer_param(l, "router")));
     } else {
       swiglu_backward(dh_, params_.grad(dense_param(l, "w1")), params_.grad(dense_param(l, "w3")),
                       params_.grad(dense_param(l, "w2")), dresid_, la.g, la.u, act_, per_unit_ ? dg_ : la.g,
                       per_unit_ ? du_ : la.u, la.h2, params_.value(dense_param(l, "w1")),
                       params_.value(dense_param(l, "w3")), params_.value(dense_param(l, "w2")), N, C,
-                      cfg_.d_ff_dense, sink);
+                      cfg_.d_ff_dense, sink, dense_adapters(l));
     }
     rmsnorm_backward(dresid_, params_.grad(layer_param(l, "ffn_norm")), dh_, la.xmid,
                      params_.value(layer_param(l, "ffn_norm")), la.rstd2, N, C, sink);
     // dresid_ is now d/d(xmid).
     matmul_nn(dao_, dresid_, params_.value(layer_param(l, "wo")), N, HD, C, false);
     sink.linear(params_.grad(layer_param(l, "wo")), dresid_, la.ao, N, C, HD);
+    if (const LoraMap* m = adapter(layer_param(l, "wo"))) lora_backward(dao_, dresid_, la.ao, *m, N);
     attention_backward(dq_, dk_, dv_, dao_, la.att, la.q, la.k, la.v, B, T, H, KV, D);
     rope_apply(dq_, B, T, H, D, cfg_.rope_theta, true);
     rope_apply(dk_, B, T, KV, D, cfg_.rope_theta, true);
@@ -225,6 +236,9 @@ void Model::backward_pass(GradSink& sink) {
     matmul_nn(dh_, dq_, params_.value(layer_param(l, "wq")), N, C, HD, false);
     matmul_nn(dh_, dk_, params_.value(layer_param(l, "wk")), N, C, KVD, true);
     matmul_nn(dh_, dv_, params_.value(layer_param(l, "wv")), N, C, KVD, true);
+    if (const LoraMap* m = adapter(layer_param(l, "wq"))) lora_backward(dh_, dq_, la.h1, *m, N);
+    if (const LoraMap* m = adapter(layer_param(l, "wk"))) lora_backward(dh_, dk_, la.h1, *m, N);
+    if (const LoraMap* m = adapter(layer_param(l, "wv"))) lora_backward(dh_, dv_, la.h1, *m, N);
     rmsnorm_backward(dresid_, params_.grad(layer_param(l, "attn_norm")), dh_, resid_[l],
                      params_.value(layer_param(l, "attn_norm")), la.rstd1, N, C, sink);
   }

@@ -7,6 +7,7 @@
 
 #include "model/config.h"
 #include "model/expert_backend.h"
+#include "model/layers.h"
 #include "model/moe.h"
 #include "model/params.h"
 #include "tensor/buffer.h"
@@ -45,6 +46,10 @@ class Model {
   // Pass 2 (after pass 1 over the same forward): gradients += Σ_u factor[g * n_units + u] ·
   // (unit u's gradient of group g's tensors).
   void backward_clipped(const int* unit_of_seq, int n_units, const float* factor);
+  // LoRA: the maps `lora` adapts gain their adapters, and backward() freezes the base: it forms
+  // the adapters' gradients (in lora's ParamSet) and no gradient of params. Null: plain model.
+  // The expert backend is told separately (LocalExperts::set_lora).
+  void set_lora(const LoraAdapters* lora) { lora_ = lora; }
   // Switch load-balancing loss over each sequence (per privacy unit) instead of the whole batch.
   void set_aux_per_sequence(bool on) { aux_per_sequence_ = on; }
   // Inference: logits [batch, T, V] of inputs[batch, T] (positions past a sequence's real end
@@ -74,6 +79,8 @@ class Model {
   void backward_pass(GradSink& sink);
   void set_token_units(const int* unit_of_seq);
   void tied_embedding_unit_norms(const GradSink& sink);
+  const LoraMap* adapter(const std::string& name) const { return lora_ ? lora_->map(name) : nullptr; }
+  SwigluLora dense_adapters(int layer) const;
 
   const ModelConfig cfg_;
   ParamSet& params_;
@@ -81,6 +88,7 @@ class Model {
   int max_batch_;
   bool per_unit_;
   bool aux_per_sequence_ = false;
+  const LoraAdapters* lora_ = nullptr;
   int batch_ = 0;        // rows of the last forward
   float grad_scale_ = 0;
   std::vector<float*> resid_;  // n_layers + 1 residual streams [N,C]

@@ -37,10 +37,11 @@ std::vector<std::vector<int>> group_expert_counts(const MoeSaved& sv, const MoeS
 }  // namespace
 
 void moe_forward(float* out, MoeSaved& sv, MoeScratch& scratch, const float* x, const float* router,
-                 ExpertBackend& experts, int layer, const MoeShape& s) {
+                 ExpertBackend& experts, int layer, const MoeShape& s, const LoraMap* router_lora) {
   const int N = s.N, C = s.C, E = s.E, K = s.K;
   float* logits = scratch.dlogits;
   matmul_nt(logits, x, router, N, E, C, false);
+  if (router_lora) lora_forward(logits, x, *router_lora, N);
 
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < N; ++t) {
@@ -120,7 +121,7 @@ void moe_forward(float* out, MoeSaved& sv, MoeScratch& scratch, const float* x, 
 void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, MoeScratch& scratch,
                   const float* x, const float* router, ExpertBackend& experts, int layer,
                   const MoeShape& s, float aux_weight, float z_weight, const GradSink& sink,
-                  float* dx_cache) {
+                  float* dx_cache, const LoraMap* router_lora) {
   const int N = s.N, C = s.C, E = s.E, K = s.K;
   float* dy = scratch.grouped_a;
   float* dxs = scratch.grouped_b;
@@ -170,7 +171,8 @@ void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, Mo
   }
 
   switch (sink.mode()) {
-    case SinkMode::kSum: experts.backward(layer, sv.offsets, dy, dxs); break;
+    case SinkMode::kSum:
+    case SinkMode::kFrozen: experts.backward(layer, sv.offsets, dy, dxs); break;
     case SinkMode::kUnitNorms: {
       std::vector<int> unit((size_t)N * K);
       for (int i = 0; i < N * K; ++i) unit[sv.row[i]] = sink.token_unit()[i / K];
@@ -196,6 +198,7 @@ void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, Mo
   }
   matmul_nn(dx, dlogits, router, N, C, E, true);
   sink.linear(drouter, dlogits, x, N, E, C);
+  if (router_lora) lora_backward(dx, dlogits, x, *router_lora, N);
 }
 
 }  // namespace pcmoe

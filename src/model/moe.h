@@ -3,6 +3,7 @@
 // rows and every buffer size is known from the config.
 #pragma once
 #include "model/expert_backend.h"
+#include "model/lora.h"
 #include "model/per_unit.h"
 #include "tensor/arena.h"
 
@@ -39,9 +40,9 @@ struct MoeScratch {
   void plan(Arena& a, const MoeShape& s);
 };
 
-// out[N,C] = MoE(x). router [E,C].
+// out[N,C] = MoE(x). router [E,C], with its LoRA adapter when router_lora is set.
 void moe_forward(float* out, MoeSaved& sv, MoeScratch& scratch, const float* x, const float* router,
-                 ExpertBackend& experts, int layer, const MoeShape& s);
+                 ExpertBackend& experts, int layer, const MoeShape& s, const LoraMap* router_lora = nullptr);
 // dx[N,C] is overwritten; drouter += ... (through the sink); the objective is <out, dout> +
 // aux_weight * L_aux + z_weight * L_z (callers fold their loss scale into the weights and dout).
 // With a per-unit sink (DP-SGD) the experts' part goes through backward_unit_norms (pass 1,
@@ -50,6 +51,6 @@ void moe_forward(float* out, MoeSaved& sv, MoeScratch& scratch, const float* x, 
 void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, MoeScratch& scratch,
                   const float* x, const float* router, ExpertBackend& experts, int layer,
                   const MoeShape& s, float aux_weight, float z_weight, const GradSink& sink = {},
-                  float* dx_cache = nullptr);
+                  float* dx_cache = nullptr, const LoraMap* router_lora = nullptr);
 
 }  // namespace pcmoe

@@ -71,11 +71,21 @@ size_t layout_numel(const std::vector<ParamTensor>& layout) {
   return layout.empty() ? 0 : (layout.back().offset + layout.back().numel + 15) / 16 * 16;
 }
 
-ParamSet::ParamSet(const ModelConfig& cfg, const ParamSelection& sel)
-    : tensors_(param_layout(cfg, sel)), numel_(layout_numel(tensors_)) {
+ParamSet::ParamSet(const ModelConfig& cfg, const ParamSelection& sel, bool with_grads)
+    : ParamSet(param_layout(cfg, sel), with_grads) {}
+
+ParamSet::ParamSet(std::vector<ParamTensor> tensors, bool with_grads) : tensors_(std::move(tensors)) {
+  size_t offset = 0;
+  for (ParamTensor& t : tensors_) {
+    t.offset = offset;
+    t.numel = 1;
+    for (int64_t d : t.shape) t.numel *= static_cast<size_t>(d);
+    offset += (t.numel + 15) / 16 * 16;
+  }
+  numel_ = layout_numel(tensors_);
   for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
   values_ = AlignedBuffer(numel_ * sizeof(float));
-  grads_ = AlignedBuffer(numel_ * sizeof(float));
+  if (with_grads) grads_ = AlignedBuffer(numel_ * sizeof(float));
 }
 
 const ParamTensor& ParamSet::info(const std::string& name) const {
@@ -95,6 +105,8 @@ void ParamSet::init(uint64_t seed) {
   }
 }
 
-void ParamSet::zero_grads() { std::memset(grads(), 0, numel_ * sizeof(float)); }
+void ParamSet::zero_grads() {
+  if (grads()) std::memset(grads(), 0, numel_ * sizeof(float));
+}
 
 }  // namespace pcmoe

@@ -38,7 +38,11 @@ size_t layout_numel(const std::vector<ParamTensor>& layout);
 
 class ParamSet {
  public:
-  ParamSet(const ModelConfig& cfg, const ParamSelection& selection);
+  // with_grads = false: frozen weights (LoRA's base) hold no gradient block; grads() is null.
+  ParamSet(const ModelConfig& cfg, const ParamSelection& selection, bool with_grads = true);
+  // Any other named tensors (LoRA adapters): names, shapes, decay and init_std are taken from
+  // `tensors`; offsets and sizes are laid out here as for the model.
+  explicit ParamSet(std::vector<ParamTensor> tensors, bool with_grads = true);
   ParamSet(const ParamSet&) = delete;
   ParamSet& operator=(const ParamSet&) = delete;
 
@@ -49,7 +53,7 @@ class ParamSet {
   bool has(const std::string& name) const { return index_.count(name) != 0; }
   const ParamTensor& info(const std::string& name) const;  // throws if absent
   float* value(const std::string& name) const { return values() + info(name).offset; }
-  float* grad(const std::string& name) const { return grads() + info(name).offset; }
+  float* grad(const std::string& name) const { return grads() ? grads() + info(name).offset : nullptr; }
 
   // Seeded init per docs/model.md. Each tensor draws from its own stream keyed by (seed, name),
   // so a tensor's initial values do not depend on which other tensors this set holds.

@@ -91,6 +91,12 @@ GradSink GradSink::clipped(const int* token_unit, int N, int n_units, const floa
   return s;
 }
 
+GradSink GradSink::frozen() {
+  GradSink s;
+  s.mode_ = SinkMode::kFrozen;
+  return s;
+}
+
 const float* GradSink::row_factors(int N) const {
   row_f_.resize(N);
   const float* f = group_factor();
@@ -103,10 +109,12 @@ void GradSink::linear(float* dW, const float* G, const float* A, int N, int out,
     case SinkMode::kSum: matmul_tn(dW, G, A, out, in, N, true); break;
     case SinkMode::kUnitNorms: linear_unit_sq_norms(G, A, out, in, segs_, group_sq(), scratch_, scratch_floats_); break;
     case SinkMode::kClipped: linear_weighted_grad(dW, G, A, N, out, in, row_factors(N), scratch_); break;
+    case SinkMode::kFrozen: break;
   }
 }
 
 void GradSink::rmsnorm_weight(float* dw, const float* dout, const float* x, const float* rstd, int N, int C) const {
+  if (mode_ == SinkMode::kFrozen) return;
   if (mode_ == SinkMode::kUnitNorms) {
     double* sq = group_sq();
     for (const Segment& s : segs_) {
@@ -135,6 +143,7 @@ void GradSink::rmsnorm_weight(float* dw, const float* dout, const float* x, cons
 }
 
 void GradSink::embedding(float* dwte, const float* dout, const int32_t* tokens, int N, int C) const {
+  if (mode_ == SinkMode::kFrozen) return;
   if (mode_ == SinkMode::kUnitNorms) {
     double* sq = group_sq();
     std::vector<int> rows;

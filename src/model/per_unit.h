@@ -29,7 +29,7 @@ void linear_unit_sq_norms(const float* G, const float* A, int out, int in,
 void linear_weighted_grad(float* dW, const float* G, const float* A, int N, int out, int in,
                           const float* f, float* scratch);
 
-enum class SinkMode { kSum, kUnitNorms, kClipped };
+enum class SinkMode { kSum, kUnitNorms, kClipped, kFrozen };
 
 class GradSink {
  public:
@@ -39,6 +39,8 @@ class GradSink {
   // norms go to unit_sq[group * n_units + unit]. No gradient is touched.
   static GradSink unit_norms(const int* token_unit, int N, int n_units, double* unit_sq, float* scratch,
                              size_t scratch_floats);
+  // Frozen weights (LoRA's base model): no weight gradient is formed; input gradients still flow.
+  static GradSink frozen();
   // DP pass 2: gradients += Σ_u factor[group * n_units + u] · (unit u's gradient).
   static GradSink clipped(const int* token_unit, int N, int n_units, const float* factor, float* scratch,
                           size_t scratch_floats);

@@ -1,9 +1,12 @@
 // The "fed" section of a run config: the federated baselines of `pcmoe collab` (modes fedavg,
-// int8, topk-ef, cg-fedllm). See docs/federated.md.
+// int8, topk-ef, cg-fedllm, fedavg-lora). See docs/federated.md.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "model/config.h"
+#include "model/lora.h"
 
 namespace pcmoe {
 
@@ -20,13 +23,23 @@ struct FedConfig {
   // Corpus categories treated as public (the TGAP run trains on their training documents); no
   // party may hold them. Required by cg-fedllm when tgap_steps > 0.
   std::vector<std::string> public_categories;
+  // cg-fedllm: a saved autoencoder (safetensors of `pcmoe collab`'s cg-fedllm/autoencoder) to
+  // start from instead of TGAP; empty: TGAP (or a fresh one with tgap_steps 0).
+  std::string autoencoder;
+  // fedavg-lora: the adapters (rank, alpha, targets; see model/lora.h).
+  LoraSpec lora{8, 16.0f, {"wq", "wk", "wv", "wo", "experts"}};
+  // The server's step with the round's mean update Δ: "avg" (global += Δ) or "adam" (FedAdam,
+  // Reddi et al. 2021: m = β1 m + (1-β1) Δ, v = β2 v + (1-β2) Δ², global += lr m / (√v + τ)).
+  std::string server_optimizer = "avg";
+  float server_lr = 1e-2f, server_beta1 = 0.9f, server_beta2 = 0.99f, server_tau = 1e-3f;
   int latent() const { return block_size / latent_ratio; }
 };
 FedConfig fed_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const FedConfig& c);
 // Checks what depends on other sections: rounds must divide train.steps, cg-fedllm's TGAP needs
-// public data. Throws std::runtime_error naming the key.
-void check_fed_config(const FedConfig& c, int train_steps, const std::vector<std::string>& modes);
+// public data, fedavg-lora's adapters must fit the model. Throws std::runtime_error naming the key.
+void check_fed_config(const FedConfig& c, const ModelConfig& model, int train_steps,
+                      const std::vector<std::string>& modes);
 // The modes of `pcmoe collab` that are federated baselines.
 bool is_fed_mode(const std::string& mode);
 

@@ -156,7 +156,7 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   c.parties = data::party_split_config_from_json(j.contains("parties") ? j["parties"] : empty);
   c.collab = collab_config_from_json(j.contains("collab") ? j["collab"] : empty);
   c.fed = fed_config_from_json(j.contains("fed") ? j["fed"] : empty);
-  check_fed_config(c.fed, c.train.steps, c.collab.modes);
+  check_fed_config(c.fed, c.model, c.train.steps, c.collab.modes);
   if (j.contains("audit")) c.audit = audit_config_from_json(j["audit"], c.parties.n_parties);
   if (j.contains("privacy")) {
     c.privacy = privacy_config_from_json(j["privacy"]);

@@ -3,6 +3,7 @@
 //   pcmoe_check unit NAME IN.safetensors OUT.safetensors
 //   pcmoe_check model CONFIG.json IN.safetensors OUT.safetensors
 //   pcmoe_check dp CONFIG.json IN.safetensors OUT.safetensors   (per-unit norms, clipped sum)
+//   pcmoe_check lora CONFIG.json IN.safetensors OUT.safetensors (adapter gradients, merged weights)
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "model/layers.h"
+#include "model/lora.h"
 #include "model/local_experts.h"
 #include "model/model.h"
 #include "model/moe.h"
@@ -137,6 +139,24 @@ void unit_moe(const StFile& in, const nlohmann::json& args, StFile& out) {
   out.put_f32("dw2", {E, C, F}, dw2.data());
 }
 
+// One adapted linear map y = x Wᵀ + s·(x Aᵀ) Bᵀ with W frozen: y, dx, dA, dB.
+void unit_lora_linear(const StFile& in, const nlohmann::json& args, StFile& out) {
+  const Shape xs = shape_of(in, "x"), ws = shape_of(in, "w"), as = shape_of(in, "a");
+  const int N = (int)xs[0], I = (int)xs[1], O = (int)ws[0], r = (int)as[0];
+  auto x = copy_f32(in, "x", xs), w = copy_f32(in, "w", {O, I}), a = copy_f32(in, "a", {r, I});
+  auto b = copy_f32(in, "b", {O, r}), dout = copy_f32(in, "dout", {N, O});
+  std::vector<float> y((size_t)N * O), dx((size_t)N * I), da((size_t)r * I, 0), db((size_t)O * r, 0), t((size_t)N * r);
+  const LoraMap m{a.data(), b.data(), da.data(), db.data(), O, I, r, args.at("scale").get<float>(), t.data()};
+  matmul_nt(y.data(), x.data(), w.data(), N, O, I, false);
+  lora_forward(y.data(), x.data(), m, N);
+  matmul_nn(dx.data(), dout.data(), w.data(), N, I, O, false);
+  lora_backward(dx.data(), dout.data(), x.data(), m, N);
+  out.put_f32("out", {N, O}, y.data());
+  out.put_f32("dx", {N, I}, dx.data());
+  out.put_f32("da", {r, I}, da.data());
+  out.put_f32("db", {O, r}, db.data());
+}
+
 void unit_embedding(const StFile& in, StFile& out) {
   const Shape ws = shape_of(in, "wte");
   const int V = (int)ws[0], C = (int)ws[1];
@@ -235,12 +255,39 @@ void run_dp(const std::string& config_path, const StFile& in, StFile& out) {
   for (const ParamTensor& t : params.tensors()) out.put_f32("clipped." + t.name, t.shape, params.grad(t.name));
 }
 
+// A frozen model with the config's LoRA adapters (fed.lora_rank, lora_alpha, lora_targets):
+// base weights and adapters from IN, one forward and backward of tokens[B, T+1]; writes the loss,
+// every adapter gradient (grad.<name>) and the merged weights of every adapted matrix (merged.<W>).
+void run_lora(const std::string& config_path, const StFile& in, StFile& out) {
+  RunConfig rc = load_run_config(config_path);
+  const ModelConfig& cfg = rc.model;
+  set_num_threads(rc.train.threads);
+  ParamSet base(cfg, ParamSelection{}, /*with_grads=*/false);
+  for (const ParamTensor& t : base.tensors()) std::memcpy(base.value(t.name), in.get(t.name, t.shape).f32(), t.numel * 4);
+  const int B = (int)shape_of(in, "tokens")[0];
+  const int rows = B * cfg.seq_len * cfg.top_k;
+  LoraAdapters lora(cfg, rc.fed.lora, rows);
+  for (const ParamTensor& t : lora.params().tensors())
+    std::memcpy(lora.params().value(t.name), in.get(t.name, t.shape).f32(), t.numel * 4);
+  LocalExperts experts(cfg, base, rows);
+  Model model(cfg, base, experts, B);
+  model.set_lora(&lora);
+  experts.set_lora(&lora);
+  const LossStats ls = accumulate_gradients(model, lora.params(), in.get("tokens", {B, cfg.seq_len + 1}, "I32").i32(), B, 1);
+  out.put_f32("loss", {1}, &ls.total);
+  out.put_f32("ce", {1}, &ls.ce);
+  for (const ParamTensor& t : lora.params().tensors()) out.put_f32("grad." + t.name, t.shape, lora.params().grad(t.name));
+  lora.merge_into(base);
+  for (const ParamTensor& t : base.tensors())
+    if (lora.map(t.name)) out.put_f32("merged." + t.name, t.shape, base.value(t.name));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   select_blas_kernels(argv);
   try {
-    if (argc != 5) throw std::runtime_error("usage: pcmoe_check unit NAME IN OUT | model CONFIG IN OUT | dp CONFIG IN OUT");
+    if (argc != 5) throw std::runtime_error("usage: pcmoe_check unit NAME IN OUT | model CONFIG IN OUT | dp CONFIG IN OUT | lora CONFIG IN OUT");
     const std::string mode = argv[1], what = argv[2];
     StFile in = read_safetensors(argv[3]);
     StFile out;
@@ -248,6 +295,8 @@ int main(int argc, char** argv) {
       run_model(what, in, out);
     } else if (mode == "dp") {
       run_dp(what, in, out);
+    } else if (mode == "lora") {
+      run_lora(what, in, out);
     } else if (mode == "unit") {
       set_num_threads(2);
       nlohmann::json args = nlohmann::json::object();
@@ -257,6 +306,7 @@ int main(int argc, char** argv) {
       else if (what == "swiglu") unit_swiglu(in, out);
       else if (what == "moe") unit_moe(in, args, out);
       else if (what == "embedding") unit_embedding(in, out);
+      else if (what == "lora_linear") unit_lora_linear(in, args, out);
       else if (what == "lm_head_ce") unit_lm_head_ce(in, out);
       else throw std::runtime_error("unknown unit '" + what + "'");
     } else {
