@@ -99,7 +99,8 @@ size_t default_max_message_bytes(const RunConfig& run) {
 
 std::string config_hash(const RunConfig& run) {
   const std::string text =
-      nlohmann::json{{"model", to_json(run.model)}, {"train", to_json(run.train)}, {"n_parties", run.parties.n_parties}}.dump();
+      nlohmann::json{{"model", to_json(run.model)}, {"train", to_json(run.train)}, {"n_parties", run.parties.n_parties},
+                     {"wire_dtype", run.collab.wire_dtype}}.dump();
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   if (!EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr))

@@ -51,7 +51,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   GrpcTransport net(dr.deploy, me, tls);  // refuses --insecure off loopback before any work
   const CollabData data = load_collab_data(cfg, me);
   const PartyStreams& own = data.parties[me];
-  CollabParty party(cfg.model, cfg.train, net, me, n);
+  CollabParty party(cfg.model, cfg.train, net, me, n, 0, {}, parse_wire_dtype(cfg.collab.wire_dtype));
   if (!cfg.collab.init_from.empty()) {
     load_checkpoint(cfg.collab.init_from, cfg.model, party.backbone, nullptr);
     load_checkpoint(cfg.collab.init_from, cfg.model, party.host.params(), nullptr);

@@ -5,6 +5,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "collab/expert_wire.h"
 #include "common/json_fields.h"
 
 namespace pcmoe {
@@ -63,7 +64,9 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   JsonFields f(j, "collab");
   f.read("modes", c.modes);
   f.read("init_from", c.init_from);
+  f.read("wire_dtype", c.wire_dtype);
   f.reject_unknown();
+  parse_wire_dtype(c.wire_dtype);  // a clear error for anything but fp32, bf16, fp16
   if (c.modes.empty()) throw std::runtime_error("config key 'collab.modes' must name at least one mode");
   for (const std::string& m : c.modes)
     if (m != "pc-moe" && m != "centralised" && m != "local-only" && !is_fed_mode(m))
@@ -72,7 +75,9 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
-nlohmann::json to_json(const CollabConfig& c) { return {{"modes", c.modes}, {"init_from", c.init_from}}; }
+nlohmann::json to_json(const CollabConfig& c) {
+  return {{"modes", c.modes}, {"init_from", c.init_from}, {"wire_dtype", c.wire_dtype}};
+}
 
 PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
   PrivacyConfig c;
@@ -139,6 +144,9 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
     if (c.train.grad_accum != 1)
       throw std::runtime_error("train.grad_accum must be 1 with a privacy section: DP-SGD batches are Poisson draws "
                                "of privacy.sampling_rate x units, not fixed accumulated batches");
+    if (c.collab.wire_dtype != "fp32")
+      throw std::runtime_error("collab.wire_dtype must be fp32 with a privacy section: the per-unit clipping of "
+                               "DP-SGD is computed and tested on fp32 expert calls only");
   }
   return c;
 }

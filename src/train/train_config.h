@@ -44,6 +44,9 @@ struct CollabConfig {
   // (the same model config), with its tokenizer; empty: the seeded initialisation of train.seed
   // and a tokenizer trained on the parties' training documents.
   std::string init_from;
+  // How pc-moe's expert calls carry their float rows (hidden states, output gradients and the
+  // replies): "fp32", "bf16" or "fp16" (src/collab/expert_wire.h); DP-SGD runs take fp32 only.
+  std::string wire_dtype = "fp32";
 };
 CollabConfig collab_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const CollabConfig& c);

@@ -55,6 +55,24 @@ check(all(os.path.exists(os.path.join(certs, f)) for f in ("ca.pem", "ca.key", "
 check(oct(os.stat(os.path.join(certs, "party0.key")).st_mode & 0o777) == "0o600", "private keys are 0600")
 
 
+# (a') bf16 rows on the wire: deployed = simulated (tests/net/test_wire_dtype.cpp holds the bytes).
+half = deploy_config(data_dir, cache, 2, join_timeout_s=30)
+half["collab"]["wire_dtype"] = "bf16"
+hpath = os.path.join(tmp, "half.json")
+write_json(hpath, half)
+check(run("collab", "--config", hpath, "--out", os.path.join(tmp, "sim16"))[0] == 0, "the simulation runs with bf16 rows")
+code, out, err = run("launch", "--config", hpath, "--out", os.path.join(tmp, "dep16"))
+check(code == 0, "launch: 2 parties exchanging bf16 rows complete")
+sim16 = [m for m in read_metrics(os.path.join(tmp, "sim16", "metrics.jsonl")) if m["mode"] == "pc-moe"]
+dep16 = read_metrics(os.path.join(tmp, "dep16", "metrics.jsonl"))
+check([(m["round"], m["party"], m["loss"], m["grad_norm"]) for m in dep16] ==
+      [(m["round"], m["party"], m["loss"], m["grad_norm"]) for m in sim16] and len(dep16) == 6,
+      "bf16: every deployed turn's loss and gradient norm identical to the simulation's")
+s16 = json.load(open(os.path.join(tmp, "sim16", "report.json")))["modes"]["pc-moe"]["parties"]
+d16 = json.load(open(os.path.join(tmp, "dep16", "report.json")))["parties"]
+check(all(d16[p]["report"]["bytes_sent_per_token"] == s16[p]["bytes_sent_per_token"] for p in range(2)),
+      "bf16: bytes per token counted as in process")
+
 # (b) refusals: party 0 (good) against a bad party 1; both must exit non-zero with clear errors.
 def pair(cfg0, cfg1, certs0, certs1, name, insecure1=False):
     p0, p1 = os.path.join(tmp, name + "-0.json"), os.path.join(tmp, name + "-1.json")
@@ -122,6 +140,25 @@ bad["deploy"]["parties"][1]["name"] = "Party_1"
 write_json(os.path.join(tmp, "bad.json"), bad)
 code, out, err = run("certs", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
 check(code != 0 and "party name 'Party_1'" in err, "an invalid party name is refused")
+
+# collab.wire_dtype: strict names, fp32 only with DP-SGD, and part of what parties must agree on.
+for value, needle in (("fp8", "unknown dtype 'fp8' (expected fp32, bf16 or fp16)"),
+                      (16, "collab.wire_dtype")):
+    bad = json.loads(json.dumps(two))
+    bad["collab"]["wire_dtype"] = value
+    write_json(os.path.join(tmp, "bad.json"), bad)
+    code, out, err = run("collab", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
+    check(code != 0 and needle in err, f"collab.wire_dtype {value!r} is refused: {err.strip()[-160:]}")
+dp = json.loads(json.dumps(two))
+dp["collab"]["wire_dtype"] = "bf16"
+dp["privacy"] = {"sampling_rate": 0.1, "noise_multiplier": 1.0}
+write_json(os.path.join(tmp, "bad.json"), dp)
+code, out, err = run("collab", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
+check(code != 0 and "collab.wire_dtype must be fp32 with a privacy section" in err, "bf16 with DP-SGD is refused")
+half = json.loads(json.dumps(two))
+half["collab"]["wire_dtype"] = "bf16"
+(e0, e1) = pair(two, half, good, good, "dtype")
+expect(e1, "config hash", "party 1 sending bf16 rows to fp32 peers is refused at join")
 
 shutil.rmtree(tmp)
 finish()
