@@ -16,14 +16,15 @@ data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
 tiny_corpus(data_dir)
 
 
-# (a) 4 processes over TLS = the simulation, turn by turn.
-cfg = deploy_config(data_dir, cache, 4, join_timeout_s=30)
+# (a) 4 processes over TLS = the simulation, turn by turn; messages bounded at 8 KiB, so the
+# larger expert calls (up to 32 KiB here) travel as streams of 4 KiB chunks.
+cfg = deploy_config(data_dir, cache, 4, join_timeout_s=30, chunk_bytes=4096, max_message_bytes=8192)
 path = os.path.join(tmp, "four.json")
 write_json(path, cfg)
 code, out, err = run("collab", "--config", path, "--out", os.path.join(tmp, "sim"))
 check(code == 0, "the simulation runs on a config with a deploy section")
 code, out, err = run("launch", "--config", path, "--out", os.path.join(tmp, "dep"))
-check(code == 0, "launch: 4 party processes over mutual TLS complete")
+check(code == 0, "launch: 4 party processes over mutual TLS complete, large calls streamed in chunks")
 if code:
     print(err[-2000:])
     for p in range(4):
@@ -135,6 +136,12 @@ code, out, err = run("party", "--config", os.path.join(tmp, "two.json"), "--part
 check(code != 0 and "pcmoe certs" in err, "missing certificates: a clear error")
 code, out, err = run("party", "--config", os.path.join(tmp, "two.json"), "--party", "2", "--certs", good, "--out", os.path.join(tmp, "x"))
 check(code != 0 and "--party must be in [0, 2)" in err, "a party index outside the deployment is refused")
+small = json.loads(json.dumps(two))
+small["deploy"].update({"chunk_bytes": 8192, "max_message_bytes": 8192})
+write_json(os.path.join(tmp, "small.json"), small)
+code, out, err = run("certs", "--config", os.path.join(tmp, "small.json"), "--out", os.path.join(tmp, "x"))
+check(code != 0 and "'deploy.max_message_bytes' must be at least deploy.chunk_bytes + 1 KiB" in err,
+      "a message bound that cannot hold a chunk is refused")
 bad = json.loads(json.dumps(two))
 bad["deploy"]["parties"][1]["name"] = "Party_1"
 write_json(os.path.join(tmp, "bad.json"), bad)
