@@ -3,6 +3,8 @@
 // malformed and impersonating calls with an error and no change of its state.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -320,6 +322,95 @@ TEST_F(HostOverGrpc, ServerRequiresAClientCertificateOfItsCa) {
   good.pem_cert_chain = ours.cert;
   EXPECT_TRUE(try_call(good).ok()) << "the same call with party 0's own certificate is served";
   fs::remove_all(other);
+}
+
+// party0's certificate re-issued by the test's CA with a validity that ended yesterday.
+void write_expired_party0(const std::string& ca_dir, const std::string& out_dir) {
+  fs::create_directories(out_dir);
+  fs::copy_file(fs::path(ca_dir) / "ca.pem", fs::path(out_dir) / "ca.pem");
+  fs::copy_file(fs::path(ca_dir) / "party0.key", fs::path(out_dir) / "party0.key");
+  auto read_pem = [](const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  const std::string ca_pem = read_pem(fs::path(ca_dir) / "ca.pem"), ca_key_pem = read_pem(fs::path(ca_dir) / "ca.key"),
+                    key_pem = read_pem(fs::path(ca_dir) / "party0.key");
+  BIO* b1 = BIO_new_mem_buf(ca_pem.data(), (int)ca_pem.size());
+  BIO* b2 = BIO_new_mem_buf(ca_key_pem.data(), (int)ca_key_pem.size());
+  BIO* b3 = BIO_new_mem_buf(key_pem.data(), (int)key_pem.size());
+  X509* ca = PEM_read_bio_X509(b1, nullptr, nullptr, nullptr);
+  EVP_PKEY* ca_key = PEM_read_bio_PrivateKey(b2, nullptr, nullptr, nullptr);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(b3, nullptr, nullptr, nullptr);
+  ASSERT_TRUE(ca && ca_key && key);
+  X509* c = X509_new();
+  X509_set_version(c, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(c), 99);
+  X509_gmtime_adj(X509_getm_notBefore(c), -2 * 86400);
+  X509_gmtime_adj(X509_getm_notAfter(c), -86400);
+  X509_set_pubkey(c, key);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("party0"), -1,
+                             -1, 0);
+  X509_set_issuer_name(c, X509_get_subject_name(ca));
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, ca, c, nullptr, nullptr, 0);
+  for (auto [nid, value] : {std::pair{NID_subject_alt_name, "DNS:party0,IP:127.0.0.1"},
+                            std::pair{NID_ext_key_usage, "serverAuth,clientAuth"}}) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
+    X509_add_ext(c, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  ASSERT_TRUE(X509_sign(c, ca_key, EVP_sha256()));
+  FILE* f = std::fopen((fs::path(out_dir) / "party0.pem").c_str(), "w");
+  PEM_write_X509(f, c);
+  std::fclose(f);
+  X509_free(c);
+  X509_free(ca);
+  EVP_PKEY_free(ca_key);
+  EVP_PKEY_free(key);
+  BIO_free(b1);
+  BIO_free(b2);
+  BIO_free(b3);
+}
+
+// An expired certificate: a party will not start with one (a clear error naming the file and
+// the date), and a host does not serve a caller presenting one, though its CA and CN are right.
+TEST_F(HostOverGrpc, ExpiredCertificatesAreRefused) {
+  const std::string expired = dir_ + "-expired";
+  write_expired_party0(dir_, expired);
+  try {
+    read_tls_files(expired, "party0");
+    ADD_FAILURE() << "an expired certificate was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("party0.pem expired on"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("pcmoe certs"), std::string::npos) << e.what();
+  }
+  auto begin_with = [this](const std::string& cert, const std::string& key) {
+    grpc::SslCredentialsOptions opts;
+    opts.pem_root_certs = read_tls_files(dir_, "party0").ca;
+    opts.pem_cert_chain = cert;
+    opts.pem_private_key = key;
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("party1");
+    auto channel = grpc::CreateCustomChannel(d_.parties[1].address, grpc::SslCredentials(opts), args);
+    wire::CallRequest req;
+    req.kind = wire::CONTROL;
+    req.payload = std::string("\x01\0\0\0", 4);  // begin turn
+    wire::CallReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return unary_call(*channel, wire::kPartyCall, ctx, req, reply);
+  };
+  std::ifstream pem(fs::path(expired) / "party0.pem"), key(fs::path(expired) / "party0.key");
+  std::stringstream p, k;
+  p << pem.rdbuf();
+  k << key.rdbuf();
+  EXPECT_EQ(begin_with(p.str(), k.str()).error_code(), grpc::StatusCode::UNAVAILABLE) << "the handshake fails";
+  const TlsFiles good = read_tls_files(dir_, "party0");
+  EXPECT_TRUE(begin_with(good.cert, good.key).ok()) << "the same key with its valid certificate is served";
+  fs::remove_all(expired);
 }
 
 TEST_F(HostOverGrpc, StaleStepsAreRefused) {
