@@ -284,8 +284,10 @@ grpc::Status GrpcTransport::handle(grpc::ServerContext* ctx, uint32_t kind, uint
                                                     deploy_.parties[from].name + ": " + e.what()};
   }
   latest_served_step_ = step;
-  count(k, (int)from, me_, request.size());
-  count(k, me_, (int)from, response.size());
+  if (step < count_below_) {
+    count(k, (int)from, me_, request.size());
+    count(k, me_, (int)from, response.size());
+  }
   reply->assign(reinterpret_cast<const char*>(response.data()), response.size());
   return grpc::Status::OK;
 }

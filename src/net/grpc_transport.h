@@ -59,6 +59,9 @@ class GrpcTransport final : public Transport {
   Bytes call(int from, int to, MsgKind kind, const Bytes& request) override;
   // The global turn index outgoing calls carry (CallRequest.step).
   void set_step(uint64_t step) { step_ = step; }
+  // Incoming calls of turn `end` or later (the evaluation after training) are served but not
+  // counted: others may start evaluating before this party has read its training traffic.
+  void count_turns_below(uint64_t end) { count_below_ = end; }
 
   // A channel to party `peer`, authenticated as this party, checking the peer's name.
   std::shared_ptr<grpc::Channel> channel(int peer);
@@ -92,6 +95,7 @@ class GrpcTransport final : public Transport {
   std::mutex host_mu_;  // one incoming call at a time reaches the handler
   uint64_t step_ = 0;
   uint64_t latest_served_step_ = 0;
+  uint64_t count_below_ = UINT64_MAX;
 };
 
 // "what failed: CODE: message" for a failed gRPC status.

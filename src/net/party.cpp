@@ -73,6 +73,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   if (first_turn >= end_turn)
     throw std::runtime_error("nothing to train: the run is at turn " + std::to_string(first_turn) + " of " +
                              std::to_string(end_turn));
+  net.count_turns_below((uint64_t)end_turn);  // the report's traffic is training traffic, as in collab
   const int threads = cfg.train.threads;
   net.serve(me, [&party, threads](MsgKind kind, int from, const Bytes& req) {
     set_num_threads(threads);  // a server thread: the host computes with the run's thread count
