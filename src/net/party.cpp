@@ -119,6 +119,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     coord.barrier("trained");
     const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
     const TrafficStats training = net.traffic();  // every training call to or from this party is done
+                                                  // (later calls to its host are not counted)
     fs::remove(ckpt / "state.json");  // until both parts are written, there is no checkpoint to resume from
     save_checkpoint((ckpt / "backbone").string(), cfg, party.backbone, &party.optimizer, party.turns, data.tokenizer_model);
     save_checkpoint((ckpt / "shard").string(), cfg, party.host.params(), &party.host.optimizer(), party.turns,
@@ -147,6 +148,8 @@ nlohmann::json run_party(const PartyOptions& opts) {
                          {"messages", c.messages}, {"bytes", c.bytes}});
     report["traffic"] = traffic;
     report["transport"] = net.secure() ? "grpc+mtls" : "grpc-insecure";
+    report["wire_dtype"] = cfg.collab.wire_dtype;
+    report["peak_rss_bytes"] = peak_rss_bytes();  // this party's process, to set beside a centralised one
   } catch (const std::exception& e) {
     coord.stop(e.what());
     if (coordinator) coordinator->linger_until_told(2.0);  // let the others hear why before going down
