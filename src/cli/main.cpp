@@ -37,6 +37,7 @@ usage:
   pcmoe launch   --config FILE --out DIR [--insecure] [--resume] [--until R]
   pcmoe memory   --config FILE --parties N [--party P]
   pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T --delta D [--json]
+  pcmoe audit    --run DIR --out DIR2 [--public-windows N] [--mlp-every-round]
 
   train     trains the model of FILE; writes DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/
             --resume continues from DIR/checkpoint with the exact loss curve of an unbroken run
@@ -57,6 +58,8 @@ usage:
   memory    one party's planned memory and peak RSS, measured in its own process
   dp-budget DP-SGD privacy budget (RDP accountant, Poisson sampling rate Q, T steps): the epsilon
             that noise multiplier S spends, or the noise multiplier that target epsilon E needs
+  audit     what a curious expert host reconstructs of the other parties' tokens from its
+            recording of a collab run (config section "audit"); writes DIR2/audit.json
 )";
 
 struct UsageError : std::runtime_error {
@@ -324,6 +327,7 @@ int cmd_launch(int argc, char** argv) {
 
 int cmd_memory(int argc, char** argv);
 int cmd_dp_budget(int argc, char** argv);
+int cmd_audit(int argc, char** argv);
 
 int main(int argc, char** argv) {
   select_blas_kernels(argv);
@@ -342,6 +346,7 @@ int main(int argc, char** argv) {
     if (cmd == "launch") return cmd_launch(argc, argv);
     if (cmd == "memory") return cmd_memory(argc, argv);
     if (cmd == "dp-budget") return cmd_dp_budget(argc, argv);
+    if (cmd == "audit") return cmd_audit(argc, argv);
     throw UsageError("unknown command '" + cmd + "'");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "pcmoe %s: %s\n\n%s", cmd.c_str(), e.what(), kUsage);

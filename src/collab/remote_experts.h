@@ -19,12 +19,14 @@
 // Pass 2 is a control message (ControlOp::kClipFactors: the factor of each unit), sent to the
 // hosts called in pass 1.
 #pragma once
+#include <memory>
 #include <vector>
 
 #include "collab/expert_wire.h"
 #include "collab/transport.h"
 #include "model/config.h"
 #include "model/expert_backend.h"
+#include "privacy/noise.h"
 
 namespace pcmoe {
 
@@ -37,6 +39,10 @@ class RemoteExperts final : public ExpertBackend {
   void backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit, int n_units,
                            float* dx, double* unit_sq) override;
   void add_clipped_grads(int layer, const float* factor) override;
+  // Defence against curious hosts (collab.state_noise): every hidden-state row sent to another
+  // party's experts gets Gaussian noise of std rel_std x the row's RMS; the party's own experts
+  // get the exact rows. Backward follows the noisy forward (the hosts' gradients are taken there).
+  void set_state_noise(double rel_std, NoiseSource source);
 
  private:
   // One call per host with routed rows (with each row's unit, and the units' squared norms back,
@@ -49,6 +55,9 @@ class RemoteExperts final : public ExpertBackend {
   WireDtype wire_;
   std::vector<std::vector<int>> units_called_;  // per layer: hosts called by the last pass 1
   std::vector<int> n_units_;                    // per layer: units of the last pass 1
+  double state_noise_ = 0;
+  std::unique_ptr<NoiseSource> state_noise_source_;
+  std::vector<float> noisy_;  // the rows of one forward call, with their noise
 };
 
 }  // namespace pcmoe

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 
+#include "collab/recorder.h"
 #include "collab/session.h"
 #include "tensor/gemm.h"
 #include "tensor/safetensors.h"
@@ -82,11 +83,47 @@ nlohmann::json run_pcmoe(Shared& sh) {
       load_checkpoint(cfg.collab.init_from, cfg.model, session.party(p).backbone, nullptr);
       load_checkpoint(cfg.collab.init_from, cfg.model, session.party(p).host.params(), nullptr);
     }
+  if (cfg.collab.state_noise > 0)
+    for (int p = 0; p < n; ++p)
+      session.party(p).experts.set_state_noise(cfg.collab.state_noise,
+                                               cfg.collab.state_noise_seed
+                                                   ? NoiseSource::seeded(cfg.collab.state_noise_seed, (uint64_t)p + 1)
+                                                   : NoiseSource::secure());
+  // Each party's model as it would use it: its own backbone with the shared experts (saved for
+  // `pcmoe eval` and `pcmoe generate`, and as the audit's observer's view of the model).
+  ParamSet gathered(cfg.model, ParamSelection{});
+  auto gather_model = [&](int p) -> const ParamSet& {
+    ParamSet& model = gathered;
+    auto take = [&model](const ParamSet& part) {
+      for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, model.value(t.name));
+    };
+    take(session.party(p).backbone);
+    for (int h = 0; h < n; ++h) take(session.party(h).host.params());
+    return model;
+  };
+  std::unique_ptr<Recorder> recorder;
+  const fs::path audit_dir = sh.out_dir / "audit";
+  if (cfg.audit.enabled) {
+    const int observer = cfg.audit.observer;
+    recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(cfg),
+                                          [&session, observer, n](MsgKind, int from, const Bytes& payload) {
+                                            return expert_call_truth(session.party(from).model, payload, observer, n);
+                                          });
+    net.set_tap(recorder->tap());
+  }
   std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
   const auto t0 = clock_type::now();
   int64_t done = 0;
   std::vector<double> tokens(n, 0.0);
   for (int64_t round = 0; round < sh.rounds; ++round) {
+    if (recorder) {
+      const bool record = recorded_round(cfg.audit, sh.rounds, round);
+      recorder->set_round(round, record);
+      // The observer's view at the round's start: its backbone and the experts it can query.
+      if (record)
+        save_checkpoint((audit_dir / ("view_r" + std::to_string(round))).string(), cfg, gather_model(cfg.audit.observer),
+                        nullptr, round, sh.tokenizer_model);
+    }
     for (int p : round_order(cfg.train.seed, n, round)) {
       nlohmann::json line = {{"mode", "pc-moe"}, {"round", round}, {"party", p}};
       TurnResult r;
@@ -109,18 +146,11 @@ nlohmann::json run_pcmoe(Shared& sh) {
   }
   const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
   const TrafficStats training = net.stats();  // before evaluation adds its own traffic
-  // Each party's model as it would use it: its own backbone with the shared experts, saved for
-  // `pcmoe eval` and `pcmoe generate` (the simulation can gather what a deployment keeps apart).
-  for (int p = 0; p < n; ++p) {
-    ParamSet model(cfg.model, ParamSelection{});
-    auto take = [&model](const ParamSet& part) {
-      for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, model.value(t.name));
-    };
-    take(session.party(p).backbone);
-    for (int h = 0; h < n; ++h) take(session.party(h).host.params());
-    save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, model, nullptr,
+  if (recorder) recorder->set_round(sh.rounds, false);
+  // The simulation can gather what a deployment keeps apart.
+  for (int p = 0; p < n; ++p)
+    save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, gather_model(p), nullptr,
                     sh.rounds, sh.tokenizer_model);
-  }
   nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}};
   const size_t transport_bytes = 2 * net.largest_payload();
   for (int p = 0; p < n; ++p) {
@@ -136,6 +166,9 @@ nlohmann::json run_pcmoe(Shared& sh) {
     traffic.push_back({{"kind", to_string(std::get<0>(key))}, {"from", std::get<1>(key)}, {"to", std::get<2>(key)},
                        {"messages", c.messages}, {"bytes", c.bytes}});
   out["traffic"] = traffic;
+  if (recorder)
+    out["audit_recording"] = {{"observer", cfg.audit.observer}, {"records", recorder->records()},
+                              {"bytes", recorder->bytes()}, {"dir", audit_dir.string()}};
   return out;
 }
 

@@ -54,6 +54,10 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   // The routing of MoE layer `layer` in the last forward (tests and audits read it).
   const MoeSaved& moe_saved(int layer) const { return layers_[layer].moe; }
+  // The token rows of the last forward: batch x seq_len inputs and their targets.
+  const int32_t* last_inputs() const { return inputs_; }
+  const int32_t* last_targets() const { return targets_; }
+  int last_rows() const { return batch_ * cfg_.seq_len; }
   int max_batch() const { return max_batch_; }
   size_t activation_bytes() const { return acts_.bytes(); }
   size_t scratch_bytes() const { return scratch_.bytes(); }

@@ -64,9 +64,13 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   JsonFields f(j, "collab");
   f.read("modes", c.modes);
   f.read("init_from", c.init_from);
+  f.read("state_noise", c.state_noise);
+  f.read("state_noise_seed", c.state_noise_seed);
   f.read("wire_dtype", c.wire_dtype);
   f.reject_unknown();
   parse_wire_dtype(c.wire_dtype);  // a clear error for anything but fp32, bf16, fp16
+  if (!(c.state_noise >= 0 && c.state_noise <= 100))
+    throw std::runtime_error("config key 'collab.state_noise' must be in [0, 100] (a std relative to each row's RMS)");
   if (c.modes.empty()) throw std::runtime_error("config key 'collab.modes' must name at least one mode");
   for (const std::string& m : c.modes)
     if (m != "pc-moe" && m != "centralised" && m != "local-only" && !is_fed_mode(m))
@@ -76,8 +80,24 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
 }
 
 nlohmann::json to_json(const CollabConfig& c) {
-  return {{"modes", c.modes}, {"init_from", c.init_from}, {"wire_dtype", c.wire_dtype}};
+  return {{"modes", c.modes}, {"init_from", c.init_from}, {"state_noise", c.state_noise},
+          {"state_noise_seed", c.state_noise_seed}, {"wire_dtype", c.wire_dtype}};
 }
+
+AuditConfig audit_config_from_json(const nlohmann::json& j, int n_parties) {
+  AuditConfig c;
+  c.enabled = true;
+  JsonFields f(j, "audit");
+  f.read("observer", c.observer);
+  f.read("record_every", c.record_every);
+  f.reject_unknown();
+  if (c.observer < 0 || c.observer >= n_parties)
+    throw std::runtime_error("config key 'audit.observer' must name a party in 0.." + std::to_string(n_parties - 1));
+  if (c.record_every < 0) throw std::runtime_error("config key 'audit.record_every' must be >= 0");
+  return c;
+}
+
+nlohmann::json to_json(const AuditConfig& c) { return {{"observer", c.observer}, {"record_every", c.record_every}}; }
 
 PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
   PrivacyConfig c;
@@ -127,8 +147,9 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data, parties, collab, privacy");
   for (auto& [key, value] : j.items())
     if (key != "model" && key != "train" && key != "data" && key != "parties" && key != "collab" && key != "fed" &&
-        key != "privacy")
-      throw std::runtime_error("unknown config section '" + key + "' (expected model, train, data, parties, collab, fed, privacy)");
+        key != "privacy" && key != "audit")
+      throw std::runtime_error("unknown config section '" + key +
+                               "' (expected model, train, data, parties, collab, fed, privacy, audit)");
   RunConfig c;
   static const nlohmann::json empty = nlohmann::json::object();
   c.model = model_config_from_json(j.contains("model") ? j["model"] : empty);
@@ -139,6 +160,7 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   c.collab = collab_config_from_json(j.contains("collab") ? j["collab"] : empty);
   c.fed = fed_config_from_json(j.contains("fed") ? j["fed"] : empty);
   check_fed_config(c.fed, c.train.steps, c.collab.modes);
+  if (j.contains("audit")) c.audit = audit_config_from_json(j["audit"], c.parties.n_parties);
   if (j.contains("privacy")) {
     c.privacy = privacy_config_from_json(j["privacy"]);
     if (c.train.grad_accum != 1)
@@ -178,6 +200,7 @@ nlohmann::json to_json(const RunConfig& c) {
   nlohmann::json j = {{"model", to_json(c.model)}, {"train", to_json(c.train)}, {"data", data::to_json(c.data)},
                       {"parties", data::to_json(c.parties)}, {"collab", to_json(c.collab)}, {"fed", to_json(c.fed)}};
   if (c.privacy.enabled) j["privacy"] = to_json(c.privacy);
+  if (c.audit.enabled) j["audit"] = to_json(c.audit);
   return j;
 }
 

@@ -44,6 +44,11 @@ struct CollabConfig {
   // (the same model config), with its tokenizer; empty: the seeded initialisation of train.seed
   // and a tokenizer trained on the parties' training documents.
   std::string init_from;
+  // Defence against curious expert hosts: Gaussian noise of std state_noise x (the row's RMS)
+  // on every hidden state a party sends to another party's experts (its own experts get the
+  // exact state). From a secure source, or from state_noise_seed when it is non-zero (tests).
+  double state_noise = 0;
+  uint64_t state_noise_seed = 0;
   // How pc-moe's expert calls carry their float rows (hidden states, output gradients and the
   // replies): "fp32", "bf16" or "fp16" (src/collab/expert_wire.h); DP-SGD runs take fp32 only.
   std::string wire_dtype = "fp32";
@@ -70,6 +75,16 @@ struct PrivacyConfig {
 PrivacyConfig privacy_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const PrivacyConfig& c);
 
+// The "audit" section: a curious participant's recording of a pc-moe run (docs/audit.md).
+// Present = on.
+struct AuditConfig {
+  bool enabled = false;
+  int observer = 0;          // the party whose received payloads are recorded
+  int64_t record_every = 0;  // record rounds 0, r, 2r, ... and the last; 0: train.steps / 4
+};
+AuditConfig audit_config_from_json(const nlohmann::json& j, int n_parties);
+nlohmann::json to_json(const AuditConfig& c);
+
 struct RunConfig {
   ModelConfig model;
   TrainConfig train;
@@ -78,6 +93,7 @@ struct RunConfig {
   CollabConfig collab;
   PrivacyConfig privacy;
   FedConfig fed;  // the federated baselines' settings
+  AuditConfig audit;
 };
 // The JSON of a config file: clear errors for a missing file and bad JSON.
 nlohmann::json read_config_json(const std::string& path);

@@ -1,0 +1,101 @@
+// `pcmoe audit`: runs the leakage attacks on a finished run's recording (src/eval/audit.h) and
+// prints what the observer recovered next to the chance level.
+#include <cstdio>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "eval/audit.h"
+
+namespace {
+
+constexpr const char* kAuditUsage =
+    "usage: pcmoe audit --run DIR --out DIR2 [--public-windows N] [--mlp-every-round]\n"
+    "  --run DIR            a `pcmoe collab` output made with an \"audit\" section (DIR/audit/)\n"
+    "  --out DIR2           where audit.json goes\n"
+    "  --public-windows N   windows of the observer's own text the attack models learn from (192)\n"
+    "  --mlp-every-round    train the MLP decoder at every recorded round (default: first and last)\n";
+
+struct AuditUsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The last round's cells as a table: per signal and attack, top-1 / top-10 per layer and chance.
+void print_table(const nlohmann::json& report) {
+  const int64_t last = report["rounds"].back().get<int64_t>();
+  std::printf("\nwhat party %d (an expert host) recovers of the other parties' tokens, round %lld\n",
+              report["observer"].get<int>(), (long long)last);
+  std::printf("%-12s %-18s %6s %8s %8s %10s %10s %7s\n", "signal", "attack", "layer", "top-1", "top-10",
+              "chance-1", "chance-10", "rows");
+  for (const auto& c : report["cells"]) {
+    if (c["round"].get<int64_t>() != last) continue;
+    std::printf("%-12s %-18s %6d %7.1f%% %7.1f%% %9.1f%% %9.1f%% %7lld\n", c["signal"].get<std::string>().c_str(),
+                c["attack"].get<std::string>().c_str(), c["layer"].get<int>(), 100 * c["top1"].get<double>(),
+                100 * c["top10"].get<double>(), 100 * c["chance_top1"].get<double>(),
+                100 * c["chance_top10"].get<double>(), (long long)c["rows"].get<int64_t>());
+  }
+  std::printf("\nover training (best attack per signal, mean over layers, top-1):\n%-8s", "round");
+  const char* signals[] = {"states", "gradients", "expert ids"};
+  for (const char* s : signals) std::printf(" %12s", s);
+  std::printf("\n");
+  for (const auto& r : report["rounds"]) {
+    std::printf("%-8lld", (long long)r.get<int64_t>());
+    for (const char* s : signals) {
+      std::map<std::string, std::pair<double, int>> by_attack;
+      for (const auto& c : report["cells"])
+        if (c["round"] == r && c["signal"] == s) {
+          auto& [sum, n] = by_attack[c["attack"].get<std::string>()];
+          sum += c["top1"].get<double>();
+          ++n;
+        }
+      double best = 0;
+      for (const auto& [a, v] : by_attack) best = std::max(best, v.first / v.second);
+      std::printf(" %11.1f%%", 100 * best);
+    }
+    std::printf("\n");
+  }
+}
+
+}  // namespace
+
+int cmd_audit(int argc, char** argv) {
+  try {
+    std::string run, out;
+    pcmoe::eval::AuditOptions opt;
+    for (int i = 2; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a == "--mlp-every-round") {
+        opt.mlp_every_round = true;
+        continue;
+      }
+      if (a != "--run" && a != "--out" && a != "--public-windows") throw AuditUsageError("unknown argument '" + a + "'");
+      if (i + 1 >= argc) throw AuditUsageError(a + " needs a value");
+      const std::string v = argv[++i];
+      if (a == "--run") run = v;
+      else if (a == "--out") out = v;
+      else {
+        size_t used = 0;
+        int n = 0;
+        try {
+          n = std::stoi(v, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used != v.size() || n < 16) throw AuditUsageError("--public-windows expects an integer >= 16, got '" + v + "'");
+        opt.public_windows = n;
+      }
+    }
+    if (run.empty()) throw AuditUsageError("missing --run");
+    if (out.empty()) throw AuditUsageError("missing --out");
+    const nlohmann::json report = pcmoe::eval::run_audit(run, out, opt);
+    print_table(report);
+    std::printf("\nwrote %s/audit.json (%.0f s)\n", out.c_str(), report["seconds"].get<double>());
+    return 0;
+  } catch (const AuditUsageError& e) {
+    std::fprintf(stderr, "pcmoe audit: %s\n\n%s", e.what(), kAuditUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pcmoe audit: error: %s\n", e.what());
+    return 1;
+  }
+}

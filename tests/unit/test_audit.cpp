@@ -1,0 +1,256 @@
+// The leakage audit's instruments: the recording tap keeps exactly what the honest protocol hands
+// the observer, and the attack models neither miss an obvious leak nor invent one.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "collab/recorder.h"
+#include "collab/session.h"
+#include "eval/probe.h"
+#include "model/local_experts.h"
+#include "tensor/gemm.h"
+#include "tensor/rng.h"
+
+using namespace pcmoe;
+namespace fs = std::filesystem;
+
+namespace {
+
+ModelConfig tiny_model() {
+  ModelConfig m;
+  m.vocab_size = 64;
+  m.d_model = 32;
+  m.n_layers = 2;
+  m.n_heads = 4;
+  m.n_kv_heads = 2;
+  m.d_ff = 24;
+  m.d_ff_dense = 40;
+  m.n_experts = 6;
+  m.top_k = 2;
+  m.moe_every = 1;
+  m.seq_len = 16;
+  return m;
+}
+
+TrainConfig tiny_train() {
+  TrainConfig t;
+  t.batch_size = 4;
+  t.grad_accum = 1;
+  t.steps = 3;
+  t.warmup = 1;
+  t.seed = 5;
+  t.threads = 2;
+  return t;
+}
+
+// (Rng streams of nearby seeds overlap: seeds are spread by a large odd factor.)
+std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
+  std::vector<int32_t> w(n);
+  Rng rng(seed * 0x9E3779B97F4A7C15ull);
+  for (auto& x : w) x = (int32_t)(rng.next_u64() % vocab);
+  return w;
+}
+
+// What the observer's handlers are given and what its own calls return, seen from the
+// Transport's interface (not its tap): the ground truth the recording must equal.
+struct Seen {
+  MsgKind kind;
+  int from;
+  bool is_response;
+  int64_t round;
+  Bytes payload;
+};
+
+class SpyTransport final : public Transport {
+ public:
+  SpyTransport(Transport& inner, int observer) : inner_(inner), observer_(observer) {}
+  void serve(int party, Handler handler) override {
+    inner_.serve(party, [this, party, handler](MsgKind kind, int from, const Bytes& request) {
+      if (party == observer_ && from != party && recording) seen.push_back({kind, from, false, round, request});
+      return handler(kind, from, request);
+    });
+  }
+  Bytes call(int from, int to, MsgKind kind, const Bytes& request) override {
+    Bytes response = inner_.call(from, to, kind, request);
+    if (from == observer_ && to != from && recording) seen.push_back({kind, to, true, round, response});
+    return response;
+  }
+  bool recording = false;
+  int64_t round = 0;
+  std::vector<Seen> seen;
+
+ private:
+  Transport& inner_;
+  int observer_;
+};
+
+}  // namespace
+
+TEST(AuditTap, RecordsExactlyWhatTheObserverReceives) {
+  const ModelConfig m = tiny_model();
+  const TrainConfig t = tiny_train();
+  const int n = 3, observer = 1, T = m.seq_len;
+  InProcessTransport inner;
+  SpyTransport spy(inner, observer);
+  PcMoeSession session(m, t, n, spy);
+  const fs::path dir = fs::temp_directory_path() / "pcmoe-audit-tap";
+  fs::remove_all(dir);
+  std::map<std::pair<int64_t, int>, std::vector<int32_t>> batches;  // (round, party) -> windows
+  {
+    Recorder rec(dir.string(), observer, n, "fingerprint",
+                 [&](MsgKind, int from, const Bytes& payload) {
+                   return expert_call_truth(session.party(from).model, payload, observer, n);
+                 });
+    inner.set_tap(rec.tap());
+    for (int64_t round = 0; round < 3; ++round) {
+      const bool record = round != 1;  // rounds 0 and 2 recorded, 1 not
+      rec.set_round(round, record);
+      spy.recording = record;
+      spy.round = round;
+      for (int p : round_order(t.seed, n, round)) {
+        auto& w = batches[{round, p}];
+        w = random_tokens((size_t)t.batch_size * (T + 1), m.vocab_size, 100 * round + p);
+        session.train_turn(p, w.data());
+      }
+    }
+  }
+  const Recording got = read_recording(dir.string());
+  EXPECT_EQ(got.observer, observer);
+  EXPECT_EQ(got.fingerprint, "fingerprint");
+  ASSERT_EQ(got.records.size(), spy.seen.size());
+  ASSERT_GT(got.records.size(), 0u);
+  int truths = 0, forward_from_others = 0;
+  for (size_t i = 0; i < got.records.size(); ++i) {
+    const Record& r = got.records[i];
+    const Seen& s = spy.seen[i];
+    EXPECT_EQ(r.kind, s.kind) << i;
+    EXPECT_EQ(r.from, s.from) << i;
+    EXPECT_EQ(r.is_response, s.is_response) << i;
+    EXPECT_EQ(r.round, s.round) << i;
+    EXPECT_TRUE(r.payload == s.payload) << "record " << i << " differs from what the observer received";
+    EXPECT_NE(r.round, 1);
+    if (!r.truth.empty()) {
+      ++truths;
+      // Each row's tokens are the sender's batch at that row (inputs and next-token targets).
+      const std::vector<int32_t>& w = batches.at({r.round, r.from});
+      for (size_t j = 0; j < r.truth.size(); j += 3) {
+        const int row = r.truth[j + 2], b = row / T, pos = row % T;
+        EXPECT_EQ(r.truth[j], w[(size_t)b * (T + 1) + pos]);
+        EXPECT_EQ(r.truth[j + 1], w[(size_t)b * (T + 1) + pos + 1]);
+      }
+    }
+    forward_from_others += !r.is_response && r.kind == MsgKind::kExpertForward;
+  }
+  EXPECT_GT(forward_from_others, 0);
+  EXPECT_GT(truths, 0);
+  fs::remove_all(dir);
+}
+
+TEST(AuditTap, TruncatedRecordingIsAnError) {
+  const fs::path dir = fs::temp_directory_path() / "pcmoe-audit-trunc";
+  fs::remove_all(dir);
+  {
+    Recorder rec(dir.string(), 0, 2, "abc");
+    rec.set_round(0, true);
+    rec.tap()(MsgKind::kExpertForward, 1, 0, false, Bytes(100, std::byte{7}));
+  }
+  EXPECT_EQ(read_recording(dir.string()).records.size(), 1u);
+  fs::resize_file(dir / "recording.bin", fs::file_size(dir / "recording.bin") - 10);
+  EXPECT_THROW(read_recording(dir.string()), std::runtime_error);
+  fs::remove_all(dir);
+  EXPECT_THROW(read_recording(dir.string()), std::runtime_error);
+}
+
+TEST(AuditProbe, TopKCountsTiesByTheirShare) {
+  // 3 classes; row 0: label 2 strictly best; row 1: label tied with one other at the top.
+  const float scores[] = {0.f, 1.f, 5.f, 2.f, 2.f, 0.f};
+  const int32_t labels[] = {2, 0};
+  const eval::TopK r = eval::topk_hits(scores, labels, 2, 3);
+  EXPECT_DOUBLE_EQ(r.top1, (1.0 + 0.5) / 2);
+  EXPECT_DOUBLE_EQ(r.top10, 1.0);
+  const eval::TopK c = eval::chance_level({1, 1, 1, 2}, 3);
+  EXPECT_DOUBLE_EQ(c.top1, 0.75);
+  EXPECT_DOUBLE_EQ(c.top10, 1.0);
+}
+
+// Random vectors carry no label: a probe trained on them learns at best the label prior, so on
+// fresh ones it scores at the chance level, never above it.
+TEST(AuditProbe, RandomStatesScoreAtChance) {
+  const int C = 32, V = 64, n = 8192, m = 4096;
+  Rng rng(3);
+  std::vector<float> x((size_t)n * C), xt((size_t)m * C);
+  for (float& v : x) v = (float)rng.normal();
+  for (float& v : xt) v = (float)rng.normal();
+  // Skewed labels (as tokens are), drawn independently of the vectors.
+  auto label = [&] { return (int32_t)std::min<uint64_t>(V - 1, (rng.next_u64() % V) * (rng.next_u64() % V) / V); };
+  std::vector<int32_t> y(n), yt(m);
+  for (auto& v : y) v = label();
+  for (auto& v : yt) v = label();
+  for (int hidden : {0, 64}) {
+    eval::Probe probe(C, V, {hidden, 6, 256, 1e-2f, 1});
+    probe.train(x.data(), y.data(), n);
+    std::vector<float> logits((size_t)m * V);
+    probe.logits(xt.data(), m, logits.data());
+    const eval::TopK hit = eval::topk_hits(logits.data(), yt.data(), m, V);
+    const eval::TopK chance = eval::chance_level(yt, V);
+    // no more than 4 standard errors above chance (sqrt(p(1-p)/m) <= 0.008), and not far below
+    EXPECT_LT(hit.top1, chance.top1 + 0.032) << "hidden " << hidden;
+    EXPECT_LT(hit.top10, chance.top10 + 0.032) << "hidden " << hidden;
+    EXPECT_GT(hit.top1, chance.top1 - 0.05) << "hidden " << hidden;
+    EXPECT_GT(hit.top10, chance.top10 - 0.1) << "hidden " << hidden;
+  }
+}
+
+// The leakiest setting: the attacker holds the victim's exact weights and inverts layer-0 states
+// (what an expert host receives at the first MoE layer) into tokens.
+TEST(AuditProbe, ExactWeightsInvertLayerZeroStates) {
+  const ModelConfig m = tiny_model();
+  const int B = 8, T = m.seq_len, C = m.d_model, K = m.top_k;
+  ParamSet params(m, ParamSelection{});
+  params.init(9);
+  // Keeps the grouped rows of layer 0's forward, as the hosts receive them.
+  struct Capture final : ExpertBackend {
+    Capture(const ModelConfig& cfg, ParamSet& p, int max_rows) : inner(cfg, p, max_rows), E(cfg.n_experts), C(cfg.d_model) {}
+    void forward(int layer, const int* off, const float* x, float* y) override {
+      if (layer == 0) rows.assign(x, x + (size_t)off[E] * C);
+      inner.forward(layer, off, x, y);
+    }
+    void backward(int layer, const int* off, const float* dy, float* dx) override { inner.backward(layer, off, dy, dx); }
+    void backward_unit_norms(int, const int*, const float*, const int*, int, float*, double*) override {}
+    void add_clipped_grads(int, const float*) override {}
+    LocalExperts inner;
+    int E, C;
+    std::vector<float> rows;
+  } capture(m, params, B * T * K);
+  Model model(m, params, capture, B);
+  auto states = [&](uint64_t seed, int batches, std::vector<float>& x, std::vector<int32_t>& y) {
+    for (int i = 0; i < batches; ++i) {
+      const std::vector<int32_t> w = random_tokens((size_t)B * (T + 1), m.vocab_size, seed + i);
+      model.forward(w.data(), B, 1.f);
+      const MoeSaved& sv = model.moe_saved(0);
+      for (int t = 0; t < B * T; ++t) {
+        const float* row = capture.rows.data() + (size_t)sv.row[t * K] * C;
+        x.insert(x.end(), row, row + C);
+        y.push_back(model.last_inputs()[t]);
+      }
+    }
+  };
+  std::vector<float> x, xt;
+  std::vector<int32_t> y, yt;
+  states(1000, 48, x, y);
+  states(5000, 8, xt, yt);
+  EXPECT_LT(eval::chance_level(yt, m.vocab_size).top1, 0.05);
+  for (int hidden : {0, 128}) {
+    eval::Probe probe(C, m.vocab_size, {hidden, 8, 128, 1e-2f, 1});
+    probe.train(x.data(), y.data(), (int)y.size());
+    std::vector<float> logits(yt.size() * m.vocab_size);
+    probe.logits(xt.data(), (int)yt.size(), logits.data());
+    const eval::TopK hit = eval::topk_hits(logits.data(), yt.data(), (int)yt.size(), m.vocab_size);
+    std::printf("exact weights, layer 0, hidden %d: top-1 %.4f top-10 %.4f\n", hidden, hit.top1, hit.top10);
+    EXPECT_GT(hit.top1, 0.9) << "hidden " << hidden;
+    EXPECT_GT(hit.top10, 0.99) << "hidden " << hidden;
+  }
+}
