@@ -20,8 +20,8 @@ ParamSelection shard_selection(int party, int n_parties) {
 }
 
 ExpertHost::ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows,
-                       const HostPrivacy& privacy)
-    : cfg_(cfg), party_(party), local_(hosted_experts(cfg.n_experts, party, n_parties)),
+                       const HostPrivacy& privacy, WireDtype wire)
+    : cfg_(cfg), party_(party), wire_(wire), local_(hosted_experts(cfg.n_experts, party, n_parties)),
       shard_(cfg, shard_selection(party, n_parties)), compute_(cfg, shard_, max_rows, privacy.per_unit),
       opt_(shard_, tc), forward_offsets_(cfg.n_layers), privacy_(privacy), n_units_(cfg.n_layers, 0) {
   shard_.init(tc.seed);
@@ -43,31 +43,30 @@ Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
 
 Bytes ExpertHost::expert_call(Call call, MsgKind kind, const Bytes& request) {
   const int C = cfg_.d_model;
-  decode_expert_request(kind, request, cfg_, local_, compute_.max_rows(), in_);
+  decode_expert_request(kind, request, cfg_, local_, compute_.max_rows(), in_, wire_);
   const int layer = in_.layer;
   const std::vector<int>& offsets = in_.offsets;
   const size_t total = (size_t)in_.n_rows() * C;
   if (call != Call::kForward && offsets != forward_offsets_[layer])
     throw std::runtime_error("backward call does not match the rows of the last forward of layer " + std::to_string(layer));
-  const uint32_t n_units = (uint32_t)in_.n_units;
-  // The results go straight into the reply (f32 rows, then f64 unit norms for kBackwardUnits).
-  Bytes reply(total * sizeof(float) + n_units * sizeof(double));
-  float* out = reinterpret_cast<float*>(reply.data());
+  out_.resize(total);
+  std::vector<double> sq((size_t)in_.n_units, 0.0);
   switch (call) {
-    case Call::kForward:
-      compute_.forward(layer, offsets.data(), in_.rows.data(), out);
-      forward_offsets_[layer] = offsets;
-      n_units_[layer] = 0;
-      break;
-    case Call::kBackward: compute_.backward(layer, offsets.data(), in_.rows.data(), out); break;
-    case Call::kBackwardUnits: {
-      std::vector<double> sq(n_units, 0.0);
-      compute_.backward_unit_norms(layer, offsets.data(), in_.rows.data(), in_.units.data(), (int)n_units, out,
+    case Call::kForward: compute_.forward(layer, offsets.data(), in_.rows.data(), out_.data()); break;
+    case Call::kBackward: compute_.backward(layer, offsets.data(), in_.rows.data(), out_.data()); break;
+    case Call::kBackwardUnits:
+      compute_.backward_unit_norms(layer, offsets.data(), in_.rows.data(), in_.units.data(), in_.n_units, out_.data(),
                                    sq.data());
-      std::memcpy(reply.data() + total * sizeof(float), sq.data(), n_units * sizeof(double));
-      n_units_[layer] = (int)n_units;
       break;
-    }
+  }
+  // A reply that cannot be encoded (fp16 overflow) fails the call and stops the run; the forward
+  // is recorded only once its reply exists.
+  Bytes reply = encode_expert_reply(out_.data(), total, sq.data(), in_.n_units, wire_);
+  if (call == Call::kForward) {
+    forward_offsets_[layer] = offsets;
+    n_units_[layer] = 0;
+  } else if (call == Call::kBackwardUnits) {
+    n_units_[layer] = in_.n_units;
   }
   return reply;
 }

@@ -42,8 +42,9 @@ struct HostPrivacy {
 class ExpertHost {
  public:
   // max_rows: the most routed rows one call may carry (a party's micro-batch tokens x top_k).
+  // wire: the dtype of the rows of expert calls and their replies (collab.wire_dtype).
   ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows,
-             const HostPrivacy& privacy = {});
+             const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32);
   // Serves one request; throws std::runtime_error on a malformed one, with no state change.
   Bytes handle(MsgKind kind, int from, const Bytes& request);
 
@@ -61,12 +62,14 @@ class ExpertHost {
 
   ModelConfig cfg_;
   int party_;
+  WireDtype wire_;
   std::vector<int> local_;  // hosted expert ids (the same in every MoE layer)
   ParamSet shard_;
   LocalExperts compute_;
   AdamW opt_;
   std::vector<std::vector<int>> forward_offsets_;  // per layer: offsets of the last forward
   ExpertRequest in_;  // the last expert call (its buffers reused)
+  std::vector<float> out_;  // its results in fp32, before they are encoded for the wire
   HostPrivacy privacy_;
   std::vector<int> n_units_;  // per layer: units of the last kExpertBackwardUnits (0: none)
   std::unique_ptr<NoiseSource> noise_;  // the secure source, when not seeded

@@ -8,8 +8,8 @@
 
 namespace pcmoe {
 
-RemoteExperts::RemoteExperts(const ModelConfig& cfg, Transport& transport, int party, int n_parties)
-    : cfg_(cfg), transport_(transport), party_(party), n_parties_(n_parties), units_called_(cfg.n_layers),
+RemoteExperts::RemoteExperts(const ModelConfig& cfg, Transport& transport, int party, int n_parties, WireDtype wire)
+    : cfg_(cfg), transport_(transport), party_(party), n_parties_(n_parties), wire_(wire), units_called_(cfg.n_layers),
       n_units_(cfg.n_layers, 0) {}
 
 void RemoteExperts::forward(int layer, const int* offsets, const float* x, float* y) {
@@ -65,12 +65,9 @@ std::vector<int> RemoteExperts::exchange(MsgKind kind, int layer, const int* off
         }
       rows_in = noisy_.data();
     }
-    const Bytes reply = transport_.call(party_, h, kind, encode_expert_request(kind, cfg_, layer, experts, offsets, rows_in, unit, n_units));
-    Reader r(reply);
-    for (int e : experts) r.floats(out + offsets[e] * C, (offsets[e + 1] - offsets[e]) * C);
-    if (unit)
-      for (int u = 0; u < n_units; ++u) unit_sq[u] += r.f64();
-    r.expect_end();
+    const Bytes reply = transport_.call(party_, h, kind,
+                                        encode_expert_request(kind, cfg_, layer, experts, offsets, rows_in, unit, n_units, wire_));
+    decode_expert_reply(reply, cfg_, experts, offsets, out, unit_sq, unit ? n_units : 0, wire_);
     called.push_back(h);
   }
   return called;

@@ -1,11 +1,14 @@
 // The ExpertBackend of a PC-MoE party: splits an MoE layer's grouped rows by hosting party and
 // sends each host only the rows routed to its own experts, with the count per hosted expert.
 //
-// Expert call wire format (little-endian; the same for forward and backward):
+// Expert call wire format (little-endian; the same for forward and backward; written and read
+// by src/collab/expert_wire.cpp):
 //   request : u32 layer, u32 k = number of experts the host holds, k x u32 rows per hosted
-//             expert (ascending expert id), then sum(rows) x d_model f32 (hidden states on
+//             expert (ascending expert id), then sum(rows) x d_model floats (hidden states on
 //             forward, gradients of the expert outputs on backward)
-//   response: sum(rows) x d_model f32 (expert outputs on forward, input gradients on backward)
+//   response: sum(rows) x d_model floats (expert outputs on forward, input gradients on backward)
+// The floats are f32, or bf16 / fp16 (2 bytes, round to nearest even) as collab.wire_dtype says;
+// both sides compute in fp32.
 // Hosts with no routed row in a layer are not called.
 //
 // DP-SGD (MsgKind::kExpertBackwardUnits), pass 1 of a per-unit clipped backward:
@@ -19,6 +22,7 @@
 #include <memory>
 #include <vector>
 
+#include "collab/expert_wire.h"
 #include "collab/transport.h"
 #include "model/config.h"
 #include "model/expert_backend.h"
@@ -28,7 +32,8 @@ namespace pcmoe {
 
 class RemoteExperts final : public ExpertBackend {
  public:
-  RemoteExperts(const ModelConfig& cfg, Transport& transport, int party, int n_parties);
+  RemoteExperts(const ModelConfig& cfg, Transport& transport, int party, int n_parties,
+                WireDtype wire = WireDtype::kF32);
   void forward(int layer, const int* offsets, const float* x, float* y) override;
   void backward(int layer, const int* offsets, const float* dy, float* dx) override;
   void backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit, int n_units,
@@ -47,6 +52,7 @@ class RemoteExperts final : public ExpertBackend {
   ModelConfig cfg_;
   Transport& transport_;
   int party_, n_parties_;
+  WireDtype wire_;
   std::vector<std::vector<int>> units_called_;  // per layer: hosts called by the last pass 1
   std::vector<int> n_units_;                    // per layer: units of the last pass 1
   double state_noise_ = 0;

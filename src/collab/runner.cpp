@@ -87,7 +87,8 @@ nlohmann::json run_pcmoe(Shared& sh) {
   InProcessTransport net;
   const bool dp = private_run(sh);
   const HostPrivacy hp = dp ? HostPrivacy{true, sh.plans[0].seeded_noise, sh.plans[0].noise_seed} : HostPrivacy{};
-  PcMoeSession session(dp ? sh.dp_model : cfg.model, cfg.train, n, net, dp ? sh.dp_max_batch : 0, hp);
+  PcMoeSession session(dp ? sh.dp_model : cfg.model, cfg.train, n, net, dp ? sh.dp_max_batch : 0, hp,
+                       parse_wire_dtype(cfg.collab.wire_dtype));
   if (dp)
     for (int p = 0; p < n; ++p) session.party(p).model.set_aux_per_sequence(sh.plans[p].aux_per_unit);
   if (!cfg.collab.init_from.empty())

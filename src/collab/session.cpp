@@ -17,10 +17,10 @@ Bytes control_message(ControlOp op) {
 }  // namespace
 
 CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id_, int n,
-                         int max_batch, const HostPrivacy& privacy)
-    : id(id_), backbone(cfg, backbone_selection()), optimizer(backbone, tc), experts(cfg, transport, id_, n),
+                         int max_batch, const HostPrivacy& privacy, WireDtype wire)
+    : id(id_), backbone(cfg, backbone_selection()), optimizer(backbone, tc), experts(cfg, transport, id_, n, wire),
       model(cfg, backbone, experts, max_batch > 0 ? max_batch : tc.batch_size, privacy.per_unit),
-      host(cfg, tc, id_, n, (max_batch > 0 ? max_batch : tc.batch_size) * cfg.seq_len * cfg.top_k, privacy) {
+      host(cfg, tc, id_, n, (max_batch > 0 ? max_batch : tc.batch_size) * cfg.seq_len * cfg.top_k, privacy, wire) {
   backbone.init(tc.seed);
 }
 
@@ -51,13 +51,13 @@ TurnPlan::TurnPlan(const ModelConfig& cfg, int n_parties) {
 }
 
 PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport,
-                           int max_batch, const HostPrivacy& privacy)
+                           int max_batch, const HostPrivacy& privacy, WireDtype wire)
     : tc_(tc), transport_(transport), plan_(cfg, n_parties) {
   if (n_parties < 1 || n_parties > cfg.n_experts)
     throw std::runtime_error("need 1 <= parties <= n_experts (" + std::to_string(cfg.n_experts) + "), got " +
                              std::to_string(n_parties));
   for (int p = 0; p < n_parties; ++p) {
-    parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties, max_batch, privacy));
+    parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties, max_batch, privacy, wire));
     ExpertHost* host = &parties_.back()->host;
     transport.serve(p, [host](MsgKind kind, int from, const Bytes& req) { return host->handle(kind, from, req); });
   }

@@ -16,9 +16,10 @@
 namespace pcmoe {
 
 struct CollabParty {
-  // max_batch: sequences per micro-batch (0: tc.batch_size); privacy.per_unit plans DP-SGD.
+  // max_batch: sequences per micro-batch (0: tc.batch_size); privacy.per_unit plans DP-SGD;
+  // wire: the dtype of expert-call rows, as this party sends them and as its host answers.
   CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id, int n_parties,
-              int max_batch = 0, const HostPrivacy& privacy = {});
+              int max_batch = 0, const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32);
   int id;
   ParamSet backbone;  // embedding, attention, norms, routers, head: never leaves the party
   AdamW optimizer;    // for the backbone
@@ -76,7 +77,7 @@ std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round);
 class PcMoeSession {
  public:
   PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport, int max_batch = 0,
-               const HostPrivacy& privacy = {});
+               const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32);
   int n_parties() const { return (int)parties_.size(); }
   CollabParty& party(int p) { return *parties_[p]; }
 

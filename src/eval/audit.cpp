@@ -129,7 +129,7 @@ std::map<int, Rows> victim_rows(const RunConfig& cfg, const Recording& rec, int6
     if (r.round != round || r.is_response || r.from == rec.observer) continue;
     const bool forward = r.kind == MsgKind::kExpertForward;
     if (!forward && r.kind != MsgKind::kExpertBackward && r.kind != MsgKind::kExpertBackwardUnits) continue;
-    decode_expert_request(r.kind, r.payload, mc, hosted, max_rows, req);
+    decode_expert_request(r.kind, r.payload, mc, hosted, max_rows, req, parse_wire_dtype(cfg.collab.wire_dtype));
     if ((int)r.truth.size() != 3 * req.n_rows())
       throw std::runtime_error("the recording's truth does not match its expert calls (corrupt recording)");
     Rows& rows = out[req.layer];

@@ -113,6 +113,27 @@ std::string read_file(const fs::path& path) {
   return ss.str();
 }
 
+// Refuses a certificate outside its validity period, saying when it ended or begins: TLS would
+// refuse it at every handshake, with a message that names neither the file nor the date.
+void check_validity(const fs::path& path, const std::string& pem) {
+  std::unique_ptr<BIO, Free> bio(BIO_new_mem_buf(pem.data(), (int)pem.size()));
+  Cert cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (!cert) throw std::runtime_error(path.string() + " is not a PEM certificate");
+  auto when = [](const ASN1_TIME* t) {
+    std::unique_ptr<BIO, Free> out(BIO_new(BIO_s_mem()));
+    ASN1_TIME_print(out.get(), t);
+    char* data = nullptr;
+    const long n = BIO_get_mem_data(out.get(), &data);
+    return std::string(data, n);
+  };
+  if (X509_cmp_current_time(X509_get0_notAfter(cert.get())) < 0)
+    throw std::runtime_error("certificate " + path.string() + " expired on " + when(X509_get0_notAfter(cert.get())) +
+                             " (make new ones with `pcmoe certs`)");
+  if (X509_cmp_current_time(X509_get0_notBefore(cert.get())) > 0)
+    throw std::runtime_error("certificate " + path.string() + " is not valid before " +
+                             when(X509_get0_notBefore(cert.get())) + " (is this machine's clock right?)");
+}
+
 }  // namespace
 
 void make_certs(const DeployConfig& deploy, const std::string& dir) {
@@ -134,8 +155,11 @@ void make_certs(const DeployConfig& deploy, const std::string& dir) {
 }
 
 TlsFiles read_tls_files(const std::string& dir, const std::string& name) {
-  return {read_file(fs::path(dir) / "ca.pem"), read_file(fs::path(dir) / (name + ".pem")),
-          read_file(fs::path(dir) / (name + ".key"))};
+  TlsFiles f{read_file(fs::path(dir) / "ca.pem"), read_file(fs::path(dir) / (name + ".pem")),
+             read_file(fs::path(dir) / (name + ".key"))};
+  check_validity(fs::path(dir) / "ca.pem", f.ca);
+  check_validity(fs::path(dir) / (name + ".pem"), f.cert);
+  return f;
 }
 
 }  // namespace pcmoe::net

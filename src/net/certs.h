@@ -16,7 +16,8 @@ void make_certs(const DeployConfig& deploy, const std::string& dir);
 struct TlsFiles {
   std::string ca, cert, key;
 };
-// Reads DIR/ca.pem, DIR/<name>.pem, DIR/<name>.key; throws naming a missing or unreadable file.
+// Reads DIR/ca.pem, DIR/<name>.pem, DIR/<name>.key; throws naming a missing or unreadable file,
+// or a certificate that has expired or is not valid yet (with its date).
 TlsFiles read_tls_files(const std::string& dir, const std::string& name);
 
 }  // namespace pcmoe::net

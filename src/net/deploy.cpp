@@ -45,6 +45,7 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   f.read("call_timeout_s", c.call_timeout_s);
   f.read("join_timeout_s", c.join_timeout_s);
   f.read("dead_after_s", c.dead_after_s);
+  f.read("chunk_bytes", c.chunk_bytes);
   f.read("max_message_bytes", c.max_message_bytes);
   f.reject_unknown();
   const int n = run.parties.n_parties;
@@ -77,9 +78,13 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   if (!(c.call_timeout_s > 0) || !(c.join_timeout_s > 0) || !(c.dead_after_s >= 0.5))
     throw std::runtime_error("config keys 'deploy.call_timeout_s' and 'deploy.join_timeout_s' must be > 0, "
                              "'deploy.dead_after_s' at least 0.5");
-  if (c.max_message_bytes == 0) c.max_message_bytes = default_max_message_bytes(run);
-  if (c.max_message_bytes > (size_t)INT32_MAX)
-    throw std::runtime_error("config key 'deploy.max_message_bytes' must be below 2 GiB");
+  if (c.chunk_bytes < 1024 || c.chunk_bytes > (1u << 30))
+    throw std::runtime_error("config key 'deploy.chunk_bytes' must be between 1 KiB and 1 GiB");
+  if (c.max_message_bytes == 0) c.max_message_bytes = c.chunk_bytes + 64 * 1024;
+  if (c.max_message_bytes < c.chunk_bytes + 1024 || c.max_message_bytes > (size_t)INT32_MAX)
+    throw std::runtime_error("config key 'deploy.max_message_bytes' must be at least deploy.chunk_bytes + 1 KiB "
+                             "(a chunk and its envelope) and below 2 GiB");
+  c.max_payload_bytes = max_payload_bytes(run);
   return c;
 }
 
@@ -87,11 +92,11 @@ nlohmann::json to_json(const DeployConfig& c) {
   nlohmann::json parties = nlohmann::json::array();
   for (const PartyAddress& a : c.parties) parties.push_back({{"name", a.name}, {"address", a.address}});
   return {{"parties", parties}, {"call_timeout_s", c.call_timeout_s}, {"join_timeout_s", c.join_timeout_s},
-          {"dead_after_s", c.dead_after_s},
+          {"dead_after_s", c.dead_after_s},     {"chunk_bytes", c.chunk_bytes},
           {"max_message_bytes", c.max_message_bytes}};
 }
 
-size_t default_max_message_bytes(const RunConfig& run) {
+size_t max_payload_bytes(const RunConfig& run) {
   const ModelConfig& m = run.model;
   const size_t rows = (size_t)run.train.batch_size * m.seq_len * m.top_k;
   return 8 + 4 * (size_t)m.n_experts + rows * m.d_model * sizeof(float) + 64 * 1024;
@@ -99,7 +104,8 @@ size_t default_max_message_bytes(const RunConfig& run) {
 
 std::string config_hash(const RunConfig& run) {
   const std::string text =
-      nlohmann::json{{"model", to_json(run.model)}, {"train", to_json(run.train)}, {"n_parties", run.parties.n_parties}}.dump();
+      nlohmann::json{{"model", to_json(run.model)}, {"train", to_json(run.train)}, {"n_parties", run.parties.n_parties},
+                     {"wire_dtype", run.collab.wire_dtype}}.dump();
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   if (!EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr))

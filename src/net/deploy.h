@@ -12,7 +12,7 @@
 namespace pcmoe::net {
 
 // Bump on any change to proto/pcmoe.proto or to the payload encodings of docs/protocol.md.
-constexpr uint32_t kProtocolVersion = 1;
+constexpr uint32_t kProtocolVersion = 2;  // 2: CallStream, collab.wire_dtype
 
 struct PartyAddress {
   std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters
@@ -24,7 +24,12 @@ struct DeployConfig {
   double call_timeout_s = 60;         // deadline of every call (long polls add their wait)
   double join_timeout_s = 60;         // how long a party waits for all others to join
   double dead_after_s = 5;            // a joined party silent this long is presumed dead: the run stops
-  size_t max_message_bytes = 0;       // bound of every message (0: from the model config)
+  // A call payload above chunk_bytes travels as a stream of chunks of at most chunk_bytes
+  // (Party.CallStream), so no single message grows with the batch.
+  size_t chunk_bytes = 4 << 20;
+  size_t max_message_bytes = 0;       // bound of every message (0: chunk_bytes + 64 KiB)
+  size_t max_payload_bytes = 0;       // bound of a whole call, streamed or not: the largest expert
+                                      // call of the model config plus 64 KiB (not a config key)
 };
 
 // A run config plus its deploy section.
@@ -35,19 +40,20 @@ struct DeployRun {
 
 // Reads a config file whose optional `deploy` section is
 //   {"parties": [{"name": "party0", "address": "127.0.0.1:50051"}, ...],
-//    "call_timeout_s": 60, "join_timeout_s": 60, "dead_after_s": 5, "max_message_bytes": 0}
+//    "call_timeout_s": 60, "join_timeout_s": 60, "dead_after_s": 5, "chunk_bytes": 4194304,
+//    "max_message_bytes": 0}
 // Without it, party i is "party<i>" at 127.0.0.1:<50051 + i>. The other sections are read as
 // load_run_config reads them; errors name the file.
 DeployRun load_deploy_run(const std::string& path);
 DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& run);
 nlohmann::json to_json(const DeployConfig& c);
 
-// The largest message a run of this config sends (an expert call of a whole micro-batch's routed
-// rows to one host), plus headroom for the envelope and control messages.
-size_t default_max_message_bytes(const RunConfig& run);
+// The largest call payload a run of this config sends (an expert call of a whole micro-batch's
+// routed rows to one host, in fp32), plus headroom for control messages.
+size_t max_payload_bytes(const RunConfig& run);
 
-// SHA-256 (hex) of the canonical JSON of the model and train sections and the party count:
-// every party must train the same model the same way.
+// SHA-256 (hex) of the canonical JSON of the model and train sections, the party count and
+// collab.wire_dtype: every party must train the same model the same way and read its peers' rows.
 std::string config_hash(const RunConfig& run);
 
 // The host part of "host:port" ("[::1]:5" -> "::1"); throws on an address without a port.

@@ -32,6 +32,58 @@ std::chrono::system_clock::time_point deadline_after(double seconds) {
 
 std::string describe(const grpc::Status& s) { return std::string(code_name(s.error_code())) + ": " + s.error_message(); }
 
+grpc::Status ChunkAssembly::add(wire::CallChunk&& c) {
+  const auto invalid = [](const std::string& why) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, why); };
+  if (next_ == 0) {
+    if (c.seq != 0) return invalid("stream starts with chunk " + std::to_string(c.seq) + ", not 0");
+    if (c.total_bytes > max_total_)
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED, "stream announces " + std::to_string(c.total_bytes) +
+                                                        " bytes; the largest call of this deployment is " +
+                                                        std::to_string(max_total_)};
+    head_ = c;
+    head_.data.clear();
+    payload_.reserve(c.total_bytes);
+  } else if (c.seq != next_) {
+    return invalid("chunk " + std::to_string(c.seq) + " where chunk " + std::to_string(next_) +
+                   " was due (reordered, duplicated or lost)");
+  } else if (c.kind != head_.kind || c.from != head_.from || c.step != head_.step || c.total_bytes != head_.total_bytes) {
+    return invalid("chunk " + std::to_string(c.seq) + " changes the call's kind, caller, step or total");
+  }
+  if (c.data.empty() && c.total_bytes > 0) return invalid("chunk " + std::to_string(c.seq) + " is empty");
+  if (c.data.size() > c.total_bytes - payload_.size())
+    return invalid("chunk " + std::to_string(c.seq) + " runs past the announced " + std::to_string(c.total_bytes) +
+                   " bytes");
+  payload_ += c.data;
+  ++next_;
+  return grpc::Status::OK;
+}
+
+grpc::Status ChunkAssembly::finish() const {
+  if (next_ == 0) return {grpc::StatusCode::INVALID_ARGUMENT, "stream without chunks"};
+  if (payload_.size() != head_.total_bytes)
+    return {grpc::StatusCode::INVALID_ARGUMENT, "truncated stream: " + std::to_string(payload_.size()) + " of " +
+                                                    std::to_string(head_.total_bytes) + " bytes in " +
+                                                    std::to_string(next_) + " chunks"};
+  return grpc::Status::OK;
+}
+
+namespace {
+// Sends `payload` as chunks of at most `chunk` bytes (one empty chunk for an empty payload);
+// false when the peer ended the stream first.
+template <class Stream>
+bool write_chunks(Stream& s, wire::CallChunk head, const std::string& payload, size_t chunk) {
+  head.total_bytes = payload.size();
+  size_t at = 0;
+  do {
+    head.data = payload.substr(at, chunk);
+    at += head.data.size();
+    if (!s.Write(to_buffer(wire::encode(head)))) return false;
+    ++head.seq;
+  } while (at < payload.size());
+  return true;
+}
+}  // namespace
+
 GrpcTransport::GrpcTransport(const DeployConfig& deploy, int me, std::optional<TlsFiles> tls)
     : deploy_(deploy), me_(me), tls_(std::move(tls)), channels_(deploy.parties.size()) {
   if (me < 0 || me >= (int)deploy.parties.size())
@@ -57,6 +109,9 @@ void GrpcTransport::start(grpc::Service* extra) {
       wire::kPartyCall, [this](grpc::ServerContext* ctx, const wire::CallRequest& req, wire::CallReply& reply) {
         return handle(ctx, req.kind, req.from, req.step, req.payload, &reply.payload);
       });
+  party->add_bidi(wire::kPartyCallStream, [this](grpc::ServerContext* ctx, UnaryService::Stream* stream) {
+    return handle_stream(ctx, stream);
+  });
   service_ = std::move(party);
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (tls_) {
@@ -127,26 +182,70 @@ Bytes GrpcTransport::call(int from, int to, MsgKind kind, const Bytes& request) 
     std::lock_guard<std::mutex> lock(host_mu_);
     return handler_(kind, from, request);  // not a boundary: neither sent nor counted
   }
-  wire::CallRequest req;
-  req.kind = static_cast<uint32_t>(kind);
-  req.from = (uint32_t)from;
-  req.step = step_;
-  req.payload.assign(reinterpret_cast<const char*>(request.data()), request.size());
   count(kind, from, to, request.size());
   if (tap_) tap_(kind, from, to, false, request);
-  wire::CallReply reply;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(deadline_after(deploy_.call_timeout_s));
-  const grpc::Status s = unary_call(*channel(to), wire::kPartyCall, ctx, req, reply);
-  if (!s.ok())
-    throw std::runtime_error(std::string(to_string(kind)) + " call from " + deploy_.parties[from].name + " to " +
-                             deploy_.parties[to].name + " at " + deploy_.parties[to].address + " failed: " + describe(s));
-  const std::string& p = reply.payload;
+  std::string p;
+  if (request.size() > deploy_.chunk_bytes) {
+    p = call_stream(to, kind, request);
+  } else {
+    wire::CallRequest req;
+    req.kind = static_cast<uint32_t>(kind);
+    req.from = (uint32_t)from;
+    req.step = step_;
+    req.payload.assign(reinterpret_cast<const char*>(request.data()), request.size());
+    wire::CallReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline_after(deploy_.call_timeout_s));
+    const grpc::Status s = unary_call(*channel(to), wire::kPartyCall, ctx, req, reply);
+    if (!s.ok()) throw std::runtime_error(call_failed(kind, to, s));
+    p = std::move(reply.payload);
+  }
   Bytes response(p.size());
   if (!p.empty()) std::memcpy(response.data(), p.data(), p.size());
   count(kind, to, from, response.size());
   if (tap_) tap_(kind, to, from, true, response);
   return response;
+}
+
+std::string GrpcTransport::call_failed(MsgKind kind, int to, const grpc::Status& s) const {
+  return std::string(to_string(kind)) + " call from " + deploy_.parties[me_].name + " to " + deploy_.parties[to].name +
+         " at " + deploy_.parties[to].address + " failed: " + describe(s);
+}
+
+std::string GrpcTransport::call_stream(int to, MsgKind kind, const Bytes& request) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline_after(deploy_.call_timeout_s));
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+          channel(to).get(), grpc::internal::RpcMethod(wire::kPartyCallStream, grpc::internal::RpcMethod::BIDI_STREAMING),
+          &ctx));
+  wire::CallChunk head;
+  head.kind = static_cast<uint32_t>(kind);
+  head.from = (uint32_t)me_;
+  head.step = step_;
+  // A host that refuses the call ends the stream early; Finish() below says why.
+  if (write_chunks(*stream, head, std::string(reinterpret_cast<const char*>(request.data()), request.size()),
+                   deploy_.chunk_bytes))
+    stream->WritesDone();
+  ChunkAssembly reply(deploy_.max_payload_bytes);
+  grpc::Status bad_reply;
+  grpc::ByteBuffer buf;
+  while (stream->Read(&buf)) {
+    if (!bad_reply.ok()) continue;  // drain, so that Finish() returns
+    wire::CallChunk c;
+    try {
+      wire::decode(from_buffer(buf), c);
+      bad_reply = reply.add(std::move(c));
+    } catch (const std::exception& e) {
+      bad_reply = {grpc::StatusCode::INTERNAL, e.what()};
+    }
+  }
+  const grpc::Status s = stream->Finish();
+  if (!s.ok()) throw std::runtime_error(call_failed(kind, to, s));
+  if (bad_reply.ok()) bad_reply = reply.finish();
+  if (!bad_reply.ok())
+    throw std::runtime_error(call_failed(kind, to, {bad_reply.error_code(), "reply stream: " + bad_reply.error_message()}));
+  return std::move(reply.payload());
 }
 
 grpc::Status GrpcTransport::check_caller(grpc::ServerContext* ctx, const DeployConfig& deploy, bool secure,
@@ -185,9 +284,36 @@ grpc::Status GrpcTransport::handle(grpc::ServerContext* ctx, uint32_t kind, uint
                                                     deploy_.parties[from].name + ": " + e.what()};
   }
   latest_served_step_ = step;
-  count(k, (int)from, me_, request.size());
-  count(k, me_, (int)from, response.size());
+  if (step < count_below_) {
+    count(k, (int)from, me_, request.size());
+    count(k, me_, (int)from, response.size());
+  }
   reply->assign(reinterpret_cast<const char*>(response.data()), response.size());
+  return grpc::Status::OK;
+}
+
+grpc::Status GrpcTransport::handle_stream(grpc::ServerContext* ctx,
+                                          grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+  ChunkAssembly in(deploy_.max_payload_bytes);
+  grpc::ByteBuffer buf;
+  while (stream->Read(&buf)) {
+    wire::CallChunk c;
+    try {
+      wire::decode(from_buffer(buf), c);
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::INVALID_ARGUMENT, e.what()};
+    }
+    // Who calls is checked on the first chunk, before anything is stored for it.
+    if (c.seq == 0)
+      if (grpc::Status s = check_caller(ctx, deploy_, secure(), c.from); !s.ok()) return s;
+    if (grpc::Status s = in.add(std::move(c)); !s.ok()) return s;
+  }
+  if (grpc::Status s = in.finish(); !s.ok()) return s;
+  std::string reply;
+  const wire::CallChunk& h = in.head();
+  if (grpc::Status s = handle(ctx, h.kind, h.from, h.step, in.payload(), &reply); !s.ok()) return s;
+  if (!write_chunks(*stream, wire::CallChunk{}, reply, deploy_.chunk_bytes))
+    return {grpc::StatusCode::CANCELLED, "the caller left before the reply was sent"};
   return grpc::Status::OK;
 }
 

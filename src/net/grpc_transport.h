@@ -1,10 +1,12 @@
 // pcmoe::Transport over gRPC (service Party of proto/pcmoe.proto): a party's process serves its
 // own handler (its ExpertHost) and calls the other parties' servers. Mutual TLS unless built
-// insecure (loopback only); deadlines on every call; every message bounded; bytes counted in
-// TrafficStats exactly as InProcessTransport counts them (payloads, each direction), on the
-// caller's side and on the host's side.
+// insecure (loopback only); deadlines on every call; every message bounded; a payload above
+// deploy.chunk_bytes goes as a stream of chunks (Party.CallStream), its reply likewise; bytes
+// counted in TrafficStats exactly as InProcessTransport counts them (payloads, each direction),
+// on the caller's side and on the host's side.
 #pragma once
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/sync_stream.h>
 
 #include <memory>
 #include <mutex>
@@ -14,8 +16,32 @@
 #include "collab/transport.h"
 #include "net/certs.h"
 #include "net/deploy.h"
+#include "net/wire.h"
 
 namespace pcmoe::net {
+
+// Puts a streamed payload back together: chunks numbered 0, 1, 2, ... each exactly once, every
+// one with the first one's kind, caller, step and total, none empty (unless the payload is),
+// never past the announced total, which may not exceed `max_total`. Nothing is handed on until
+// finish() found the stream complete, so a truncated, reordered or duplicated stream reaches no
+// handler.
+class ChunkAssembly {
+ public:
+  explicit ChunkAssembly(size_t max_total) : max_total_(max_total) {}
+  // OK, or why the chunk cannot follow (INVALID_ARGUMENT; RESOURCE_EXHAUSTED for a total above
+  // max_total, before any of it is stored).
+  grpc::Status add(wire::CallChunk&& chunk);
+  // OK when every announced byte arrived.
+  grpc::Status finish() const;
+  const wire::CallChunk& head() const { return head_; }  // kind, from, step, total of the stream
+  std::string& payload() { return payload_; }
+
+ private:
+  size_t max_total_;
+  uint32_t next_ = 0;
+  wire::CallChunk head_;
+  std::string payload_;
+};
 
 class GrpcTransport final : public Transport {
  public:
@@ -33,6 +59,9 @@ class GrpcTransport final : public Transport {
   Bytes call(int from, int to, MsgKind kind, const Bytes& request) override;
   // The global turn index outgoing calls carry (CallRequest.step).
   void set_step(uint64_t step) { step_ = step; }
+  // Incoming calls of turn `end` or later (the evaluation after training) are served but not
+  // counted: others may start evaluating before this party has read its training traffic.
+  void count_turns_below(uint64_t end) { count_below_ = end; }
 
   // A channel to party `peer`, authenticated as this party, checking the peer's name.
   std::shared_ptr<grpc::Channel> channel(int peer);
@@ -49,6 +78,9 @@ class GrpcTransport final : public Transport {
  private:
   grpc::Status handle(grpc::ServerContext* ctx, uint32_t kind, uint32_t from, uint64_t step, const std::string& payload,
                       std::string* reply);
+  grpc::Status handle_stream(grpc::ServerContext* ctx, grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* s);
+  std::string call_stream(int to, MsgKind kind, const Bytes& request);
+  std::string call_failed(MsgKind kind, int to, const grpc::Status& s) const;
   void count(MsgKind kind, int from, int to, size_t bytes);
 
   DeployConfig deploy_;
@@ -63,6 +95,7 @@ class GrpcTransport final : public Transport {
   std::mutex host_mu_;  // one incoming call at a time reaches the handler
   uint64_t step_ = 0;
   uint64_t latest_served_step_ = 0;
+  uint64_t count_below_ = UINT64_MAX;
 };
 
 // "what failed: CODE: message" for a failed gRPC status.

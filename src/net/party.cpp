@@ -51,7 +51,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   GrpcTransport net(dr.deploy, me, tls);  // refuses --insecure off loopback before any work
   const CollabData data = load_collab_data(cfg, me);
   const PartyStreams& own = data.parties[me];
-  CollabParty party(cfg.model, cfg.train, net, me, n);
+  CollabParty party(cfg.model, cfg.train, net, me, n, 0, {}, parse_wire_dtype(cfg.collab.wire_dtype));
   if (!cfg.collab.init_from.empty()) {
     load_checkpoint(cfg.collab.init_from, cfg.model, party.backbone, nullptr);
     load_checkpoint(cfg.collab.init_from, cfg.model, party.host.params(), nullptr);
@@ -73,6 +73,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   if (first_turn >= end_turn)
     throw std::runtime_error("nothing to train: the run is at turn " + std::to_string(first_turn) + " of " +
                              std::to_string(end_turn));
+  net.count_turns_below((uint64_t)end_turn);  // the report's traffic is training traffic, as in collab
   const int threads = cfg.train.threads;
   net.serve(me, [&party, threads](MsgKind kind, int from, const Bytes& req) {
     set_num_threads(threads);  // a server thread: the host computes with the run's thread count
@@ -118,6 +119,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     coord.barrier("trained");
     const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
     const TrafficStats training = net.traffic();  // every training call to or from this party is done
+                                                  // (later calls to its host are not counted)
     fs::remove(ckpt / "state.json");  // until both parts are written, there is no checkpoint to resume from
     save_checkpoint((ckpt / "backbone").string(), cfg, party.backbone, &party.optimizer, party.turns, data.tokenizer_model);
     save_checkpoint((ckpt / "shard").string(), cfg, party.host.params(), &party.host.optimizer(), party.turns,
@@ -146,6 +148,8 @@ nlohmann::json run_party(const PartyOptions& opts) {
                          {"messages", c.messages}, {"bytes", c.bytes}});
     report["traffic"] = traffic;
     report["transport"] = net.secure() ? "grpc+mtls" : "grpc-insecure";
+    report["wire_dtype"] = cfg.collab.wire_dtype;
+    report["peak_rss_bytes"] = peak_rss_bytes();  // this party's process, to set beside a centralised one
   } catch (const std::exception& e) {
     coord.stop(e.what());
     if (coordinator) coordinator->linger_until_told(2.0);  // let the others hear why before going down

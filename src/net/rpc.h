@@ -1,6 +1,8 @@
-// Unary gRPC methods that carry the wire messages of src/net/wire.h as raw bytes: a service
-// built method by method, and a blocking call with the caller's deadline. A request that does
-// not decode is answered INVALID_ARGUMENT without reaching the method.
+// gRPC methods that carry the wire messages of src/net/wire.h as raw bytes: a service built
+// method by method (unary methods, whose request is decoded before the method sees it, and
+// bidirectional streams, whose method reads and decodes each message), and a blocking unary
+// call with the caller's deadline. A unary request that does not decode is answered
+// INVALID_ARGUMENT without reaching the method.
 #pragma once
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/client_unary_call.h>
@@ -50,6 +52,14 @@ class UnaryService : public grpc::Service {
               return s;
             },
             this)));
+  }
+
+  using Stream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
+  void add_bidi(const char* method, std::function<grpc::Status(grpc::ServerContext*, Stream*)> fn) {
+    using Handler = grpc::internal::BidiStreamingHandler<UnaryService, grpc::ByteBuffer, grpc::ByteBuffer>;
+    AddMethod(new grpc::internal::RpcServiceMethod(
+        method, grpc::internal::RpcMethod::BIDI_STREAMING,
+        new Handler([fn](UnaryService*, grpc::ServerContext* ctx, Stream* stream) { return fn(ctx, stream); }, this)));
   }
 };
 

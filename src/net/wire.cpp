@@ -19,6 +19,7 @@ void put_varint(std::string& out, uint64_t v) {
 // Field visitors: each message lists (number, member) once, for encoding and decoding alike.
 template <class F> void fields(CallRequest& m, F&& f) { f(1, m.kind); f(2, m.from); f(3, m.step); f(4, m.payload); }
 template <class F> void fields(CallReply& m, F&& f) { f(1, m.payload); }
+template <class F> void fields(CallChunk& m, F&& f) { f(1, m.kind); f(2, m.from); f(3, m.step); f(4, m.total_bytes); f(5, m.seq); f(6, m.data); }
 template <class F> void fields(JoinRequest& m, F&& f) { f(1, m.party); f(2, m.protocol_version); f(3, m.config_hash); f(4, m.wait_ms); f(5, m.first_turn); f(6, m.end_turn); }
 template <class F> void fields(JoinReply& m, F&& f) { f(1, m.poll); f(2, m.reason); }
 template <class F> void fields(TurnRequest& m, F&& f) { f(1, m.party); f(2, m.wait_ms); }
@@ -137,6 +138,7 @@ void decode_message(const std::string& bytes, M& m, const char* name) {
   void decode(const std::string& bytes, M& m) { decode_message(bytes, m, #M); }
 PCMOE_WIRE_MESSAGE(CallRequest)
 PCMOE_WIRE_MESSAGE(CallReply)
+PCMOE_WIRE_MESSAGE(CallChunk)
 PCMOE_WIRE_MESSAGE(JoinRequest)
 PCMOE_WIRE_MESSAGE(JoinReply)
 PCMOE_WIRE_MESSAGE(TurnRequest)

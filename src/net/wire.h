@@ -25,6 +25,14 @@ struct CallRequest {
 struct CallReply {
   std::string payload;  // 1
 };
+struct CallChunk {
+  uint32_t kind = 0;         // 1
+  uint32_t from = 0;         // 2
+  uint64_t step = 0;         // 3
+  uint64_t total_bytes = 0;  // 4
+  uint32_t seq = 0;          // 5
+  std::string data;          // 6
+};
 struct JoinRequest {
   uint32_t party = 0;             // 1
   uint32_t protocol_version = 0;  // 2
@@ -80,6 +88,7 @@ struct HeartbeatReply {
   void decode(const std::string& bytes, M& m);
 PCMOE_WIRE_MESSAGE(CallRequest)
 PCMOE_WIRE_MESSAGE(CallReply)
+PCMOE_WIRE_MESSAGE(CallChunk)
 PCMOE_WIRE_MESSAGE(JoinRequest)
 PCMOE_WIRE_MESSAGE(JoinReply)
 PCMOE_WIRE_MESSAGE(TurnRequest)
@@ -95,6 +104,7 @@ PCMOE_WIRE_MESSAGE(HeartbeatReply)
 
 // Full method names of the services.
 inline constexpr const char* kPartyCall = "/pcmoe.wire.Party/Call";
+inline constexpr const char* kPartyCallStream = "/pcmoe.wire.Party/CallStream";
 inline constexpr const char* kJoin = "/pcmoe.wire.Coordinator/Join";
 inline constexpr const char* kNextTurn = "/pcmoe.wire.Coordinator/NextTurn";
 inline constexpr const char* kTurnDone = "/pcmoe.wire.Coordinator/TurnDone";

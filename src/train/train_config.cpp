@@ -5,6 +5,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "collab/expert_wire.h"
 #include "common/json_fields.h"
 
 namespace pcmoe {
@@ -65,7 +66,9 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   f.read("init_from", c.init_from);
   f.read("state_noise", c.state_noise);
   f.read("state_noise_seed", c.state_noise_seed);
+  f.read("wire_dtype", c.wire_dtype);
   f.reject_unknown();
+  parse_wire_dtype(c.wire_dtype);  // a clear error for anything but fp32, bf16, fp16
   if (!(c.state_noise >= 0 && c.state_noise <= 100))
     throw std::runtime_error("config key 'collab.state_noise' must be in [0, 100] (a std relative to each row's RMS)");
   if (c.modes.empty()) throw std::runtime_error("config key 'collab.modes' must name at least one mode");
@@ -78,7 +81,7 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
 
 nlohmann::json to_json(const CollabConfig& c) {
   return {{"modes", c.modes}, {"init_from", c.init_from}, {"state_noise", c.state_noise},
-          {"state_noise_seed", c.state_noise_seed}};
+          {"state_noise_seed", c.state_noise_seed}, {"wire_dtype", c.wire_dtype}};
 }
 
 AuditConfig audit_config_from_json(const nlohmann::json& j, int n_parties) {
@@ -163,6 +166,9 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
     if (c.train.grad_accum != 1)
       throw std::runtime_error("train.grad_accum must be 1 with a privacy section: DP-SGD batches are Poisson draws "
                                "of privacy.sampling_rate x units, not fixed accumulated batches");
+    if (c.collab.wire_dtype != "fp32")
+      throw std::runtime_error("collab.wire_dtype must be fp32 with a privacy section: the per-unit clipping of "
+                               "DP-SGD is computed and tested on fp32 expert calls only");
   }
   return c;
 }

@@ -49,6 +49,9 @@ struct CollabConfig {
   // exact state). From a secure source, or from state_noise_seed when it is non-zero (tests).
   double state_noise = 0;
   uint64_t state_noise_seed = 0;
+  // How pc-moe's expert calls carry their float rows (hidden states, output gradients and the
+  // replies): "fp32", "bf16" or "fp16" (src/collab/expert_wire.h); DP-SGD runs take fp32 only.
+  std::string wire_dtype = "fp32";
 };
 CollabConfig collab_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const CollabConfig& c);

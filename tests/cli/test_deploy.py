@@ -16,14 +16,15 @@ data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
 tiny_corpus(data_dir)
 
 
-# (a) 4 processes over TLS = the simulation, turn by turn.
-cfg = deploy_config(data_dir, cache, 4, join_timeout_s=30)
+# (a) 4 processes over TLS = the simulation, turn by turn; messages bounded at 8 KiB, so the
+# larger expert calls (up to 32 KiB here) travel as streams of 4 KiB chunks.
+cfg = deploy_config(data_dir, cache, 4, join_timeout_s=30, chunk_bytes=4096, max_message_bytes=8192)
 path = os.path.join(tmp, "four.json")
 write_json(path, cfg)
 code, out, err = run("collab", "--config", path, "--out", os.path.join(tmp, "sim"))
 check(code == 0, "the simulation runs on a config with a deploy section")
 code, out, err = run("launch", "--config", path, "--out", os.path.join(tmp, "dep"))
-check(code == 0, "launch: 4 party processes over mutual TLS complete")
+check(code == 0, "launch: 4 party processes over mutual TLS complete, large calls streamed in chunks")
 if code:
     print(err[-2000:])
     for p in range(4):
@@ -54,6 +55,24 @@ check(all(os.path.exists(os.path.join(certs, f)) for f in ("ca.pem", "ca.key", "
       "launch made the CA and per-party certificates")
 check(oct(os.stat(os.path.join(certs, "party0.key")).st_mode & 0o777) == "0o600", "private keys are 0600")
 
+
+# (a') bf16 rows on the wire: deployed = simulated (tests/net/test_wire_dtype.cpp holds the bytes).
+half = deploy_config(data_dir, cache, 2, join_timeout_s=30)
+half["collab"]["wire_dtype"] = "bf16"
+hpath = os.path.join(tmp, "half.json")
+write_json(hpath, half)
+check(run("collab", "--config", hpath, "--out", os.path.join(tmp, "sim16"))[0] == 0, "the simulation runs with bf16 rows")
+code, out, err = run("launch", "--config", hpath, "--out", os.path.join(tmp, "dep16"))
+check(code == 0, "launch: 2 parties exchanging bf16 rows complete")
+sim16 = [m for m in read_metrics(os.path.join(tmp, "sim16", "metrics.jsonl")) if m["mode"] == "pc-moe"]
+dep16 = read_metrics(os.path.join(tmp, "dep16", "metrics.jsonl"))
+check([(m["round"], m["party"], m["loss"], m["grad_norm"]) for m in dep16] ==
+      [(m["round"], m["party"], m["loss"], m["grad_norm"]) for m in sim16] and len(dep16) == 6,
+      "bf16: every deployed turn's loss and gradient norm identical to the simulation's")
+s16 = json.load(open(os.path.join(tmp, "sim16", "report.json")))["modes"]["pc-moe"]["parties"]
+d16 = json.load(open(os.path.join(tmp, "dep16", "report.json")))["parties"]
+check(all(d16[p]["report"]["bytes_sent_per_token"] == s16[p]["bytes_sent_per_token"] for p in range(2)),
+      "bf16: bytes per token counted as in process")
 
 # (b) refusals: party 0 (good) against a bad party 1; both must exit non-zero with clear errors.
 def pair(cfg0, cfg1, certs0, certs1, name, insecure1=False):
@@ -117,11 +136,36 @@ code, out, err = run("party", "--config", os.path.join(tmp, "two.json"), "--part
 check(code != 0 and "pcmoe certs" in err, "missing certificates: a clear error")
 code, out, err = run("party", "--config", os.path.join(tmp, "two.json"), "--party", "2", "--certs", good, "--out", os.path.join(tmp, "x"))
 check(code != 0 and "--party must be in [0, 2)" in err, "a party index outside the deployment is refused")
+small = json.loads(json.dumps(two))
+small["deploy"].update({"chunk_bytes": 8192, "max_message_bytes": 8192})
+write_json(os.path.join(tmp, "small.json"), small)
+code, out, err = run("certs", "--config", os.path.join(tmp, "small.json"), "--out", os.path.join(tmp, "x"))
+check(code != 0 and "'deploy.max_message_bytes' must be at least deploy.chunk_bytes + 1 KiB" in err,
+      "a message bound that cannot hold a chunk is refused")
 bad = json.loads(json.dumps(two))
 bad["deploy"]["parties"][1]["name"] = "Party_1"
 write_json(os.path.join(tmp, "bad.json"), bad)
 code, out, err = run("certs", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
 check(code != 0 and "party name 'Party_1'" in err, "an invalid party name is refused")
+
+# collab.wire_dtype: strict names, fp32 only with DP-SGD, and part of what parties must agree on.
+for value, needle in (("fp8", "unknown dtype 'fp8' (expected fp32, bf16 or fp16)"),
+                      (16, "collab.wire_dtype")):
+    bad = json.loads(json.dumps(two))
+    bad["collab"]["wire_dtype"] = value
+    write_json(os.path.join(tmp, "bad.json"), bad)
+    code, out, err = run("collab", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
+    check(code != 0 and needle in err, f"collab.wire_dtype {value!r} is refused: {err.strip()[-160:]}")
+dp = json.loads(json.dumps(two))
+dp["collab"]["wire_dtype"] = "bf16"
+dp["privacy"] = {"sampling_rate": 0.1, "noise_multiplier": 1.0}
+write_json(os.path.join(tmp, "bad.json"), dp)
+code, out, err = run("collab", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
+check(code != 0 and "collab.wire_dtype must be fp32 with a privacy section" in err, "bf16 with DP-SGD is refused")
+half = json.loads(json.dumps(two))
+half["collab"]["wire_dtype"] = "bf16"
+(e0, e1) = pair(two, half, good, good, "dtype")
+expect(e1, "config hash", "party 1 sending bf16 rows to fp32 peers is refused at join")
 
 shutil.rmtree(tmp)
 finish()

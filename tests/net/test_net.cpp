@@ -3,6 +3,8 @@
 // malformed and impersonating calls with an error and no change of its state.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -60,6 +62,16 @@ TEST(Wire, ProtocReadsWhatWeWrite) {
   const std::string t2 = protoc("decode", "TurnDoneRequest", wire::encode(done));
   EXPECT_NE(t2.find("turn: 1099511627776"), std::string::npos) << t2;
   EXPECT_NE(t2.find("loss: 4.25"), std::string::npos) << t2;
+  wire::CallChunk chunk;
+  chunk.kind = wire::EXPERT_FORWARD;
+  chunk.from = 1;
+  chunk.step = 9;
+  chunk.total_bytes = 5000000000ull;
+  chunk.seq = 3;
+  chunk.data = "xyz";
+  const std::string t3 = protoc("decode", "CallChunk", wire::encode(chunk));
+  for (const char* f : {"kind: EXPERT_FORWARD", "from: 1", "step: 9", "total_bytes: 5000000000", "seq: 3", "data: \"xyz\""})
+    EXPECT_NE(t3.find(f), std::string::npos) << f << " in " << t3;
 }
 
 TEST(Wire, WeReadWhatProtocWrites) {
@@ -130,7 +142,11 @@ class HostOverGrpc : public ::testing::Test {
     t_.threads = 1;
     for (int i = 0; i < 3; ++i) d_.parties.push_back({"party" + std::to_string(i), "127.0.0.1:" + std::to_string(free_port())});
     d_.call_timeout_s = 10;
-    d_.max_message_bytes = 16 * 1024;
+    // Small chunks: the host's largest call (32 rows, 2,060 bytes) exceeds the message bound and
+    // must be streamed; anything above max_payload_bytes is refused outright.
+    d_.chunk_bytes = 1024;
+    d_.max_message_bytes = 2048;
+    d_.max_payload_bytes = 16 * 1024;
     dir_ = (fs::temp_directory_path() / ("pcmoe-net-test-" + std::to_string(getpid()))).string();
     make_certs(d_, dir_);
     host_ = std::make_unique<ExpertHost>(m_, t_, 1, 3, t_.batch_size * m_.seq_len * m_.top_k);
@@ -179,6 +195,35 @@ class HostOverGrpc : public ::testing::Test {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     return unary_call(*client_->channel(1), wire::kPartyCall, ctx, req, reply);
+  }
+
+  // A chunk stream written by hand: each (seq, data, step) as given, then the end of the stream.
+  grpc::Status raw_stream(uint32_t kind, uint32_t from, uint64_t total, const std::vector<std::tuple<uint32_t, std::string, uint64_t>>& chunks,
+                          std::string* reply = nullptr) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> s(
+        grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+            client_->channel(1).get(),
+            grpc::internal::RpcMethod(wire::kPartyCallStream, grpc::internal::RpcMethod::BIDI_STREAMING), &ctx));
+    for (const auto& [seq, data, step] : chunks) {
+      wire::CallChunk c;
+      c.kind = kind;
+      c.from = from;
+      c.step = step;
+      c.total_bytes = total;
+      c.seq = seq;
+      c.data = data;
+      if (!s->Write(to_buffer(wire::encode(c)))) break;
+    }
+    s->WritesDone();
+    grpc::ByteBuffer b;
+    while (s->Read(&b)) {
+      wire::CallChunk c;
+      wire::decode(from_buffer(b), c);
+      if (reply) *reply += c.data;
+    }
+    return s->Finish();
   }
 
   ModelConfig m_;
@@ -279,6 +324,95 @@ TEST_F(HostOverGrpc, ServerRequiresAClientCertificateOfItsCa) {
   fs::remove_all(other);
 }
 
+// party0's certificate re-issued by the test's CA with a validity that ended yesterday.
+void write_expired_party0(const std::string& ca_dir, const std::string& out_dir) {
+  fs::create_directories(out_dir);
+  fs::copy_file(fs::path(ca_dir) / "ca.pem", fs::path(out_dir) / "ca.pem");
+  fs::copy_file(fs::path(ca_dir) / "party0.key", fs::path(out_dir) / "party0.key");
+  auto read_pem = [](const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  const std::string ca_pem = read_pem(fs::path(ca_dir) / "ca.pem"), ca_key_pem = read_pem(fs::path(ca_dir) / "ca.key"),
+                    key_pem = read_pem(fs::path(ca_dir) / "party0.key");
+  BIO* b1 = BIO_new_mem_buf(ca_pem.data(), (int)ca_pem.size());
+  BIO* b2 = BIO_new_mem_buf(ca_key_pem.data(), (int)ca_key_pem.size());
+  BIO* b3 = BIO_new_mem_buf(key_pem.data(), (int)key_pem.size());
+  X509* ca = PEM_read_bio_X509(b1, nullptr, nullptr, nullptr);
+  EVP_PKEY* ca_key = PEM_read_bio_PrivateKey(b2, nullptr, nullptr, nullptr);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(b3, nullptr, nullptr, nullptr);
+  ASSERT_TRUE(ca && ca_key && key);
+  X509* c = X509_new();
+  X509_set_version(c, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(c), 99);
+  X509_gmtime_adj(X509_getm_notBefore(c), -2 * 86400);
+  X509_gmtime_adj(X509_getm_notAfter(c), -86400);
+  X509_set_pubkey(c, key);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("party0"), -1,
+                             -1, 0);
+  X509_set_issuer_name(c, X509_get_subject_name(ca));
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, ca, c, nullptr, nullptr, 0);
+  for (auto [nid, value] : {std::pair{NID_subject_alt_name, "DNS:party0,IP:127.0.0.1"},
+                            std::pair{NID_ext_key_usage, "serverAuth,clientAuth"}}) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
+    X509_add_ext(c, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  ASSERT_TRUE(X509_sign(c, ca_key, EVP_sha256()));
+  FILE* f = std::fopen((fs::path(out_dir) / "party0.pem").c_str(), "w");
+  PEM_write_X509(f, c);
+  std::fclose(f);
+  X509_free(c);
+  X509_free(ca);
+  EVP_PKEY_free(ca_key);
+  EVP_PKEY_free(key);
+  BIO_free(b1);
+  BIO_free(b2);
+  BIO_free(b3);
+}
+
+// An expired certificate: a party will not start with one (a clear error naming the file and
+// the date), and a host does not serve a caller presenting one, though its CA and CN are right.
+TEST_F(HostOverGrpc, ExpiredCertificatesAreRefused) {
+  const std::string expired = dir_ + "-expired";
+  write_expired_party0(dir_, expired);
+  try {
+    read_tls_files(expired, "party0");
+    ADD_FAILURE() << "an expired certificate was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("party0.pem expired on"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("pcmoe certs"), std::string::npos) << e.what();
+  }
+  auto begin_with = [this](const std::string& cert, const std::string& key) {
+    grpc::SslCredentialsOptions opts;
+    opts.pem_root_certs = read_tls_files(dir_, "party0").ca;
+    opts.pem_cert_chain = cert;
+    opts.pem_private_key = key;
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("party1");
+    auto channel = grpc::CreateCustomChannel(d_.parties[1].address, grpc::SslCredentials(opts), args);
+    wire::CallRequest req;
+    req.kind = wire::CONTROL;
+    req.payload = std::string("\x01\0\0\0", 4);  // begin turn
+    wire::CallReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return unary_call(*channel, wire::kPartyCall, ctx, req, reply);
+  };
+  std::ifstream pem(fs::path(expired) / "party0.pem"), key(fs::path(expired) / "party0.key");
+  std::stringstream p, k;
+  p << pem.rdbuf();
+  k << key.rdbuf();
+  EXPECT_EQ(begin_with(p.str(), k.str()).error_code(), grpc::StatusCode::UNAVAILABLE) << "the handshake fails";
+  const TlsFiles good = read_tls_files(dir_, "party0");
+  EXPECT_TRUE(begin_with(good.cert, good.key).ok()) << "the same key with its valid certificate is served";
+  fs::remove_all(expired);
+}
+
 TEST_F(HostOverGrpc, StaleStepsAreRefused) {
   Writer begin;
   begin.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
@@ -294,10 +428,82 @@ TEST_F(HostOverGrpc, StaleStepsAreRefused) {
   }
 }
 
+Bytes to_bytes(const std::string& s) {
+  return Bytes(reinterpret_cast<const std::byte*>(s.data()), reinterpret_cast<const std::byte*>(s.data()) + s.size());
+}
+std::string to_string(const Bytes& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+
+// A call of the host's largest batch is above the per-message bound: it goes as a stream of
+// chunks both ways and gives exactly what the same host computes in process. Streams that are
+// truncated, reordered, duplicated, inconsistent or too large are refused with no state change.
+TEST_F(HostOverGrpc, LargeCallsStreamInChunksAndBadStreamsAreRefused) {
+  const size_t C = m_.d_model, rows = 32;
+  ExpertHost reference(m_, t_, 1, 3, (int)rows);
+  Writer begin;
+  begin.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
+  const Bytes b = begin.take();
+  reference.handle(MsgKind::kControl, 0, b);
+  client_->call(0, 1, MsgKind::kControl, b);
+  const Bytes fwd = expert_call(0, rows, rows * C);
+  ASSERT_GT(fwd.size(), d_.max_message_bytes);
+  wire::CallRequest unary;
+  unary.kind = wire::EXPERT_FORWARD;
+  unary.payload = to_string(fwd);
+  EXPECT_EQ(raw(unary).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << "too large for one message";
+  const Bytes y = client_->call(0, 1, MsgKind::kExpertForward, fwd);
+  EXPECT_EQ(y, reference.handle(MsgKind::kExpertForward, 0, fwd)) << "streamed forward = in-process forward";
+  const std::vector<float> before = state();
+
+  const Bytes bwd = expert_call(0, rows, rows * C);
+  const std::string p = to_string(bwd);  // 2,060 bytes: chunks of 1,024, 1,024, 12
+  const std::string c0 = p.substr(0, 1024), c1 = p.substr(1024, 1024), c2 = p.substr(2048);
+  const uint32_t kind = wire::EXPERT_BACKWARD;
+  struct Bad {
+    std::vector<std::tuple<uint32_t, std::string, uint64_t>> chunks;
+    uint64_t total;
+    uint32_t from;
+    grpc::StatusCode code;
+    std::string needle;
+  };
+  const std::vector<Bad> bad = {
+      {{{0, c0, 0}, {1, c1, 0}}, p.size(), 0, grpc::StatusCode::INVALID_ARGUMENT, "truncated stream: 2048 of 2060 bytes"},
+      {{{0, c0, 0}, {2, c2, 0}, {1, c1, 0}}, p.size(), 0, grpc::StatusCode::INVALID_ARGUMENT, "chunk 2 where chunk 1 was due"},
+      {{{0, c0, 0}, {1, c1, 0}, {1, c1, 0}, {2, c2, 0}}, p.size(), 0, grpc::StatusCode::INVALID_ARGUMENT,
+       "chunk 1 where chunk 2 was due"},
+      {{{1, c0, 0}}, p.size(), 0, grpc::StatusCode::INVALID_ARGUMENT, "starts with chunk 1"},
+      {{{0, c0, 0}, {1, c1, 7}, {2, c2, 0}}, p.size(), 0, grpc::StatusCode::INVALID_ARGUMENT, "changes the call's"},
+      {{{0, c0, 0}, {1, c1, 0}, {2, c2 + "x", 0}}, p.size(), 0, grpc::StatusCode::INVALID_ARGUMENT, "runs past"},
+      {{{0, c0, 0}, {1, "", 0}}, p.size(), 0, grpc::StatusCode::INVALID_ARGUMENT, "is empty"},
+      {{}, p.size(), 0, grpc::StatusCode::INVALID_ARGUMENT, "stream without chunks"},
+      {{{0, c0, 0}}, 1u << 30, 0, grpc::StatusCode::RESOURCE_EXHAUSTED, "the largest call of this deployment is 16384"},
+      {{{0, c0, 0}, {1, c1, 0}, {2, c2, 0}}, p.size(), 2, grpc::StatusCode::PERMISSION_DENIED, "certificate's CN is 'party0'"},
+  };
+  for (const Bad& x : bad) {
+    const grpc::Status s = raw_stream(kind, x.from, x.total, x.chunks);
+    EXPECT_EQ(s.error_code(), x.code) << x.needle << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(x.needle), std::string::npos) << s.error_message();
+  }
+  EXPECT_EQ(state(), before) << "a refused stream changed the host's weights or gradients";
+
+  // The complete stream, written by hand, is served: the reply (2,048 bytes) comes back in chunks.
+  std::string reply;
+  ASSERT_TRUE(raw_stream(kind, 0, p.size(), {{0, c0, 0}, {1, c1, 0}, {2, c2, 0}}, &reply).ok());
+  EXPECT_EQ(to_bytes(reply), reference.handle(MsgKind::kExpertBackward, 0, bwd)) << "streamed backward = in process";
+  const ParamSet& ours = host_->params();
+  const ParamSet& ref = reference.params();
+  EXPECT_TRUE(std::equal(ours.grads(), ours.grads() + ours.numel(), ref.grads())) << "the same weight gradients";
+
+  // The transport counts streamed payloads as it counts any other.
+  const TrafficCount f = client_->traffic().by_kind_pair.at({MsgKind::kExpertForward, 0, 1});
+  EXPECT_EQ(f.messages, 1u);
+  EXPECT_EQ(f.bytes, fwd.size());
+}
+
 TEST(Deploy, InsecureOnlyOnLoopback) {
   DeployConfig d;
   d.parties = {{"party0", "127.0.0.1:5000"}, {"party1", "10.0.0.2:5000"}};
   d.max_message_bytes = 1 << 20;
+  d.max_payload_bytes = 1 << 20;
   EXPECT_THROW(GrpcTransport(d, 0, std::nullopt), std::runtime_error);
   d.parties[1].address = "localhost:5001";
   EXPECT_NO_THROW(GrpcTransport(d, 0, std::nullopt));

@@ -1,0 +1,149 @@
+"""Parties in separate network namespaces (each its own address on a bridge, certificates for
+those addresses): the link to one party is cut mid-run; the others stop within a bounded time
+naming it; once the link is back, --resume on every party finishes the run with exactly the
+per-turn losses and final validation losses of an uninterrupted run (the simulation).
+
+A resumed deployment continues from the parties' last common checkpoint, which `--until` leaves
+(parties checkpoint at the end of a run, not every turn): the run is taken to round 2, resumed,
+cut during the resumed part, and resumed again. Needs root for `ip netns`; otherwise it says why
+and exits 77, which ctest reports as skipped."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import PCMOE, check, deploy_config, finish, read_metrics, run, tiny_corpus, write_json
+
+SKIP = 77
+TAG = f"pcm{os.getpid() % 100000}"
+NS = [f"{TAG}-p{i}" for i in range(3)]
+SWITCH = f"{TAG}-sw"
+
+
+def ip(*args, ns=None):
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def must(r, what):
+    if r.returncode:
+        raise RuntimeError(f"{what}: {r.stderr.strip()}")
+
+
+if os.geteuid() != 0:
+    print("SKIP: network namespaces (ip netns) need root; this test was not run")
+    sys.exit(SKIP)
+probe = ip("netns", "add", SWITCH)
+if probe.returncode:
+    print(f"SKIP: ip netns is unavailable here ({probe.stderr.strip()}); this test was not run")
+    sys.exit(SKIP)
+
+tmp = tempfile.mkdtemp(prefix="pcmoe-netns-")
+procs = []
+try:
+    # A switch namespace holds a bridge; party i's namespace reaches it over a veth pair
+    # (v<i> inside the party, s<i> on the bridge) and has the address 10.213.0.(i+1).
+    must(ip("link", "add", "br0", "type", "bridge", ns=SWITCH), "bridge")
+    must(ip("link", "set", "br0", "up", ns=SWITCH), "bridge up")
+    for i, ns in enumerate(NS):
+        must(ip("netns", "add", ns), "netns add")
+        must(ip("link", "add", f"{TAG}v{i}", "netns", ns, "type", "veth", "peer", "name", f"{TAG}s{i}", "netns", SWITCH),
+             "veth")
+        must(ip("link", "set", f"{TAG}s{i}", "master", "br0", "up", ns=SWITCH), "veth on bridge")
+        must(ip("addr", "add", f"10.213.0.{i + 1}/24", "dev", f"{TAG}v{i}", ns=ns), "address")
+        must(ip("link", "set", f"{TAG}v{i}", "up", ns=ns), "veth up")
+        must(ip("link", "set", "lo", "up", ns=ns), "loopback up")
+
+    data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
+    tiny_corpus(data_dir)
+    cfg = deploy_config(data_dir, cache, 3, steps=12, dead_after_s=1, call_timeout_s=2, join_timeout_s=20)
+    cfg["deploy"]["parties"] = [{"name": f"party{i}", "address": f"10.213.0.{i + 1}:7000"} for i in range(3)]
+    path = os.path.join(tmp, "cfg.json")
+    write_json(path, cfg)
+    certs = os.path.join(tmp, "certs")
+    check(run("certs", "--config", path, "--out", certs)[0] == 0, "certificates for the namespaced addresses")
+
+    def start(*extra):
+        ps = []
+        for i, ns in enumerate(NS):
+            log = open(os.path.join(tmp, f"party{i}.log"), "a")
+            ps.append(subprocess.Popen(["ip", "netns", "exec", ns, PCMOE, "party", "--config", path, "--party", str(i),
+                                        "--certs", certs, "--out", os.path.join(tmp, f"party{i}"), *extra],
+                                       stdout=log, stderr=log))
+        procs.extend(ps)
+        return ps
+
+    def wait_all(ps, limit):
+        deadline = time.time() + limit
+        for p in ps:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return [p.returncode for p in ps]
+
+    def log(i):
+        return open(os.path.join(tmp, f"party{i}.log")).read()
+
+    T0 = time.time()
+    codes = wait_all(start("--until", "2"), 60)
+    print(f"rounds 0-1: {time.time() - T0:.1f} s")
+    check(codes == [0, 0, 0], f"three namespaced parties train rounds 0-1 over mutual TLS and checkpoint ({codes})")
+
+    # Resume; once party 2 has trained a turn of the resumed part, cut its link.
+    mark = len(log(2))
+    ps = start("--resume")
+    deadline = time.time() + 30
+    while time.time() < deadline and not re.search(r"party2: turn \d+", log(2)[mark:]):
+        time.sleep(0.02)
+    must(ip("link", "set", f"{TAG}s2", "down", ns=SWITCH), "cut party 2's link")
+    t0 = time.time()
+    others = wait_all(ps[:2], 20)
+    elapsed = time.time() - t0
+    wait_all(ps[2:], 20)
+    check(all(c not in (0, None) for c in others), f"parties 0 and 1 exit non-zero when party 2's link is cut ({others})")
+    # bound: the first failed call or the watchdog (call_timeout_s 2, dead_after_s 1), then party 0
+    # lingers up to 2 s so the others hear why, then a server shutdown grace of up to 2 s
+    check(elapsed < 2 + 2 + 2 + 2, f"they stopped {elapsed:.2f} s after the cut (dead_after_s 1, call_timeout_s 2)")
+    for i in (0, 1):
+        last = log(i).strip().splitlines()[-1]
+        check("party2" in last and "error" in last, f"party {i} names party2: {last[:200]}")
+    trained = [int(t) for t in re.findall(r"party\d: turn (\d+)", "".join(log(i)[mark:] for i in range(3)))]
+    check(trained and max(trained) < 36, f"the cut came mid-run (last turn trained: {max(trained) if trained else None})")
+
+    must(ip("link", "set", f"{TAG}s2", "up", ns=SWITCH), "restore party 2's link")
+    T0 = time.time()
+    codes = wait_all(start("--resume"), 60)
+    print(f"resumed to the end: {time.time() - T0:.1f} s")
+    check(codes == [0, 0, 0], f"with the link back, --resume on every party finishes the run ({codes})")
+
+    code, _, err = run("collab", "--config", path, "--out", os.path.join(tmp, "sim"))
+    check(code == 0, "the uninterrupted run (simulation) of the same config")
+    sim = {(m["round"], m["party"]): m for m in read_metrics(os.path.join(tmp, "sim", "metrics.jsonl")) if m["mode"] == "pc-moe"}
+    dep = {}
+    for i in range(3):  # a turn trained before the cut and again after it: the last one counts
+        for m in read_metrics(os.path.join(tmp, f"party{i}", "metrics.jsonl")):
+            dep[(m["round"], m["party"])] = m
+    check(sorted(dep) == sorted(sim) and len(sim) == 36, f"all {len(sim)} turns trained ({len(dep)})")
+    check(all(all(dep[k][f] == sim[k][f] for f in ("loss", "ce", "lr", "grad_norm")) for k in sim if k in dep),
+          "every turn's loss and gradient norm identical to the uninterrupted run's")
+    srep = json.load(open(os.path.join(tmp, "sim", "report.json")))["modes"]["pc-moe"]["parties"]
+    for i in range(3):
+        r = json.load(open(os.path.join(tmp, f"party{i}", "report.json")))
+        check(r["val_loss_own"] == srep[i]["val_loss_own"], f"party {i}: final validation loss {r['val_loss_own']:.6f} as uninterrupted")
+finally:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for ns in NS + [SWITCH]:
+        ip("netns", "del", ns)
+    shutil.rmtree(tmp, ignore_errors=True)
+    left = [n for n in ip("netns", "list").stdout.split() if n.startswith(TAG)]
+    check(not left, f"network namespaces removed ({left})")
+finish()
