@@ -65,8 +65,8 @@ class FileReader {
 
 }  // namespace
 
-std::string run_fingerprint(const RunConfig& cfg) {
-  const std::string text = to_json(cfg).dump();
+std::string run_fingerprint(const nlohmann::json& config) {
+  const std::string text = config.dump();
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   if (!EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr))

@@ -19,14 +19,18 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "collab/transport.h"
 #include "model/model.h"
 #include "train/train_config.h"
 
 namespace pcmoe {
 
-// SHA-256 (hex) of the run's whole config: recordings are read only against their own run.
-std::string run_fingerprint(const RunConfig& cfg);
+// SHA-256 (hex) of the run's whole config as JSON (as its checkpoints store it): recordings are
+// read only against their own run. The JSON form keeps a recording readable by a later pcmoe
+// whose config has gained keys.
+std::string run_fingerprint(const nlohmann::json& config);
 
 // Whether round `round` of `rounds` is recorded under `audit` (rounds 0, r, 2r, ... and the last).
 bool recorded_round(const AuditConfig& audit, int64_t rounds, int64_t round);

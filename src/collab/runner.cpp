@@ -106,7 +106,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
   const fs::path audit_dir = sh.out_dir / "audit";
   if (cfg.audit.enabled) {
     const int observer = cfg.audit.observer;
-    recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(cfg),
+    recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(to_json(cfg)),
                                           [&session, observer, n](MsgKind, int from, const Bytes& payload) {
                                             return expert_call_truth(session.party(from).model, payload, observer, n);
                                           });

@@ -258,8 +258,9 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
   }
   std::sort(rounds.begin(), rounds.end());
   if (rounds.empty()) throw std::runtime_error("'" + rec_dir.string() + "' holds no observer views (view_r<round>)");
-  const RunConfig cfg = read_checkpoint_config((rec_dir / ("view_r" + std::to_string(rounds[0]))).string());
-  if (run_fingerprint(cfg) != rec.fingerprint)
+  const fs::path first_view = rec_dir / ("view_r" + std::to_string(rounds[0]));
+  const RunConfig cfg = read_checkpoint_config(first_view.string());
+  if (run_fingerprint(read_config_json((first_view / "config.json").string())) != rec.fingerprint)
     throw std::runtime_error("the recording in '" + rec_dir.string() + "' was made by another config than the run's");
   const ModelConfig& mc = cfg.model;
   const int C = mc.d_model, V = mc.vocab_size, T = mc.seq_len;

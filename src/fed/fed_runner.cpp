@@ -47,27 +47,29 @@ nlohmann::json pretrain_tgap(CollabContext& ctx, const std::vector<float>& initi
           {"train_mse_pretrained", reconstruction_loss(ae, train)}, {"seconds", seconds_since(t0)}};
 }
 
-// The leakage audit's federated server (config section "audit"): at each recorded round it
-// fits the bag-of-words rule on an update it makes itself — the round's global model, trained
-// local_steps steps on public text with a fresh optimizer (a party's own AdamW state it cannot
-// know) — and applies it to each party's decoded update; the party's batches score it.
+// The leakage audit's federated server (config section "audit"): it runs a shadow party of its
+// own every round — the round's global model, trained local_steps steps on public text with an
+// AdamW state that persists across rounds as a party's does — and at each recorded round fits
+// the bag-of-words rule on the shadow's update and applies it to each party's decoded update;
+// the party's batches score it.
 class ServerAudit {
  public:
   ServerAudit(CollabContext& ctx, const ParamSet& layout)
       : ctx_(ctx), cfg_(ctx.config()), pub_(ctx.public_tokens(cfg_.fed.public_categories)),
-        sampler_(pub_, cfg_.model.seq_len, cfg_.train.seed + 7919) {
+        sampler_(pub_, cfg_.model.seq_len, cfg_.train.seed + 7919), shadow_(cfg_.model, cfg_.train) {
     size_t offset = 0;
     for (const ParamTensor& t : layout.tensors()) {
       if (t.name == "wte") wte_ = offset;
       offset += t.numel;
     }
   }
-  void begin_round(int round, const std::vector<float>& global) {
+  // Every round, before the parties' updates; `fit`: a recorded round.
+  void begin_round(int round, const std::vector<float>& global, bool fit) {
     const TrainConfig& tc = cfg_.train;
     const int E = cfg_.fed.local_steps, V = cfg_.model.vocab_size, C = cfg_.model.d_model;
     global_.assign(global.begin() + wte_, global.begin() + wte_ + (size_t)V * C);
     round_ = round;
-    LocalModel m(cfg_.model, tc);
+    LocalModel& m = shadow_;
     scatter(global.data(), m.params);
     std::vector<uint8_t> present(V, 0);
     std::vector<int32_t> w((size_t)tc.grad_accum * tc.batch_size * (cfg_.model.seq_len + 1));
@@ -79,6 +81,7 @@ class ServerAudit {
       accumulate_gradients(m.model, m.params, w.data(), tc.batch_size, tc.grad_accum);
       apply_update(m.params, m.opt, tc, step);
     }
+    if (!fit) return;
     std::vector<float> delta(V * C);
     std::copy_n(m.params.value("wte"), delta.size(), delta.data());
     for (size_t i = 0; i < delta.size(); ++i) delta[i] -= global_[i];
@@ -105,6 +108,7 @@ class ServerAudit {
   const RunConfig& cfg_;
   data::TokenStream pub_;
   data::BatchSampler sampler_;
+  LocalModel shadow_;
   size_t wte_ = 0;
   int round_ = 0;
   std::vector<float> global_;
@@ -185,8 +189,8 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
       audit = std::make_unique<ServerAudit>(ctx, s.party(0).local().params);
   }
   for (int r = 0; r < rounds; ++r) {
+    if (audit) audit->begin_round(r, s.server().global(), recorded_round(cfg.audit, rounds, r));
     if (audit && recorded_round(cfg.audit, rounds, r)) {
-      audit->begin_round(r, s.server().global());
       s.round([&audit](int p, const std::vector<float>& update) { audit->party_update(p, update); });
     } else {
       s.round();

@@ -136,11 +136,14 @@ PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
 }
 
 nlohmann::json to_json(const PrivacyConfig& c) {
-  return {{"epsilon", c.epsilon},       {"delta", c.delta},       {"clip", c.clip},
-          {"sampling_rate", c.sampling_rate}, {"noise_multiplier", c.noise_multiplier},
-          {"accountant", c.accountant}, {"conversion", c.conversion}, {"unit", c.unit},
-          {"aux_loss", c.aux_loss},     {"clipping", c.clipping}, {"noise_seed", c.noise_seed},
-          {"sampling", c.sampling}};
+  nlohmann::json j = {{"clip", c.clip},         {"sampling_rate", c.sampling_rate}, {"accountant", c.accountant},
+                      {"conversion", c.conversion}, {"unit", c.unit},             {"aux_loss", c.aux_loss},
+                      {"clipping", c.clipping},     {"noise_seed", c.noise_seed},   {"sampling", c.sampling}};
+  // Absent keys stay absent (0 stands for "not given"), so a checkpoint's config reads back.
+  if (c.epsilon > 0) j["epsilon"] = c.epsilon;
+  if (c.delta > 0) j["delta"] = c.delta;
+  if (c.noise_multiplier > 0) j["noise_multiplier"] = c.noise_multiplier;
+  return j;
 }
 
 RunConfig run_config_from_json(const nlohmann::json& j) {
