@@ -1,8 +1,7 @@
 #include "collab/recorder.h"
 
 #include "collab/expert_host.h"
-
-#include <openssl/evp.h>
+#include "common/sha256.h"
 
 #include <algorithm>
 #include <cstring>
@@ -65,20 +64,7 @@ class FileReader {
 
 }  // namespace
 
-std::string run_fingerprint(const nlohmann::json& config) {
-  const std::string text = config.dump();
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (!EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr))
-    throw std::runtime_error("SHA-256 of the config failed");
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[digest[i] >> 4];
-    out += hex[digest[i] & 15];
-  }
-  return out;
-}
+std::string run_fingerprint(const nlohmann::json& config) { return sha256_hex(config.dump()); }
 
 bool recorded_round(const AuditConfig& audit, int64_t rounds, int64_t round) {
   if (!audit.enabled) return false;

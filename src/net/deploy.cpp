@@ -1,13 +1,12 @@
 #include "net/deploy.h"
 
-#include <openssl/evp.h>
-
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 
 #include "common/json_fields.h"
+#include "common/sha256.h"
 
 namespace pcmoe::net {
 
@@ -103,20 +102,10 @@ size_t max_payload_bytes(const RunConfig& run) {
 }
 
 std::string config_hash(const RunConfig& run) {
-  const std::string text =
-      nlohmann::json{{"model", to_json(run.model)}, {"train", to_json(run.train)}, {"n_parties", run.parties.n_parties},
-                     {"wire_dtype", run.collab.wire_dtype}}.dump();
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (!EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr))
-    throw std::runtime_error("SHA-256 of the config failed");
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[digest[i] >> 4];
-    out += hex[digest[i] & 15];
-  }
-  return out;
+  return sha256_hex(nlohmann::json{{"model", to_json(run.model)},
+                                   {"train", to_json(run.train)},
+                                   {"n_parties", run.parties.n_parties},
+                                   {"wire_dtype", run.collab.wire_dtype}}.dump());
 }
 
 DeployRun load_deploy_run(const std::string& path) {
