@@ -159,9 +159,9 @@ nlohmann::json run_party(const PartyOptions& opts) {
   if (me == 0)
     coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), hash, cfg.train.seed, end_turn);
   net.start(coordinator.get());
-  std::fprintf(stderr, "%s: serving experts on %s (%s), joining %s at %s\n", name.c_str(), dr.deploy.parties[me].address.c_str(),
-               net.secure() ? "mutual TLS" : "INSECURE plaintext", dr.deploy.parties[0].name.c_str(),
-               dr.deploy.parties[0].address.c_str());
+  std::fprintf(stderr, "%s: serving experts on %s (%s) %.2f s after this process started, joining %s at %s\n",
+               name.c_str(), dr.deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
+               seconds_since_process_start(), dr.deploy.parties[0].name.c_str(), dr.deploy.parties[0].address.c_str());
 
   CoordinatorClient coord(net, me);
   const fs::path metrics_path = fs::path(opts.out_dir) / "metrics.jsonl";
