@@ -2,10 +2,12 @@
 // prints what the observer recovered next to the chance level.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <stdexcept>
 #include <string>
 
+#include "collab/recorder.h"
 #include "eval/audit.h"
 
 namespace {
@@ -106,6 +108,11 @@ int cmd_audit(int argc, char** argv) {
     }
     if (run.empty()) throw AuditUsageError("missing --run");
     if (out.empty()) throw AuditUsageError("missing --out");
+    namespace fs = std::filesystem;
+    if (!fs::exists(fs::path(run) / "audit" / "recording.bin") && fs::exists(fs::path(run) / "party0" / "audit")) {
+      std::fprintf(stderr, "audit: gathering the deployed parties' recordings and views into %s/audit\n", run.c_str());
+      pcmoe::gather_deployed_recording(run);
+    }
     const nlohmann::json report = pcmoe::eval::run_audit(run, out, opt);
     print_table(report);
     std::printf("\nwrote %s/audit.json (%.0f s)\n", out.c_str(), report["seconds"].get<double>());

@@ -2,6 +2,8 @@
 
 #include "collab/expert_host.h"
 #include "common/sha256.h"
+#include "model/params.h"
+#include "train/checkpoint.h"
 
 #include <algorithm>
 #include <cstring>
@@ -13,6 +15,7 @@ namespace {
 
 constexpr char kRecMagic[8] = {'P', 'C', 'M', 'O', 'E', 'R', 'E', 'C'};
 constexpr char kTruthMagic[8] = {'P', 'C', 'M', 'O', 'E', 'T', 'R', 'U'};
+constexpr char kSentMagic[8] = {'P', 'C', 'M', 'O', 'E', 'S', 'N', 'T'};
 constexpr uint32_t kVersion = 1;
 
 template <class T>
@@ -108,9 +111,7 @@ void Recorder::take(MsgKind kind, int from, int to, bool is_response, const Byte
   put(rec_, (int64_t)round_);
   put(rec_, (uint64_t)payload.size());
   put_bytes(rec_, payload.data(), payload.size());
-  const bool expert_request = !is_response && (kind == MsgKind::kExpertForward || kind == MsgKind::kExpertBackward ||
-                                               kind == MsgKind::kExpertBackwardUnits);
-  if (expert_request && oracle_) {
+  if (is_expert_request(kind, is_response) && oracle_) {
     const std::vector<int32_t> truth = oracle_(kind, from, payload);
     put(truth_, (uint64_t)n_records_);
     put(truth_, (uint32_t)(truth.size() / 3));
@@ -118,6 +119,31 @@ void Recorder::take(MsgKind kind, int from, int to, bool is_response, const Byte
   }
   ++n_records_;
   bytes_ += payload.size();
+}
+
+bool is_expert_request(MsgKind kind, bool is_response) {
+  return !is_response && (kind == MsgKind::kExpertForward || kind == MsgKind::kExpertBackward ||
+                          kind == MsgKind::kExpertBackwardUnits);
+}
+
+SentTruthWriter::SentTruthWriter(const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  f_ = std::fopen((dir + "/sent_truth.bin").c_str(), "wb");
+  if (!f_) throw std::runtime_error("cannot write '" + dir + "/sent_truth.bin'");
+  put_bytes(f_, kSentMagic, 8);
+  put(f_, kVersion);
+}
+
+SentTruthWriter::~SentTruthWriter() {
+  if (f_) std::fclose(f_);
+}
+
+void SentTruthWriter::add(int64_t round, MsgKind kind, const std::vector<int32_t>& truth) {
+  put(f_, round);
+  put(f_, (uint8_t)kind);
+  put(f_, (uint32_t)(truth.size() / 3));
+  put_bytes(f_, truth.data(), truth.size() * sizeof(int32_t));
+  std::fflush(f_);
 }
 
 std::vector<int32_t> expert_call_truth(const Model& sender, const Bytes& request, int host, int n_parties) {
@@ -172,6 +198,94 @@ Recording read_recording(const std::string& dir) {
     truth.bytes(t.data(), t.size() * sizeof(int32_t));
   }
   return out;
+}
+
+void gather_deployed_recording(const std::string& run_dir) {
+  namespace fs = std::filesystem;
+  const fs::path run(run_dir), out = run / "audit";
+  int n = 0;
+  while (fs::exists(run / ("party" + std::to_string(n)) / "audit")) ++n;
+  if (n == 0) throw std::runtime_error("'" + run_dir + "' has no recording (audit/recording.bin), nor parties' recordings "
+                                       "(party<i>/audit/): train it with an \"audit\" section in the config (docs/audit.md)");
+  auto party_dir = [&](int p) { return run / ("party" + std::to_string(p)) / "audit"; };
+  int observer = -1;
+  for (int p = 0; p < n; ++p)
+    if (fs::exists(party_dir(p) / "recording.bin")) observer = p;
+  if (observer < 0) throw std::runtime_error("no party of '" + run_dir + "' holds the observer's recording.bin");
+  Recording rec = read_recording(party_dir(observer).string());
+  if (rec.n_parties != n)
+    throw std::runtime_error("the recording is of " + std::to_string(rec.n_parties) + " parties, '" + run_dir + "' holds " +
+                             std::to_string(n));
+
+  // Each sender's truths, in the order it sent them, joined to the observer's records in order.
+  std::vector<std::vector<std::pair<int64_t, std::pair<MsgKind, std::vector<int32_t>>>>> sent(n);
+  for (int p = 0; p < n; ++p) {
+    if (p == observer) continue;
+    FileReader f((party_dir(p) / "sent_truth.bin").string());
+    f.magic(kSentMagic);
+    while (!f.done()) {
+      const int64_t round = f.get<int64_t>();
+      const auto kind = static_cast<MsgKind>(f.get<uint8_t>());
+      const uint32_t rows = f.get<uint32_t>();
+      if (rows > (1u << 24)) throw std::runtime_error("'" + f.path() + "' is corrupt");
+      std::vector<int32_t> t((size_t)rows * 3);
+      f.bytes(t.data(), t.size() * sizeof(int32_t));
+      sent[p].push_back({round, {kind, std::move(t)}});
+    }
+  }
+  fs::create_directories(out);
+  fs::copy_file(party_dir(observer) / "recording.bin", out / "recording.bin", fs::copy_options::overwrite_existing);
+  std::FILE* truth = std::fopen((out / "truth.bin").c_str(), "wb");
+  if (!truth) throw std::runtime_error("cannot write '" + (out / "truth.bin").string() + "'");
+  std::vector<size_t> next(n, 0);
+  try {
+    put_bytes(truth, kTruthMagic, 8);
+    put(truth, kVersion);
+    for (size_t i = 0; i < rec.records.size(); ++i) {
+      const Record& r = rec.records[i];
+      if (!is_expert_request(r.kind, r.is_response)) continue;
+      if (r.from < 0 || r.from >= n || r.from == observer || next[r.from] >= sent[r.from].size())
+        throw std::runtime_error("the observer recorded more expert requests from party " + std::to_string(r.from) +
+                                 " than that party's sent_truth.bin holds");
+      const auto& [round, kt] = sent[r.from][next[r.from]++];
+      const size_t rows = kt.second.size() / 3;
+      if (round != r.round || kt.first != r.kind)
+        throw std::runtime_error("party " + std::to_string(r.from) + "'s sent_truth.bin does not follow the observer's recording");
+      put(truth, (uint64_t)i);
+      put(truth, (uint32_t)rows);
+      put_bytes(truth, kt.second.data(), kt.second.size() * sizeof(int32_t));
+    }
+  } catch (...) {
+    std::fclose(truth);
+    throw;
+  }
+  std::fclose(truth);
+  for (int p = 0; p < n; ++p)
+    if (p != observer && next[p] != sent[p].size())
+      throw std::runtime_error("party " + std::to_string(p) + "'s sent_truth.bin holds requests the observer did not record");
+
+  // The views: the observer's backbone and every shard, as saved at each recorded round's start.
+  for (const fs::directory_entry& e : fs::directory_iterator(party_dir(observer))) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("backbone_r", 0) != 0) continue;
+    const std::string round = name.substr(10);
+    const RunConfig cfg = read_checkpoint_config(e.path().string());
+    ParamSet whole(cfg.model, ParamSelection{}, /*with_grads=*/false);
+    auto take = [&whole](const ParamSet& part) {
+      for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, whole.value(t.name));
+    };
+    ParamSet backbone(cfg.model, backbone_selection(), false);
+    load_checkpoint(e.path().string(), cfg.model, backbone, nullptr);
+    take(backbone);
+    for (int p = 0; p < n; ++p) {
+      ParamSet shard(cfg.model, shard_selection(p, n), false);
+      load_checkpoint((party_dir(p) / ("shard_r" + round)).string(), cfg.model, shard, nullptr);
+      take(shard);
+    }
+    const std::string tokenizer = (fs::path(resolve_checkpoint(e.path().string())) / "tokenizer.model").string();
+    save_checkpoint((out / ("view_r" + round)).string(), cfg, whole, nullptr, std::stoll(round),
+                    fs::exists(tokenizer) ? tokenizer : "");
+  }
 }
 
 }  // namespace pcmoe

@@ -72,6 +72,36 @@ class Recorder {
   uint64_t bytes_ = 0;
 };
 
+// A deployment's share of truth.bin. The observer's process cannot know the tokens of what it
+// receives, so each party that sends expert requests to the observer in recorded rounds keeps
+// their truth itself, in dir/sent_truth.bin: "PCMOESNT", u32 version 1; then records of i64
+// round, u8 kind, u32 rows, rows x (i32 input token, i32 target token, i32 batch row), in the
+// order it sent them. Only the scorer joins them to the recording
+// (gather_deployed_recording).
+class SentTruthWriter {
+ public:
+  explicit SentTruthWriter(const std::string& dir);
+  ~SentTruthWriter();
+  SentTruthWriter(const SentTruthWriter&) = delete;
+  SentTruthWriter& operator=(const SentTruthWriter&) = delete;
+  void add(int64_t round, MsgKind kind, const std::vector<int32_t>& truth);
+
+ private:
+  std::FILE* f_ = nullptr;
+};
+
+// Whether a payload of this kind and direction is an expert request (it has truth).
+bool is_expert_request(MsgKind kind, bool is_response);
+
+// Gives a deployed run (run_dir/party<i>/audit/ of every party, as `pcmoe launch` leaves them or
+// as gathered from the hosts) the audit directory a simulation leaves, run_dir/audit/:
+// recording.bin (the observer's, as it recorded it), truth.bin (every sender's sent_truth.bin
+// joined to the observer's records in order) and view_r<round> (the observer's backbone with
+// every party's expert shard, saved by all parties together at the round's start: the experts
+// the observer could query then). Throws, naming the part, when one is missing or the parts
+// do not agree.
+void gather_deployed_recording(const std::string& run_dir);
+
 struct Record {
   MsgKind kind;
   bool is_response;

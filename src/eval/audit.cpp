@@ -230,7 +230,7 @@ nlohmann::json membership_cells(const fs::path& run, const RunConfig& cfg, int o
         {"centralised", run / "centralised" / "checkpoint"},
         {"local-only, the victim's model", run / "local-only" / ("party" + std::to_string(v)) / "checkpoint"}};
     for (const auto& [name, dir] : targets) {
-      if (!fs::exists(dir)) continue;
+      if (!fs::exists(dir / "model.safetensors")) continue;  // not saved (a deployment keeps no party's whole model)
       LoadedModel target(dir.string(), 16);
       const MembershipResult r = membership_inference(target.model, reference.model, members.data(), have,
                                                       data.parties[v].val_windows.data(), n_non);
@@ -325,8 +325,8 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
   nlohmann::json bag_of_words = nlohmann::json::object();
   const fs::path report_path = fs::path(run_dir) / "report.json";
   if (fs::exists(report_path)) {
-    const nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
-    for (const auto& [mode, r] : report["modes"].items())
+    nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
+    for (const auto& [mode, r] : report["modes"].items())  // none in a deployment's report
       if (r.contains("audit_bag_of_words")) bag_of_words[mode] = r["audit_bag_of_words"];
   }
   nlohmann::json out = {{"run", run_dir},   {"observer", rec.observer},   {"rounds", rounds},

@@ -281,6 +281,8 @@ grpc::Status GrpcTransport::handle(grpc::ServerContext* ctx, uint32_t kind, uint
     return {grpc::StatusCode::FAILED_PRECONDITION, "call of turn " + std::to_string(step) + " after turn " +
                                                        std::to_string(latest_served_step_) + " was served"};
   if (!handler_) return {grpc::StatusCode::UNAVAILABLE, deploy_.parties[me_].name + " serves no host yet"};
+  serving_step_ = step;
+  if (tap_) tap_(k, (int)from, me_, false, request);
   Bytes response;
   try {
     response = handler_(k, (int)from, request);

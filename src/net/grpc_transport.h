@@ -3,7 +3,8 @@
 // insecure (loopback only); deadlines on every call; every message bounded; a payload above
 // deploy.chunk_bytes goes as a stream of chunks (Party.CallStream), its reply likewise; bytes
 // counted in TrafficStats exactly as InProcessTransport counts them (payloads, each direction),
-// on the caller's side and on the host's side.
+// on the caller's side and on the host's side. A tap sees the requests this party serves and the
+// responses to its own calls: what the protocol hands it.
 #pragma once
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/sync_stream.h>
@@ -59,6 +60,9 @@ class GrpcTransport final : public Transport {
   Bytes call(int from, int to, MsgKind kind, const Bytes& request) override;
   // The global turn index outgoing calls carry (CallRequest.step).
   void set_step(uint64_t step) { step_ = step; }
+  uint64_t step() const { return step_; }
+  // The turn index of the incoming call being served (for a tap: which round a request is of).
+  uint64_t serving_step() const { return serving_step_; }
   // Incoming calls of turn `end` or later (the evaluation after training) are served but not
   // counted: others may start evaluating before this party has read its training traffic.
   void count_turns_below(uint64_t end) { count_below_ = end; }
@@ -95,6 +99,7 @@ class GrpcTransport final : public Transport {
   std::mutex host_mu_;  // one incoming call at a time reaches the handler
   uint64_t step_ = 0;
   uint64_t latest_served_step_ = 0;
+  uint64_t serving_step_ = 0;
   uint64_t count_below_ = UINT64_MAX;
 };
 

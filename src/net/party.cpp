@@ -14,9 +14,11 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 
+#include "collab/recorder.h"
 #include "collab/runner.h"
 #include "collab/session.h"
 #include "net/certs.h"
@@ -150,6 +152,34 @@ nlohmann::json run_party(const PartyOptions& opts) {
                              "): pass --resume to continue it, or give another --out");
   const int64_t end_turn = (int64_t)n * (opts.until >= 0 ? std::min<int64_t>(opts.until, cfg.train.steps) : cfg.train.steps);
   net.count_turns_below((uint64_t)end_turn);  // the report's traffic is training traffic, as in collab
+  // The leakage audit (docs/audit.md): the observer records what it receives; every other party
+  // keeps the truth of the expert requests it sends the observer (the scorer's, not the
+  // observer's); at each recorded round's start all save their state for the audit's views.
+  const fs::path audit_dir = fs::path(opts.out_dir) / "audit";
+  const int observer = cfg.audit.observer;
+  std::unique_ptr<Recorder> recorder;
+  std::unique_ptr<SentTruthWriter> sent_truth;
+  std::mutex tap_mu;
+  if (cfg.audit.enabled) {
+    if (opts.resume)
+      throw std::runtime_error("an audited deployment (the audit section) cannot be resumed: its recording covers one "
+                               "unbroken run");
+    if (me == observer) recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(to_json(cfg)));
+    else sent_truth = std::make_unique<SentTruthWriter>(audit_dir.string());
+    const Tap record = recorder ? recorder->tap() : Tap{};
+    net.set_tap([&, record](MsgKind kind, int from, int to, bool is_response, const Bytes& payload) {
+      std::lock_guard<std::mutex> lock(tap_mu);
+      const uint64_t step = to == me && !is_response ? net.serving_step() : net.step();
+      const int64_t round = (int64_t)step / n;
+      const bool recorded = round < cfg.train.steps && recorded_round(cfg.audit, cfg.train.steps, round);
+      if (recorder) {
+        recorder->set_round(round, recorded);
+        record(kind, from, to, is_response, payload);
+      } else if (recorded && to == observer && is_expert_request(kind, is_response)) {
+        sent_truth->add(round, kind, expert_call_truth(party.model, payload, observer, n));
+      }
+    });
+  }
   const int threads = cfg.train.threads;
   net.serve(me, [&party, threads](MsgKind kind, int from, const Bytes& req) {
     set_num_threads(threads);  // a server thread: the host computes with the run's thread count
@@ -194,12 +224,38 @@ nlohmann::json run_party(const PartyOptions& opts) {
       drop_checkpoints_but(ckpt, turn);
       std::fprintf(stderr, "%s: checkpoint at turn %lld\n", name.c_str(), (long long)turn);
     };
+    // The audit's views: at each recorded round's start every party saves its shard, the observer
+    // its backbone too, while no turn runs.
+    const auto next_view_from = [&](int64_t turn) {
+      for (int64_t r = (turn + n - 1) / n; cfg.audit.enabled && r < cfg.train.steps; ++r)
+        if (recorded_round(cfg.audit, cfg.train.steps, r)) return r * n;
+      return end_turn;
+    };
+    int64_t next_view = next_view_from(first_turn);
+    const auto save_view = [&](int64_t turn) {
+      const std::string round = std::to_string(turn / n);
+      coord.barrier("view " + round);
+      save_checkpoint((audit_dir / ("shard_r" + round)).string(), cfg, party.host.params(), nullptr, turn / n, "");
+      if (recorder)
+        save_checkpoint((audit_dir / ("backbone_r" + round)).string(), cfg, party.backbone, nullptr, turn / n,
+                        data.tokenizer_model);
+      coord.barrier("view saved " + round);
+    };
     const auto t0 = clock_type::now();
     double busy = 0;
     int64_t trained = 0;  // turns of this run (a resumed party's earlier ones are in party.turns)
     for (int64_t from = first_turn;;) {
       const int64_t mine = next_own_turn(cfg.train.seed, n, me, from, end_turn);
-      for (; next_checkpoint < end_turn && next_checkpoint <= mine; next_checkpoint += every) checkpoint_at(next_checkpoint);
+      for (int64_t stop; (stop = std::min(next_checkpoint, next_view)) < end_turn && stop <= mine;) {
+        if (stop == next_view) {
+          save_view(stop);
+          next_view = next_view_from(stop + 1);
+        }
+        if (stop == next_checkpoint) {
+          checkpoint_at(stop);
+          next_checkpoint += every;
+        }
+      }
       if (mine >= end_turn) break;
       const Turn t = coord.next_turn();
       if (t.done || (int64_t)t.turn != mine)
