@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -117,6 +118,13 @@ double seconds_since_process_start() {
   return up - std::stod(field) / (double)sysconf(_SC_CLK_TCK);
 }
 
+// CPU seconds this process has used (user and system): its start-up cost whatever the load.
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return (double)u.ru_utime.tv_sec + (double)u.ru_stime.tv_sec + 1e-6 * (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 }  // namespace
 
 nlohmann::json run_party(const PartyOptions& opts) {
@@ -189,9 +197,10 @@ nlohmann::json run_party(const PartyOptions& opts) {
   if (me == 0)
     coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), hash, cfg.train.seed, end_turn);
   net.start(coordinator.get());
-  std::fprintf(stderr, "%s: serving experts on %s (%s) %.2f s after this process started, joining %s at %s\n",
+  std::fprintf(stderr, "%s: serving experts on %s (%s) %.2f s after this process started (%.2f s of CPU), joining %s at %s\n",
                name.c_str(), dr.deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
-               seconds_since_process_start(), dr.deploy.parties[0].name.c_str(), dr.deploy.parties[0].address.c_str());
+               seconds_since_process_start(), cpu_seconds(), dr.deploy.parties[0].name.c_str(),
+               dr.deploy.parties[0].address.c_str());
 
   CoordinatorClient coord(net, me);
   const fs::path metrics_path = fs::path(opts.out_dir) / "metrics.jsonl";
@@ -201,6 +210,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     const int64_t first_turn = offered.empty() ? coord.join(hash, 0, 0, end_turn)
                                                : coord.join(hash, offered[0], offered[std::min<size_t>(1, offered.size() - 1)], end_turn);
     report["started_to_joined_s"] = seconds_since_process_start();
+    report["started_to_joined_cpu_s"] = cpu_seconds();
     if (first_turn > 0) {
       const fs::path dir = checkpoint_dir(ckpt, first_turn);
       party.turns = load_checkpoint((dir / "backbone").string(), cfg.model, party.backbone, &party.optimizer);
