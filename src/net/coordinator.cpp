@@ -283,7 +283,7 @@ int64_t CoordinatorClient::join(const std::string& config_hash, int64_t newest_t
     // until the timeout, which then names the last error).
     if (last.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED && last.error_code() != grpc::StatusCode::UNAVAILABLE)
       failed(d, "joining", last);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   std::string why = waiting;
   if (!last.ok()) {
