@@ -67,6 +67,15 @@ def read_metrics(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def read_tensors(path):
+    """A safetensors file's tensors: {name: raw bytes}, the metadata left out."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    return {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
+
+
 def free_ports(n):
     """n TCP ports on loopback that are free right now."""
     socks = [socket.socket() for _ in range(n)]

@@ -1,7 +1,8 @@
 """Parties in separate network namespaces (each its own address on a bridge, certificates for
 those addresses): the link to one party is cut mid-run; the others stop within a bounded time
 naming it; once the link is back, --resume on every party finishes the run with exactly the
-per-turn losses and final validation losses of an uninterrupted run (the simulation).
+per-turn losses, final weights and final validation losses of an uninterrupted run (the
+simulation).
 
 The parties checkpoint together every 2 rounds (deploy.checkpoint_every); the link is cut after
 round 4 has begun, and the resumed run continues from the last checkpoint all of them completed.
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from common import PCMOE, check, deploy_config, finish, read_metrics, run, tiny_corpus, write_json
+from common import PCMOE, check, deploy_config, finish, read_metrics, read_tensors, run, tiny_corpus, write_json
 
 SKIP = 77
 TAG = f"pcm{os.getpid() % 100000}"
@@ -135,6 +136,15 @@ try:
     for i in range(3):
         r = json.load(open(os.path.join(tmp, f"party{i}", "report.json")))
         check(r["val_loss_own"] == srep[i]["val_loss_own"], f"party {i}: final validation loss {r['val_loss_own']:.6f} as uninterrupted")
+        # The simulation saves each party's whole model (its backbone and every host's experts);
+        # the party holds its backbone and its shard: each of their tensors must be the same.
+        whole = read_tensors(os.path.join(tmp, "sim", f"party{i}", "checkpoint", "model.safetensors"))
+        held = {}
+        for part in ("backbone", "shard"):
+            held.update(read_tensors(os.path.join(tmp, f"party{i}", "checkpoint", "turn36", part, "model.safetensors")))
+        weights = {k: v for k, v in held.items() if not k.startswith("adam_")}
+        check(len(weights) > 10 and all(whole[k] == v for k, v in weights.items()),
+              f"party {i}: its {len(weights)} final weight tensors equal the uninterrupted run's bit for bit")
 finally:
     for p in procs:
         if p.poll() is None:
