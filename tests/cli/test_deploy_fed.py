@@ -10,9 +10,10 @@ with a clear error and a non-zero exit."""
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 
-from common import check, deploy_config, finish, free_ports, read_metrics, run, tiny_corpus, write_json
+from common import PCMOE, check, deploy_config, finish, free_ports, read_metrics, run, tiny_corpus, write_json
 
 tmp = tempfile.mkdtemp(prefix="pcmoe-deploy-fed-")
 data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
@@ -64,7 +65,8 @@ def simulate_and_deploy(cfg, name):
         r = drep["parties"][p]["report"]
         check(r["val_loss_own"] == srep["parties"][p]["val_loss_own"],
               f"{name} party {p}: final validation loss {r['val_loss_own']:.6f} as simulated")
-        check(r["transport"] == "grpc+mtls" and r["rounds"] == 2, f"{name} party {p}: 2 rounds over mutual TLS")
+        check(r["transport"] == "grpc+mtls" and r["rounds"] == 2 and r["memory"] == srep["parties"][p]["memory"],
+              f"{name} party {p}: 2 rounds over mutual TLS, planned memory as simulated")
     return srep, drep
 
 
@@ -108,7 +110,33 @@ check(untimed(server.get("tgap", {})) == untimed(srep["tgap"]),
 ae = lambda d: open(os.path.join(tmp, d, "cg-fedllm", "autoencoder.safetensors"), "rb").read()
 check(ae("cg-dep/server") == ae("cg-sim"), "the server's final autoencoder is the simulation's, byte for byte")
 
-# (c) refusals, each with a clear one-line error and a non-zero exit.
+# (c) the other modes, each both ways of placing the server: losses and bytes as simulated.
+for mode, placement in (("int8", "separate"), ("topk-ef", "party0"), ("fedavg-lora", "separate")):
+    extra = {}
+    if placement == "separate":
+        extra = {"fed_server": "separate", "server": {"name": "fedserver", "address": f"127.0.0.1:{free_ports(1)[0]}"}}
+    srep, drep = simulate_and_deploy(fed_config(2, mode, **extra), mode)
+    first = 0 if placement == "separate" else 1  # with the server in party 0, party 0 counts the server's bytes
+    check(all(drep["parties"][p]["report"]["bytes_sent_per_token"] == srep["parties"][p]["bytes_sent_per_token"] and
+              drep["parties"][p]["report"]["bytes_received_per_token"] == srep["parties"][p]["bytes_received_per_token"]
+              for p in range(first, 2)), f"{mode} (server: {placement}): bytes per direction as simulated")
+
+# (d) a party whose fed section differs is refused at join, and its refusal stops the run.
+two = fed_config(2, "int8")
+other = json.loads(json.dumps(two))
+other["fed"]["block_size"] = 128
+procs = []
+for i, c in enumerate((two, other)):
+    c["deploy"]["join_timeout_s"] = 10
+    write_json(os.path.join(tmp, f"join{i}.json"), c)
+    procs.append(subprocess.Popen([PCMOE, "party", "--config", os.path.join(tmp, f"join{i}.json"), "--party", str(i),
+                                   "--insecure", "--out", os.path.join(tmp, f"join{i}")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+errs = [p.communicate(timeout=120)[1] for p in procs]
+check(procs[1].returncode != 0 and "config hash" in errs[1], "party 1 with another fed.block_size is refused at join")
+check(procs[0].returncode != 0 and "party1 stopped the run" in errs[0], "party 0 stops, naming party 1")
+
+# (e) refusals, each with a clear one-line error and a non-zero exit.
 base = fed_config(2, "fedavg")
 
 
