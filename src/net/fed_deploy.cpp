@@ -45,6 +45,13 @@ std::string fed_hash(const DeployRun& dr) {
                         .dump());
 }
 
+// Before any work: what a federated process does not offer.
+void refuse_pcmoe_options(const PartyOptions& opts, const DeployRun& dr) {
+  if (opts.resume || opts.until >= 0)
+    throw std::runtime_error("--resume and --until are for pc-moe deployments; a federated deployment (deploy.mode " +
+                             dr.deploy.mode + ") runs every round in one go");
+}
+
 // Runs process `me`'s `role` between joining and the "finished" barrier: serves its Party
 // service with the handler `serve` installs (and the coordinator on party 0), joins, sends
 // heartbeats; on any failure stops the run for everyone and rethrows. Writes the report.
@@ -53,9 +60,6 @@ nlohmann::json as_member(const DeployRun& dr, const PartyOptions& opts, int me, 
                          const std::function<nlohmann::json(GrpcTransport&, CoordinatorClient&)>& role) {
   const RunConfig& cfg = dr.run;
   const std::string name = dr.deploy.parties[me].name;
-  if (opts.resume || opts.until >= 0)
-    throw std::runtime_error("--resume and --until are for pc-moe deployments; a federated deployment (deploy.mode " +
-                             dr.deploy.mode + ") runs every round in one go");
   std::optional<TlsFiles> tls;
   if (!opts.insecure) tls = read_tls_files(opts.certs_dir, name);
   set_num_threads(cfg.train.threads);
@@ -63,15 +67,17 @@ nlohmann::json as_member(const DeployRun& dr, const PartyOptions& opts, int me, 
   // A round carries the whole trainable state (or its encoding): the bound of a streamed call
   // is the round's largest message where that exceeds the expert calls'.
   DeployConfig deploy = dr.deploy;
-  deploy.max_payload_bytes = std::max(
-      deploy.max_payload_bytes, largest_round_message(deploy.mode, trainable_floats, cfg.fed, cfg.train.seed) + 64 * 1024);
+  deploy.max_payload_bytes =
+      std::max(deploy.max_payload_bytes,
+               largest_round_message(deploy.mode, trainable_floats, cfg.fed, cfg.train.seed) + 64 * 1024);
   GrpcTransport net(deploy, me, tls);
   const int rounds = rounds_of(cfg);
   net.count_turns_below((uint64_t)rounds);  // the final model's calls are not training traffic
   serve(net);
   const std::string hash = fed_hash(dr);
   std::unique_ptr<CoordinatorService> coordinator;
-  if (me == 0) coordinator = std::make_unique<CoordinatorService>(deploy, net.secure(), hash, cfg.train.seed, 0, rounds);
+  if (me == 0)
+    coordinator = std::make_unique<CoordinatorService>(deploy, net.secure(), hash, cfg.train.seed, 0, rounds);
   net.start(coordinator.get());
   std::fprintf(stderr, "%s: %s on %s (%s), server %s, joining %s at %s\n", name.c_str(), deploy.mode.c_str(),
                deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
@@ -152,13 +158,15 @@ nlohmann::json run_fed_party(const PartyOptions& opts, const DeployRun& dr) {
   const std::string& mode = dr.deploy.mode;
   const int n = dr.deploy.n_parties, me = opts.party;
   if (me < 0 || me >= n) throw std::runtime_error("--party must be in [0, " + std::to_string(n) + ")");
+  refuse_pcmoe_options(opts, dr);
   const int server_id = fed_server_index(dr.deploy);
   const bool hosts_server = server_id == me;
   const CollabData data = load_collab_data(cfg, me);
   const PartyStreams& own = data.parties[me];
   FedStart start = fed_start(cfg, mode);
-  FedParty party(cfg.model, cfg.train, cfg.fed, mode, me, cfg.fed.local_steps,
-                 [&](int64_t step, int32_t* w) { fill_turn(cfg, own, step, w); }, start.base);
+  FedParty party(
+      cfg.model, cfg.train, cfg.fed, mode, me, cfg.fed.local_steps,
+      [&](int64_t step, int32_t* w) { fill_turn(cfg, own, step, w); }, start.base);
 
   std::ofstream metrics;
   std::mutex mu;  // the handler runs on the transport's threads; the final model is read on this one
@@ -190,16 +198,17 @@ nlohmann::json run_fed_party(const PartyOptions& opts, const DeployRun& dr) {
         rd.floats(final_global.data(), final_global.size());
         return {};
       }
-      throw std::runtime_error("a federated party takes fed_round and fed_global calls, not " + std::string(to_string(kind)));
+      throw std::runtime_error("a federated party takes fed_round and fed_global calls, not " +
+                               std::string(to_string(kind)));
     });
   };
+  const auto public_text = [&] { return public_tokens(cfg, data, cfg.fed.public_categories); };
   const auto role = [&](GrpcTransport& net, CoordinatorClient& coord) {
     nlohmann::json rep = {{"party", me}, {"parties", n}};
     TrafficStats training;
     const auto t0 = clock_type::now();
     if (hosts_server)
-      rep["server"] = drive_rounds(dr, net, std::move(start), [&] { return public_tokens(cfg, data, cfg.fed.public_categories); },
-                                   opts.out_dir, training);
+      rep["server"] = drive_rounds(dr, net, std::move(start), public_text, opts.out_dir, training);
     coord.barrier("trained");  // every round is done and every party holds the final model
     if (!hosts_server) training = net.traffic();
     std::lock_guard<std::mutex> lock(mu);
@@ -229,12 +238,15 @@ nlohmann::json run_fed_server(const PartyOptions& opts) {
     throw std::runtime_error("config file '" + opts.config + "' has no separate server (deploy.fed_server is '" +
                              dr.deploy.fed_server + "', deploy.mode '" + dr.deploy.mode +
                              "'): the server runs in party 0's process");
+  refuse_pcmoe_options(opts, dr);
   const RunConfig& cfg = dr.run;
   const int me = fed_server_index(dr.deploy);
   FedStart start = fed_start(cfg, dr.deploy.mode);
   const size_t trainable = start.global.size();
   const auto serve = [&](GrpcTransport& net) {
-    net.serve(me, [](MsgKind, int, const Bytes&) -> Bytes { throw std::runtime_error("the federated server takes no calls"); });
+    net.serve(me, [](MsgKind, int, const Bytes&) -> Bytes {
+      throw std::runtime_error("the federated server takes no calls");
+    });
   };
   const auto role = [&](GrpcTransport& net, CoordinatorClient& coord) {
     // Only TGAP reads text: the corpus and tokenizer, as the parties derive them, and no party's streams.

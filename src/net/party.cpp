@@ -253,9 +253,11 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
   }
   // collab's order: PC-MoE's turns as handed out; a federated round's lines in party order.
   const auto order = [](const nlohmann::json& m) {
-    return m.contains("turn") ? std::make_pair(m["turn"].get<int64_t>(), 0) : std::make_pair(m["round"].get<int64_t>(), m["party"].get<int>());
+    return m.contains("turn") ? std::make_pair(m["turn"].get<int64_t>(), 0)
+                              : std::make_pair(m["round"].get<int64_t>(), m["party"].get<int>());
   };
-  std::sort(lines.begin(), lines.end(), [&](const nlohmann::json& a, const nlohmann::json& b) { return order(a) < order(b); });
+  std::sort(lines.begin(), lines.end(),
+            [&](const nlohmann::json& a, const nlohmann::json& b) { return order(a) < order(b); });
   std::ofstream merged(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc);
   for (const nlohmann::json& t : lines) merged << t.dump() << "\n";
   // A line is a turn of one optimizer step, or a round of fed.local_steps steps.

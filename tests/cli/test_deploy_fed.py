@@ -165,6 +165,8 @@ refused(lambda c: c["deploy"].update(fed_server="separate", server={"name": "par
 refused(lambda c: c["fed"].update(local_steps=3), "must divide train.steps", "local steps that do not divide the steps")
 refused(lambda c: None, "has no separate server", "`pcmoe server` when the server runs in party 0", "server", "--insecure")
 refused(lambda c: None, "runs every round in one go", "--until with a federated mode", "launch", "--until", "1")
+refused(lambda c: None, "runs every round in one go", "a federated party with --resume", "party", "--party", "1",
+        "--insecure", "--resume")
 
 shutil.rmtree(tmp)
 finish()
