@@ -5,13 +5,15 @@ chunks, give every round's per-party losses, the final validation losses and the
 autoencoder of `pcmoe collab` with the same mode and seed, bit for bit. Bytes per direction equal
 the simulation's wherever the boundary is the same: a separate server's parties exactly; with
 the server in party 0, parties 1.. exactly, and party 0 sends what the others receive and
-receives what they send (its own update stays in its process). Bad deploy sections are refused
-with a clear error and a non-zero exit."""
+receives what they send (its own update stays in its process). int8, topk-ef and fedavg-lora
+match too. A party with another fed section is refused at join; a killed server stops the
+parties, naming it; bad deploy sections are refused with a clear error and a non-zero exit."""
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 from common import PCMOE, check, deploy_config, finish, free_ports, read_metrics, run, tiny_corpus, write_json
 
@@ -135,6 +137,26 @@ for i, c in enumerate((two, other)):
 errs = [p.communicate(timeout=120)[1] for p in procs]
 check(procs[1].returncode != 0 and "config hash" in errs[1], "party 1 with another fed.block_size is refused at join")
 check(procs[0].returncode != 0 and "party1 stopped the run" in errs[0], "party 0 stops, naming party 1")
+
+# (d') a separate server killed mid-run: the coordinator's watchdog stops both parties, naming it.
+live = fed_config(2, "fedavg", fed_server="separate", dead_after_s=1,
+                  server={"name": "fedserver", "address": f"127.0.0.1:{free_ports(1)[0]}"})
+live["train"]["steps"] = 4000  # 2000 rounds: far more than it gets to
+write_json(os.path.join(tmp, "live.json"), live)
+server_log = os.path.join(tmp, "live-server.log")
+args = lambda *a: [PCMOE, *a, "--config", os.path.join(tmp, "live.json"), "--insecure"]
+parties = [subprocess.Popen(args("party", "--party", str(i), "--out", os.path.join(tmp, f"live{i}")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+with open(server_log, "w") as log:
+    server = subprocess.Popen(args("server", "--out", os.path.join(tmp, "live-server")), stdout=log, stderr=log)
+deadline = time.time() + 60
+while "round 3 of 2000" not in open(server_log).read() and server.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+server.kill()
+server.wait()
+errs = [p.communicate(timeout=60)[1] for p in parties]
+check(all(p.returncode != 0 and "fedserver (127.0.0.1" in e and "presumed dead" in e for p, e in zip(parties, errs)),
+      "a killed server: both parties exit non-zero naming it: " + errs[1].strip().splitlines()[-1][-120:])
 
 # (e) refusals, each with a clear one-line error and a non-zero exit.
 base = fed_config(2, "fedavg")
