@@ -15,7 +15,8 @@ the launcher's wall time, which includes them, is shown beside it). Bytes per to
 bytes each party sends plus receives per token it trains (mean over parties); a deployment
 counts them as the simulation does, so the two must agree (the benchmark fails otherwise). Validation loss is the mean over
 parties of their loss on their own held-out data. Peak RSS is each process's high-water mark
-(getrusage). The losses of every turn of a deployment must be identical to the simulation's of
+(getrusage). Start to join is, for the slowest party of each launch, the time from its process
+start to the coordinator's answer that all parties have joined. The losses of every turn of a deployment must be identical to the simulation's of
 the same dtype, or the benchmark fails."""
 import argparse
 import json
@@ -81,7 +82,7 @@ print(f"threads per process: {t['threads']}; {n} parties, {a.steps} rounds of {t
       f"model d_model {m['d_model']}, {m['n_layers']} layers, {m['n_experts']} experts top-{m['top_k']}")
 
 MiB = 1048576
-rows, rss = [], []
+rows, rss, joins = [], [], []
 for dtype in ("fp32", "bf16", "fp16"):
     path = config(dtype)
     sim_dir = os.path.join(tmp, f"sim-{dtype}")
@@ -101,6 +102,7 @@ for dtype in ("fp32", "bf16", "fp16"):
         per_token = lambda ps: [(p["bytes_sent_per_token"], p["bytes_received_per_token"]) for p in ps]
         if per_token(parties) != per_token(sim["parties"]):
             sys.exit(f"{n} processes, {name}, {dtype}: the bytes on the wire differ from the simulation's")
+        joins.append(max(p["started_to_joined_s"] for p in parties))
         rows.append((f"{n} processes, {name}, {dtype}", max(p["train_seconds"] for p in parties), rep["wall_seconds"],
                      sum(p["bytes_sent_per_token"] + p["bytes_received_per_token"] for p in parties) / n,
                      sum(p["val_loss_own"] for p in parties) / n))
@@ -123,5 +125,7 @@ fp32 = rows[0][3]
 print("bytes/token relative to fp32: " + ", ".join(f"{r[0].split(', ')[-1]} {r[3] / fp32:.3f}" for r in rows if r[0].startswith("in-process")))
 print(f"deployed/in-process throughput (fp32): TLS {rows[0][1] / rows[1][1]:.3f}, plaintext {rows[0][1] / rows[2][1]:.3f}; "
       "per-turn losses identical to the simulation in every dtype")
+print("start to all joined, s (the slowest party of each launch: process start, data loading, TLS, join): " +
+      ", ".join(f"{j:.2f}" for j in joins))
 print("peak RSS MiB: centralised process (pcmoe train) {:.1f}; party processes {}; ratio {}".format(
     central_rss / MiB, ", ".join(f"{r / MiB:.1f}" for r in rss), ", ".join(f"{r / central_rss:.3f}" for r in rss)))

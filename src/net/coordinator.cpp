@@ -16,9 +16,9 @@ constexpr uint32_t kMaxPollMs = 5000;
 }  // namespace
 
 CoordinatorService::CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed,
-                                       int64_t first_turn, int64_t end_turn)
+                                       int64_t end_turn)
     : deploy_(deploy), secure_(secure), hash_(std::move(config_hash)), seed_(seed), n_((int)deploy.parties.size()),
-      first_turn_(first_turn), end_turn_(end_turn), turn_(first_turn), last_seen_(n_) {
+      end_turn_(end_turn), turn_(-1), last_seen_(n_) {
   using namespace std::placeholders;
   add<wire::JoinRequest, wire::JoinReply>(wire::kJoin, std::bind(&CoordinatorService::join, this, _1, _2, _3));
   add<wire::TurnRequest, wire::TurnReply>(wire::kNextTurn, std::bind(&CoordinatorService::next_turn, this, _1, _2, _3));
@@ -54,7 +54,7 @@ void CoordinatorService::watch() {
     cv_.wait_for(lock, std::chrono::milliseconds(100));
     if (stopped_) continue;
     const auto now = std::chrono::steady_clock::now();
-    for (uint32_t p : joined_) {
+    for (const auto& [p, turns] : joined_) {
       if (released_["finished"].count(p) || now - last_seen_[p] <= silence) continue;
       stopped_ = true;
       char buf[64];
@@ -75,6 +75,37 @@ grpc::Status CoordinatorService::heartbeat(grpc::ServerContext* ctx, const wire:
   reply.poll = stopped_ ? wire::STOPPED : wire::READY;
   reply.reason = reason_;
   return grpc::Status::OK;
+}
+
+void CoordinatorService::agree_first_turn() {
+  std::set<int64_t> common = joined_.begin()->second;
+  for (const auto& [p, turns] : joined_) {
+    std::set<int64_t> both;
+    for (int64_t t : turns)
+      if (common.count(t)) both.insert(t);
+    common = both;
+  }
+  if (!common.empty() && *common.rbegin() < end_turn_) {
+    turn_ = *common.rbegin();
+    std::fprintf(stderr, "coordinator: every party joined; the run continues at turn %lld of %lld\n", (long long)turn_,
+                 (long long)end_turn_);
+    return;
+  }
+  stopped_ = true;
+  if (!common.empty()) {
+    reason_ = "nothing to train: every party's checkpoint is at turn " + std::to_string(*common.rbegin()) + " of " +
+              std::to_string(end_turn_);
+  } else {
+    reason_ = "the parties share no checkpoint to start from (a fresh party among resumed ones, or checkpoints of "
+              "different runs):";
+    for (const auto& [p, turns] : joined_) {
+      reason_ += " " + deploy_.parties[p].name + " at turn";
+      for (int64_t t : turns) reason_ += " " + std::to_string(t);
+      reason_ += ";";
+    }
+    reason_.pop_back();
+  }
+  std::fprintf(stderr, "coordinator: stopping the run: %s\n", reason_.c_str());
 }
 
 int CoordinatorService::holder(int64_t turn) const { return round_order(seed_, n_, turn / n_)[turn % n_]; }
@@ -98,18 +129,20 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
     return refuse({grpc::StatusCode::FAILED_PRECONDITION,
                    name + " joined with config hash " + req.config_hash.substr(0, 16) + "..., the coordinator's is " +
                        hash_.substr(0, 16) + "...: model, train and party count must be the same everywhere"});
-  if ((int64_t)req.first_turn != first_turn_ || (int64_t)req.end_turn != end_turn_)
+  if ((int64_t)req.end_turn != end_turn_)
     return refuse({grpc::StatusCode::FAILED_PRECONDITION,
-                   name + " would train turns " + std::to_string(req.first_turn) + ".." + std::to_string(req.end_turn) +
-                       ", the coordinator turns " + std::to_string(first_turn_) + ".." + std::to_string(end_turn_) +
-                       ": resume every party from the same checkpointed run, with the same --until"});
+                   name + " would stop before turn " + std::to_string(req.end_turn) + ", the coordinator before turn " +
+                       std::to_string(end_turn_) + ": start every party with the same --until"});
   std::unique_lock<std::mutex> lock(mu_);
-  joined_.insert(req.party);
+  const bool complete_before = (int)joined_.size() == n_;
+  joined_[req.party] = {(int64_t)req.first_turn, (int64_t)req.fallback_turn};
   last_seen_[req.party] = std::chrono::steady_clock::now();
+  if (!complete_before && (int)joined_.size() == n_) agree_first_turn();
   cv_.notify_all();
   cv_.wait_until(lock, until(req.wait_ms), [&] { return stopped_ || (int)joined_.size() == n_; });
   reply.poll = stopped_ ? wire::STOPPED : (int)joined_.size() == n_ ? wire::READY : wire::WAIT;
   reply.reason = reason_;
+  reply.first_turn = turn_ < 0 ? 0 : (uint64_t)turn_;
   if (reply.poll == wire::WAIT) {
     reply.reason = "waiting for";
     for (int p = 0; p < n_; ++p)
@@ -122,6 +155,7 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
 grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire::TurnRequest& req, wire::TurnReply& reply) {
   if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::unique_lock<std::mutex> lock(mu_);
+  if (turn_ < 0 && !stopped_) return {grpc::StatusCode::FAILED_PRECONDITION, "asked for a turn before every party joined"};
   const auto ready = [&] { return stopped_ || turn_ >= end_turn_ || holder(turn_) == (int)req.party; };
   cv_.wait_until(lock, until(req.wait_ms), ready);
   if (stopped_) {
@@ -142,7 +176,7 @@ grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire:
 grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire::TurnDoneRequest& req, wire::Ack&) {
   if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
-  if ((int64_t)req.turn != turn_ || turn_ >= end_turn_ || holder(turn_) != (int)req.party)
+  if (turn_ < 0 || (int64_t)req.turn != turn_ || turn_ >= end_turn_ || holder(turn_) != (int)req.party)
     return {grpc::StatusCode::FAILED_PRECONDITION,
             deploy_.parties[req.party].name + " reports turn " + std::to_string(req.turn) + ", which it does not hold"};
   std::fprintf(stderr, "coordinator: turn %lld of %lld (round %lld, %s) done, loss %.4f\n", (long long)turn_,
@@ -220,14 +254,16 @@ namespace {
 }
 }  // namespace
 
-void CoordinatorClient::join(const std::string& config_hash, int64_t first_turn, int64_t end_turn) {
+int64_t CoordinatorClient::join(const std::string& config_hash, int64_t newest_turn, int64_t fallback_turn,
+                                int64_t end_turn) {
   const DeployConfig& d = t_.deploy();
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds((int64_t)(d.join_timeout_s * 1000));
   wire::JoinRequest req;
   req.party = (uint32_t)me_;
   req.protocol_version = kProtocolVersion;
   req.config_hash = config_hash;
-  req.first_turn = (uint64_t)first_turn;
+  req.first_turn = (uint64_t)newest_turn;
+  req.fallback_turn = (uint64_t)fallback_turn;
   req.end_turn = (uint64_t)end_turn;
   req.wait_ms = kPollMs;
   grpc::Status last;
@@ -238,7 +274,7 @@ void CoordinatorClient::join(const std::string& config_hash, int64_t first_turn,
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(2 * kPollMs));
     last = unary_call(*channel_, wire::kJoin, ctx, req, reply);
     if (last.ok()) {
-      if (reply.poll == wire::READY) return;
+      if (reply.poll == wire::READY) return (int64_t)reply.first_turn;
       waiting = reply.reason;
       if (reply.poll == wire::STOPPED) throw std::runtime_error("the run was stopped while joining: " + reply.reason);
       continue;

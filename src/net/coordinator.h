@@ -18,9 +18,9 @@ namespace pcmoe::net {
 
 class CoordinatorService final : public UnaryService {
  public:
-  // Hands out turns first_turn .. end_turn - 1.
-  CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed, int64_t first_turn,
-                     int64_t end_turn);
+  // Hands out turns first .. end_turn - 1, where first is the latest checkpoint turn every
+  // party offers when it joins.
+  CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed, int64_t end_turn);
   ~CoordinatorService() override;
 
   // Waits (at most `seconds`) until every party has been told that barrier `name` is passed,
@@ -41,6 +41,7 @@ class CoordinatorService final : public UnaryService {
   void watch();  // the watchdog thread: stops the run when a joined party falls silent
   int holder(int64_t turn) const;
   void told(uint32_t party);  // with mu_ held: `party` has been answered STOPPED
+  void agree_first_turn();    // with mu_ held, once all have joined: sets turn_ or stops the run
   std::chrono::system_clock::time_point until(uint32_t wait_ms) const;
 
   DeployConfig deploy_;
@@ -48,10 +49,10 @@ class CoordinatorService final : public UnaryService {
   std::string hash_;
   uint64_t seed_;
   int n_;
-  int64_t first_turn_, end_turn_;
+  int64_t end_turn_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::set<uint32_t> joined_;
+  std::map<uint32_t, std::set<int64_t>> joined_;  // party -> the checkpoint turns it can start at
   int64_t turn_;
   bool stopped_ = false;
   std::string reason_;
@@ -73,8 +74,10 @@ struct Turn {
 class CoordinatorClient {
  public:
   CoordinatorClient(GrpcTransport& transport, int me);
-  // Throws if not everyone joined within join_timeout_s.
-  void join(const std::string& config_hash, int64_t first_turn, int64_t end_turn);
+  // Offers the checkpoint turns this party can start at (its newest and the one before; both 0
+  // on a fresh start) and returns the one every party continues from. Throws if not everyone
+  // joined within join_timeout_s, or if the parties share no checkpoint.
+  int64_t join(const std::string& config_hash, int64_t newest_turn, int64_t fallback_turn, int64_t end_turn);
   Turn next_turn();
   void turn_done(uint64_t turn, double loss);
   void barrier(const std::string& name);

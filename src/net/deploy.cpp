@@ -44,6 +44,7 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   f.read("call_timeout_s", c.call_timeout_s);
   f.read("join_timeout_s", c.join_timeout_s);
   f.read("dead_after_s", c.dead_after_s);
+  f.read("checkpoint_every", c.checkpoint_every);
   f.read("chunk_bytes", c.chunk_bytes);
   f.read("max_message_bytes", c.max_message_bytes);
   f.read("mode", c.mode);
@@ -110,6 +111,8 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   if (!(c.call_timeout_s > 0) || !(c.join_timeout_s > 0) || !(c.dead_after_s >= 0.5))
     throw std::runtime_error("config keys 'deploy.call_timeout_s' and 'deploy.join_timeout_s' must be > 0, "
                              "'deploy.dead_after_s' at least 0.5");
+  if (c.checkpoint_every < 0)
+    throw std::runtime_error("config key 'deploy.checkpoint_every' must be >= 0 (rounds; 0: checkpoint at the end only)");
   if (c.chunk_bytes < 1024 || c.chunk_bytes > (1u << 30))
     throw std::runtime_error("config key 'deploy.chunk_bytes' must be between 1 KiB and 1 GiB");
   if (c.max_message_bytes == 0) c.max_message_bytes = c.chunk_bytes + 64 * 1024;
@@ -118,21 +121,6 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
                              "(a chunk and its envelope) and below 2 GiB");
   c.max_payload_bytes = max_payload_bytes(run);
   return c;
-}
-
-nlohmann::json to_json(const DeployConfig& c) {
-  nlohmann::json parties = nlohmann::json::array();
-  for (const PartyAddress& a : c.parties) parties.push_back({{"name", a.name}, {"address", a.address}});
-  nlohmann::json j = {{"call_timeout_s", c.call_timeout_s}, {"join_timeout_s", c.join_timeout_s},
-                      {"dead_after_s", c.dead_after_s},     {"chunk_bytes", c.chunk_bytes},
-                      {"max_message_bytes", c.max_message_bytes}, {"mode", c.mode},
-                      {"fed_server", c.fed_server}};
-  if (c.fed_server == "separate") {
-    j["server"] = parties.back();
-    parties.erase(parties.size() - 1);
-  }
-  j["parties"] = parties;
-  return j;
 }
 
 bool is_federated(const DeployConfig& c) { return is_fed_mode(c.mode); }

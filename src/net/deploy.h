@@ -12,7 +12,8 @@
 namespace pcmoe::net {
 
 // Bump on any change to proto/pcmoe.proto or to the payload encodings of docs/protocol.md.
-constexpr uint32_t kProtocolVersion = 3;  // 2: CallStream, collab.wire_dtype; 3: FED_ROUND, FED_GLOBAL
+constexpr uint32_t kProtocolVersion = 4;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation;
+                                          // 4: FED_ROUND, FED_GLOBAL
 
 struct PartyAddress {
   std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters
@@ -33,6 +34,9 @@ struct DeployConfig {
   double call_timeout_s = 60;         // deadline of every call (long polls add their wait)
   double join_timeout_s = 60;         // how long a party waits for all others to join
   double dead_after_s = 5;            // a joined party silent this long is presumed dead: the run stops
+  // Every party checkpoints together every this many rounds (and at the end), so a failed run
+  // resumes from the last round all of them completed; 0: at the end (or --until) only.
+  int checkpoint_every = 10;
   // A call payload above chunk_bytes travels as a stream of chunks of at most chunk_bytes
   // (Party.CallStream), so no single message grows with the batch.
   size_t chunk_bytes = 4 << 20;
@@ -49,8 +53,8 @@ struct DeployRun {
 
 // Reads a config file whose optional `deploy` section is
 //   {"parties": [{"name": "party0", "address": "127.0.0.1:50051"}, ...],
-//    "call_timeout_s": 60, "join_timeout_s": 60, "dead_after_s": 5, "chunk_bytes": 4194304,
-//    "max_message_bytes": 0, "mode": "pc-moe", "fed_server": "party0",
+//    "call_timeout_s": 60, "join_timeout_s": 60, "dead_after_s": 5, "checkpoint_every": 10,
+//    "chunk_bytes": 4194304, "max_message_bytes": 0, "mode": "pc-moe", "fed_server": "party0",
 //    "server": {"name": "server", "address": "127.0.0.1:50050"}}
 // Without parties, party i is "party<i>" at 127.0.0.1:<50051 + i>; "server" is required with
 // fed_server "separate" and refused otherwise. The other sections are read as load_run_config
@@ -58,7 +62,6 @@ struct DeployRun {
 // file.
 DeployRun load_deploy_run(const std::string& path);
 DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& run);
-nlohmann::json to_json(const DeployConfig& c);
 
 // The largest call payload a run of this config sends (an expert call of a whole micro-batch's
 // routed rows to one host, in fp32), plus headroom for control messages.

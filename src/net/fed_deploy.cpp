@@ -77,7 +77,7 @@ nlohmann::json as_member(const DeployRun& dr, const PartyOptions& opts, int me, 
   const std::string hash = fed_hash(dr);
   std::unique_ptr<CoordinatorService> coordinator;
   if (me == 0)
-    coordinator = std::make_unique<CoordinatorService>(deploy, net.secure(), hash, cfg.train.seed, 0, rounds);
+    coordinator = std::make_unique<CoordinatorService>(deploy, net.secure(), hash, cfg.train.seed, rounds);
   net.start(coordinator.get());
   std::fprintf(stderr, "%s: %s on %s (%s), server %s, joining %s at %s\n", name.c_str(), deploy.mode.c_str(),
                deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
@@ -87,7 +87,7 @@ nlohmann::json as_member(const DeployRun& dr, const PartyOptions& opts, int me, 
   nlohmann::json report;
   coord.start_heartbeat();
   try {
-    coord.join(hash, 0, rounds);
+    coord.join(hash, 0, 0, rounds);  // a fresh start: no checkpoint to offer
     std::fprintf(stderr, "%s: all %zu processes joined\n", name.c_str(), deploy.parties.size());
     report = role(net, coord);
     coord.barrier("finished");

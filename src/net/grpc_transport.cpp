@@ -149,6 +149,11 @@ std::shared_ptr<grpc::Channel> GrpcTransport::channel(int peer) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize((int)deploy_.max_message_bytes);
     args.SetMaxSendMessageSize((int)deploy_.max_message_bytes);
+    // Parties start in any order, so the first connections are often refused; gRPC's default
+    // reconnect backoff (1 s, growing 1.6x) would then hold a join back for seconds.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
     std::shared_ptr<grpc::ChannelCredentials> creds;
     if (tls_) {
       grpc::SslCredentialsOptions opts;

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 
 #include "collab/runner.h"
 #include "collab/session.h"
@@ -41,6 +42,89 @@ nlohmann::json traffic_json(const TrafficStats& stats) {
                        {"messages", c.messages}, {"bytes", c.bytes}});
   return traffic;
 }
+
+namespace {
+
+// A party's checkpoints: <out>/checkpoint/turn<t>/ holds backbone, shard and state.json (written
+// last: its presence names a complete checkpoint) of the state after turns 0 .. t-1.
+fs::path checkpoint_dir(const fs::path& root, int64_t turn) { return root / ("turn" + std::to_string(turn)); }
+
+// The turns of the complete checkpoints under `root`, newest first; one made with another
+// config is refused.
+std::vector<int64_t> complete_checkpoints(const fs::path& root, const std::string& hash) {
+  std::vector<int64_t> turns;
+  if (!fs::is_directory(root)) return turns;
+  for (const fs::directory_entry& e : fs::directory_iterator(root)) {
+    std::ifstream in(e.path() / "state.json");
+    if (e.path().filename().string().rfind("turn", 0) != 0 || !in) continue;
+    nlohmann::json state;
+    try {
+      state = nlohmann::json::parse(in);
+      if (state.at("config_hash") != hash)
+        throw std::runtime_error("the checkpoint in " + e.path().string() + " was made with another model or train config");
+      turns.push_back(state.at("next_turn").get<int64_t>());
+    } catch (const nlohmann::json::exception& x) {
+      throw std::runtime_error("unreadable checkpoint state " + (e.path() / "state.json").string() + ": " + x.what());
+    }
+  }
+  std::sort(turns.rbegin(), turns.rend());
+  return turns;
+}
+
+void save_party_checkpoint(const fs::path& root, int64_t turn, const RunConfig& cfg, CollabParty& party,
+                           const std::string& hash, const std::string& tokenizer_model) {
+  const fs::path dir = checkpoint_dir(root, turn);
+  fs::remove(dir / "state.json");  // until both parts are written, there is no checkpoint here
+  fs::create_directories(dir);
+  save_checkpoint((dir / "backbone").string(), cfg, party.backbone, &party.optimizer, party.turns, tokenizer_model);
+  save_checkpoint((dir / "shard").string(), cfg, party.host.params(), &party.host.optimizer(), party.turns, tokenizer_model);
+  std::ofstream(dir / "state.json.tmp") << nlohmann::json{{"next_turn", turn}, {"config_hash", hash}}.dump() << "\n";
+  fs::rename(dir / "state.json.tmp", dir / "state.json");
+}
+
+// Once every party holds the checkpoint at `keep`, the others are of no use (older) or of
+// another course of the run (newer ones some party did not complete).
+void drop_checkpoints_but(const fs::path& root, int64_t keep) {
+  if (!fs::is_directory(root)) return;
+  const std::string name = checkpoint_dir(root, keep).filename().string();
+  std::vector<fs::path> others;
+  for (const fs::directory_entry& e : fs::directory_iterator(root))
+    if (e.path().filename().string().rfind("turn", 0) == 0 && e.path().filename() != name) others.push_back(e.path());
+  for (const fs::path& p : others) fs::remove_all(p);
+}
+
+// This party's first turn at or after `from`, or `end` if it has none before it.
+int64_t next_own_turn(uint64_t seed, int n, int me, int64_t from, int64_t end) {
+  for (int64_t t = from; t < end; ++t)
+    if (round_order(seed, n, t / n)[t % n] == me) return t;
+  return end;
+}
+
+// Keeps the lines of a resumed party's metrics for turns before `first`: the turns from there
+// on are trained again.
+void keep_metrics_before(const fs::path& path, int64_t first) {
+  std::ifstream in(path);
+  std::string kept;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty() && nlohmann::json::parse(line).at("turn").get<int64_t>() < first) kept += line + "\n";
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
+// Seconds since this process started (the kernel's start time, in clock ticks since boot).
+double seconds_since_process_start() {
+  std::ifstream stat("/proc/self/stat"), uptime("/proc/uptime");
+  std::string line;
+  std::getline(stat, line);
+  std::istringstream fields(line.substr(line.rfind(')') + 2));  // fields 3.. (the name may hold spaces)
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field;) ++i;
+  double up = 0;
+  uptime >> up;
+  return up - std::stod(field) / (double)sysconf(_SC_CLK_TCK);
+}
+
+}  // namespace
 
 nlohmann::json run_party(const PartyOptions& opts) {
   const DeployRun dr = load_deploy_run(opts.config);
@@ -69,21 +153,12 @@ nlohmann::json run_party(const PartyOptions& opts) {
   }
   const fs::path ckpt = fs::path(opts.out_dir) / "checkpoint";
   const std::string hash = config_hash(cfg);
-  int64_t first_turn = 0;
-  if (opts.resume) {
-    std::ifstream in(ckpt / "state.json");
-    if (!in) throw std::runtime_error("--resume: no checkpoint in " + ckpt.string());
-    const nlohmann::json state = nlohmann::json::parse(in);
-    if (state.at("config_hash") != hash)
-      throw std::runtime_error("--resume: the checkpoint in " + ckpt.string() + " was made with another model or train config");
-    party.turns = load_checkpoint((ckpt / "backbone").string(), cfg.model, party.backbone, &party.optimizer);
-    load_checkpoint((ckpt / "shard").string(), cfg.model, party.host.params(), &party.host.optimizer());
-    first_turn = state.at("next_turn").get<int64_t>();
-  }
+  const std::vector<int64_t> offered = complete_checkpoints(ckpt, hash);
+  if (opts.resume && offered.empty()) throw std::runtime_error("--resume: no checkpoint in " + ckpt.string());
+  if (!opts.resume && !offered.empty())
+    throw std::runtime_error(ckpt.string() + " holds a checkpoint of an earlier run (turn " + std::to_string(offered[0]) +
+                             "): pass --resume to continue it, or give another --out");
   const int64_t end_turn = (int64_t)n * (opts.until >= 0 ? std::min<int64_t>(opts.until, cfg.train.steps) : cfg.train.steps);
-  if (first_turn >= end_turn)
-    throw std::runtime_error("nothing to train: the run is at turn " + std::to_string(first_turn) + " of " +
-                             std::to_string(end_turn));
   net.count_turns_below((uint64_t)end_turn);  // the report's traffic is training traffic, as in collab
   const int threads = cfg.train.threads;
   net.serve(me, [&party, threads](MsgKind kind, int from, const Bytes& req) {
@@ -92,27 +167,54 @@ nlohmann::json run_party(const PartyOptions& opts) {
   });
   std::unique_ptr<CoordinatorService> coordinator;
   if (me == 0)
-    coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), hash, cfg.train.seed, first_turn, end_turn);
+    coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), hash, cfg.train.seed, end_turn);
   net.start(coordinator.get());
-  std::fprintf(stderr, "%s: serving experts on %s (%s), joining %s at %s\n", name.c_str(), dr.deploy.parties[me].address.c_str(),
-               net.secure() ? "mutual TLS" : "INSECURE plaintext", dr.deploy.parties[0].name.c_str(),
-               dr.deploy.parties[0].address.c_str());
+  std::fprintf(stderr, "%s: serving experts on %s (%s) %.2f s after this process started, joining %s at %s\n",
+               name.c_str(), dr.deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
+               seconds_since_process_start(), dr.deploy.parties[0].name.c_str(), dr.deploy.parties[0].address.c_str());
 
   CoordinatorClient coord(net, me);
-  std::ofstream metrics(fs::path(opts.out_dir) / "metrics.jsonl", opts.resume ? std::ios::app : std::ios::trunc);
+  const fs::path metrics_path = fs::path(opts.out_dir) / "metrics.jsonl";
   nlohmann::json report = {{"party", me}, {"name", name}, {"parties", n}};
   coord.start_heartbeat();
   try {
-    coord.join(hash, first_turn, end_turn);
-    std::fprintf(stderr, "%s: all %d parties joined\n", name.c_str(), n);
+    const int64_t first_turn = offered.empty() ? coord.join(hash, 0, 0, end_turn)
+                                               : coord.join(hash, offered[0], offered[std::min<size_t>(1, offered.size() - 1)], end_turn);
+    report["started_to_joined_s"] = seconds_since_process_start();
+    if (first_turn > 0) {
+      const fs::path dir = checkpoint_dir(ckpt, first_turn);
+      party.turns = load_checkpoint((dir / "backbone").string(), cfg.model, party.backbone, &party.optimizer);
+      load_checkpoint((dir / "shard").string(), cfg.model, party.host.params(), &party.host.optimizer());
+      drop_checkpoints_but(ckpt, first_turn);
+      keep_metrics_before(metrics_path, first_turn);
+    }
+    std::fprintf(stderr, "%s: all %d parties joined, %.2f s after this process started; training turns %lld..%lld\n",
+                 name.c_str(), n, report["started_to_joined_s"].get<double>(), (long long)first_turn, (long long)end_turn - 1);
+    std::ofstream metrics(metrics_path, first_turn > 0 ? std::ios::app : std::ios::trunc);
     const TurnPlan plan(cfg.model, n);
     std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
+    // Every party checkpoints at the same turns: once all turns before one are done (barrier),
+    // each saves, and once all have saved (barrier), each drops its older checkpoints.
+    const int64_t every = (int64_t)dr.deploy.checkpoint_every * n;
+    int64_t next_checkpoint = every > 0 ? (first_turn / every + 1) * every : end_turn;
+    const auto checkpoint_at = [&](int64_t turn) {
+      coord.barrier("checkpoint " + std::to_string(turn));
+      save_party_checkpoint(ckpt, turn, cfg, party, hash, data.tokenizer_model);
+      coord.barrier("saved " + std::to_string(turn));
+      drop_checkpoints_but(ckpt, turn);
+      std::fprintf(stderr, "%s: checkpoint at turn %lld\n", name.c_str(), (long long)turn);
+    };
     const auto t0 = clock_type::now();
     double busy = 0;
     int64_t trained = 0;  // turns of this run (a resumed party's earlier ones are in party.turns)
-    for (;;) {
+    for (int64_t from = first_turn;;) {
+      const int64_t mine = next_own_turn(cfg.train.seed, n, me, from, end_turn);
+      for (; next_checkpoint < end_turn && next_checkpoint <= mine; next_checkpoint += every) checkpoint_at(next_checkpoint);
+      if (mine >= end_turn) break;
       const Turn t = coord.next_turn();
-      if (t.done) break;
+      if (t.done || (int64_t)t.turn != mine)
+        throw std::runtime_error("the coordinator handed out turn " + std::to_string(t.turn) + ", this party's next is " +
+                                 std::to_string(mine));
       const auto t_turn = clock_type::now();
       fill_turn(cfg, own, (int64_t)t.round, windows.data());
       net.set_step(t.turn);
@@ -126,20 +228,17 @@ nlohmann::json run_party(const PartyOptions& opts) {
       coord.turn_done(t.turn, r.loss.total);
       std::fprintf(stderr, "%s: turn %llu (round %llu) loss %.4f\n", name.c_str(), (unsigned long long)t.turn,
                    (unsigned long long)t.round, r.loss.ce);
+      from = mine + 1;
     }
     coord.barrier("trained");
     const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
     const TrafficStats training = net.traffic();  // every training call to or from this party is done
                                                   // (later calls to its host are not counted)
-    fs::remove(ckpt / "state.json");  // until both parts are written, there is no checkpoint to resume from
-    save_checkpoint((ckpt / "backbone").string(), cfg, party.backbone, &party.optimizer, party.turns, data.tokenizer_model);
-    save_checkpoint((ckpt / "shard").string(), cfg, party.host.params(), &party.host.optimizer(), party.turns,
-                    data.tokenizer_model);
-    std::ofstream(ckpt / "state.json.tmp") << nlohmann::json{{"next_turn", end_turn}, {"config_hash", hash}}.dump() << "\n";
-    fs::rename(ckpt / "state.json.tmp", ckpt / "state.json");  // last: names a complete checkpoint
+    save_party_checkpoint(ckpt, end_turn, cfg, party, hash, data.tokenizer_model);
     net.set_step((uint64_t)end_turn);  // evaluation calls come after every turn
     report["val_loss_own"] = evaluate(party.model, own.val_windows, own.n_val);
-    coord.barrier("finished");
+    coord.barrier("finished");  // every party has saved its checkpoint at end_turn
+    drop_checkpoints_but(ckpt, end_turn);
     coord.stop_heartbeat();
     if (coordinator) coordinator->wait_released("finished", dr.deploy.call_timeout_s);
     const double tokens = (double)trained * data.tokens_per_turn;
@@ -192,7 +291,9 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
   // them from each other (runs 3-10x slower), so they sleep instead, unless the user chose.
   setenv("OMP_WAIT_POLICY", "passive", 0);
   const auto t0 = clock_type::now();
+  // party<i> / server: its log and output directory; "party i" / "server" in messages.
   const auto label = [n](int p) { return p < n ? "party" + std::to_string(p) : std::string("server"); };
+  const auto who = [n](int p) { return p < n ? "party " + std::to_string(p) : std::string("server"); };
   std::vector<pid_t> pids(processes);
   for (int p = 0; p < processes; ++p) {
     const std::string log = (fs::path(out_dir) / (label(p) + ".log")).string();
@@ -214,9 +315,9 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
     posix_spawn_file_actions_destroy(&fa);
     if (rc != 0) {
       for (int q = 0; q < p; ++q) kill(pids[q], SIGKILL);
-      throw std::runtime_error("cannot start " + label(p) + ": " + std::strerror(rc));
+      throw std::runtime_error("cannot start " + who(p) + ": " + std::strerror(rc));
     }
-    std::fprintf(stderr, "launch: %s (%s at %s) is pid %d, log %s\n", label(p).c_str(), dr.deploy.parties[p].name.c_str(),
+    std::fprintf(stderr, "launch: %s (%s at %s) is pid %d, log %s\n", who(p).c_str(), dr.deploy.parties[p].name.c_str(),
                  dr.deploy.parties[p].address.c_str(), (int)pids[p], log.c_str());
   }
   nlohmann::json report = {{"parties", nlohmann::json::array()}, {"ok", true}, {"mode", dr.deploy.mode}};
@@ -231,7 +332,7 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
       continue;
     }
     codes[p] = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::fprintf(stderr, "launch: %s exited with %d\n", label(p).c_str(), codes[p]);
+    std::fprintf(stderr, "launch: %s exited with %d\n", who(p).c_str(), codes[p]);
   }
   const double wall = std::chrono::duration<double>(clock_type::now() - t0).count();
   std::vector<nlohmann::json> lines;

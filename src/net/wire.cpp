@@ -20,8 +20,8 @@ void put_varint(std::string& out, uint64_t v) {
 template <class F> void fields(CallRequest& m, F&& f) { f(1, m.kind); f(2, m.from); f(3, m.step); f(4, m.payload); }
 template <class F> void fields(CallReply& m, F&& f) { f(1, m.payload); }
 template <class F> void fields(CallChunk& m, F&& f) { f(1, m.kind); f(2, m.from); f(3, m.step); f(4, m.total_bytes); f(5, m.seq); f(6, m.data); }
-template <class F> void fields(JoinRequest& m, F&& f) { f(1, m.party); f(2, m.protocol_version); f(3, m.config_hash); f(4, m.wait_ms); f(5, m.first_turn); f(6, m.end_turn); }
-template <class F> void fields(JoinReply& m, F&& f) { f(1, m.poll); f(2, m.reason); }
+template <class F> void fields(JoinRequest& m, F&& f) { f(1, m.party); f(2, m.protocol_version); f(3, m.config_hash); f(4, m.wait_ms); f(5, m.first_turn); f(6, m.end_turn); f(7, m.fallback_turn); }
+template <class F> void fields(JoinReply& m, F&& f) { f(1, m.poll); f(2, m.reason); f(3, m.first_turn); }
 template <class F> void fields(TurnRequest& m, F&& f) { f(1, m.party); f(2, m.wait_ms); }
 template <class F> void fields(TurnReply& m, F&& f) { f(1, m.poll); f(2, m.done); f(3, m.turn); f(4, m.round); f(5, m.reason); }
 template <class F> void fields(TurnDoneRequest& m, F&& f) { f(1, m.party); f(2, m.turn); f(3, m.loss); }

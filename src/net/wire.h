@@ -51,10 +51,12 @@ struct JoinRequest {
   uint32_t wait_ms = 0;           // 4
   uint64_t first_turn = 0;        // 5
   uint64_t end_turn = 0;          // 6
+  uint64_t fallback_turn = 0;     // 7
 };
 struct JoinReply {
-  uint32_t poll = 0;   // 1
-  std::string reason;  // 2
+  uint32_t poll = 0;        // 1
+  std::string reason;       // 2
+  uint64_t first_turn = 0;  // 3
 };
 struct TurnRequest {
   uint32_t party = 0;    // 1

@@ -181,7 +181,9 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
           s = a.add(std::move(chunk));
         }
         ok = s.ok() && a.finish().ok();
-        if (ok) EXPECT_EQ(a.payload().size(), a.head().total_bytes);
+        if (ok) {
+          EXPECT_EQ(a.payload().size(), a.head().total_bytes);
+        }
         break;
       }
       case 2: {  // expert requests and replies, every kind and dtype

@@ -83,12 +83,17 @@ TEST(Wire, WeReadWhatProtocWrites) {
   EXPECT_EQ(r.round, 19u);
   EXPECT_EQ(r.reason, "party2 died");
   wire::JoinRequest j;
-  wire::decode(protoc("encode", "JoinRequest", "party: 1 protocol_version: 1 config_hash: \"abc\" wait_ms: 1000 first_turn: 12 end_turn: 40"), j);
+  wire::decode(protoc("encode", "JoinRequest", "party: 1 protocol_version: 1 config_hash: \"abc\" wait_ms: 1000 first_turn: 12 end_turn: 40 fallback_turn: 8"), j);
   EXPECT_EQ(j.party, 1u);
   EXPECT_EQ(j.config_hash, "abc");
   EXPECT_EQ(j.wait_ms, 1000u);
   EXPECT_EQ(j.first_turn, 12u);
   EXPECT_EQ(j.end_turn, 40u);
+  EXPECT_EQ(j.fallback_turn, 8u);
+  wire::JoinReply jr;
+  wire::decode(protoc("encode", "JoinReply", "poll: READY first_turn: 8"), jr);
+  EXPECT_EQ(jr.poll, wire::READY);
+  EXPECT_EQ(jr.first_turn, 8u);
 }
 
 TEST(Wire, MalformedMessagesAreRejected) {
