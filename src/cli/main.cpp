@@ -12,6 +12,7 @@
 #include "fed/fed_runner.h"
 #include "net/certs.h"
 #include "net/deploy.h"
+#include "net/fed_deploy.h"
 #include "net/party.h"
 #include "model/model.h"
 #include "tensor/cpu.h"
@@ -35,6 +36,7 @@ usage:
   pcmoe certs    --config FILE --out DIR
   pcmoe party    --config FILE --party I --out DIR (--certs DIR | --insecure) [--resume] [--until R]
   pcmoe launch   --config FILE --out DIR [--insecure] [--resume] [--until R]
+  pcmoe server   --config FILE --out DIR (--certs DIR | --insecure)
   pcmoe memory   --config FILE --parties N [--party P]
   pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T --delta D [--json]
   pcmoe audit    --run DIR --out DIR2 [--public-windows N] [--mlp-every-round]
@@ -53,8 +55,12 @@ usage:
             gRPC with mutual TLS (party 0 also coordinates), trains on its turns, writes
             DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/; --insecure: plaintext,
             loopback only; --until R stops after R rounds; --resume continues from DIR/checkpoint
+            deploy.mode picks what the deployment trains: pc-moe, or a federated mode
+            (fedavg, fedavg-lora, int8, topk-ef, cg-fedllm; the server runs in party 0's process)
   launch    makes certificates and runs every party of FILE as a local process on loopback,
             logs in DIR/party<i>.log; merges DIR/metrics.jsonl, writes DIR/report.json
+  server    the federated server of a deployment with deploy.fed_server "separate", as its own
+            process (joins like a party, drives the rounds); writes DIR/report.json
   memory    one party's planned memory and peak RSS, measured in its own process
   dp-budget DP-SGD privacy budget (RDP accountant, Poisson sampling rate Q, T steps): the epsilon
             that noise multiplier S spends, or the noise multiplier that target epsilon E needs
@@ -283,8 +289,26 @@ int cmd_party(int argc, char** argv) {
   o.resume = a.count("--resume") > 0;
   o.until = until_rounds(a);
   const nlohmann::json r = net::run_party(o);
-  std::printf("%s: %lld turns, validation loss %.4f on own data, %.0f bytes sent + %.0f received per token, report: %s\n",
-              r["name"].get<std::string>().c_str(), r["turns"].get<long long>(), r["val_loss_own"].get<double>(),
+  const bool federated = r.contains("rounds");  // a federated party reports rounds of local steps
+  std::printf("%s: %lld %s, validation loss %.4f on own data, %.0f bytes sent + %.0f received per token, report: %s\n",
+              r["name"].get<std::string>().c_str(), r[federated ? "rounds" : "turns"].get<long long>(),
+              federated ? "rounds" : "turns", r["val_loss_own"].get<double>(),
+              r["bytes_sent_per_token"].get<double>(), r["bytes_received_per_token"].get<double>(),
+              (fs::path(o.out_dir) / "report.json").c_str());
+  return 0;
+}
+
+int cmd_server(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--config", "--certs", "--out"}, {"--insecure"});
+  net::PartyOptions o;
+  o.config = need(a, "--config");
+  o.insecure = a.count("--insecure") > 0;
+  if (o.insecure == (a.count("--certs") > 0)) throw UsageError("give either --certs DIR (mutual TLS) or --insecure");
+  if (!o.insecure) o.certs_dir = a.at("--certs");
+  o.out_dir = need(a, "--out");
+  const nlohmann::json r = net::run_fed_server(o);
+  std::printf("%s: %s, %d rounds, %.0f bytes sent + %.0f received per token of all parties, report: %s\n",
+              r["name"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(), r["rounds"].get<int>(),
               r["bytes_sent_per_token"].get<double>(), r["bytes_received_per_token"].get<double>(),
               (fs::path(o.out_dir) / "report.json").c_str());
   return 0;
@@ -295,15 +319,28 @@ int cmd_launch(int argc, char** argv) {
   const std::string out = need(a, "--out");
   const nlohmann::json r = net::run_launch(fs::canonical("/proc/self/exe").string(), need(a, "--config"), out,
                                            a.count("--insecure") > 0, a.count("--resume") > 0, until_rounds(a));
+  const auto bytes_per_token = [](const nlohmann::json& rep) {
+    return rep["bytes_sent_per_token"].get<double>() + rep["bytes_received_per_token"].get<double>();
+  };
   for (const auto& p : r["parties"]) {
     std::printf("party %d: exit %d", p["party"].get<int>(), p["exit_code"].get<int>());
     if (p.contains("report"))
       std::printf(" | validation loss %.4f on own data | %.0f bytes/token", p["report"]["val_loss_own"].get<double>(),
-                  p["report"]["bytes_sent_per_token"].get<double>() + p["report"]["bytes_received_per_token"].get<double>());
+                  bytes_per_token(p["report"]));
     std::printf("\n");
   }
-  std::printf("%zu turns in %.1f s (%.0f tokens/s over all parties) | report: %s\n", r["turns"].get<size_t>(),
-              r["wall_seconds"].get<double>(), r["tokens_per_s"].get<double>(), (fs::path(out) / "report.json").c_str());
+  if (r.contains("server")) {
+    std::printf("server: exit %d", r["server"]["exit_code"].get<int>());
+    if (r["server"].contains("report"))
+      std::printf(" | %.0f bytes per token of all parties", bytes_per_token(r["server"]["report"]));
+    std::printf("\n");
+  }
+  if (r.contains("turns"))
+    std::printf("%zu turns", r["turns"].get<size_t>());
+  else
+    std::printf("%s: %zu party rounds", r["mode"].get<std::string>().c_str(), r["party_rounds"].get<size_t>());
+  std::printf(" in %.1f s (%.0f tokens/s over all parties) | report: %s\n", r["wall_seconds"].get<double>(),
+              r["tokens_per_s"].get<double>(), (fs::path(out) / "report.json").c_str());
   if (!r["ok"].get<bool>()) throw std::runtime_error("a party failed; see its log in " + out);
   return 0;
 }
@@ -329,6 +366,7 @@ int main(int argc, char** argv) {
     if (cmd == "certs") return cmd_certs(argc, argv);
     if (cmd == "party") return cmd_party(argc, argv);
     if (cmd == "launch") return cmd_launch(argc, argv);
+    if (cmd == "server") return cmd_server(argc, argv);
     if (cmd == "memory") return cmd_memory(argc, argv);
     if (cmd == "dp-budget") return cmd_dp_budget(argc, argv);
     if (cmd == "audit") return cmd_audit(argc, argv);

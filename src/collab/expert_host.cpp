@@ -35,7 +35,8 @@ Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
       if (!privacy_.per_unit) break;
       return expert_call(Call::kBackwardUnits, kind, request);
     case MsgKind::kControl: return control(request);
-    case MsgKind::kFedRound: break;  // federated baselines only: a PC-MoE host refuses it
+    case MsgKind::kFedRound:
+    case MsgKind::kFedGlobal: break;  // federated baselines only: a PC-MoE host refuses them
   }
   throw std::runtime_error("party " + std::to_string(party_) + ": unexpected message kind " + to_string(kind) +
                            " from party " + std::to_string(from));

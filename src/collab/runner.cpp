@@ -298,8 +298,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
 
 class Context final : public CollabContext {
  public:
-  Context(Shared& sh, const CollabData& data)
-      : sh_(sh), corpus_(data.corpus), split_(data.split), tok_(data.tokenizer), assignment_(data.assignment) {}
+  Context(Shared& sh, const CollabData& data) : sh_(sh), data_(data) {}
   const RunConfig& config() const override { return sh_.cfg; }
   int n_parties() const override { return (int)sh_.parties.size(); }
   int64_t tokens_per_turn() const override { return sh_.tokens_per_turn; }
@@ -315,25 +314,12 @@ class Context final : public CollabContext {
     pcmoe::progress(mode.c_str(), done, total, loss, seconds);
   }
   data::TokenStream public_tokens(const std::vector<std::string>& categories) const override {
-    for (const data::PartyData& pd : assignment_)
-      for (const std::string& c : categories)
-        if (std::find(pd.categories.begin(), pd.categories.end(), c) != pd.categories.end())
-          throw std::runtime_error("category '" + c + "' is held by a party and cannot be treated as public");
-    std::vector<size_t> docs;
-    for (size_t d : split_.train)
-      if (std::find(categories.begin(), categories.end(), corpus_.docs[d].category) != categories.end()) docs.push_back(d);
-    data::TokenStream ts = data::encode_documents(tok_, corpus_, docs, sh_.cfg.data.cache_dir);
-    if (ts.tokens.size() <= (size_t)sh_.cfg.model.seq_len + 1)
-      throw std::runtime_error("the public categories hold fewer than seq_len+1 tokens of training text");
-    return ts;
+    return pcmoe::public_tokens(sh_.cfg, data_, categories);
   }
 
  private:
   Shared& sh_;
-  const data::Corpus& corpus_;
-  const data::Split& split_;
-  const data::Tokenizer& tok_;
-  const std::vector<data::PartyData>& assignment_;
+  const CollabData& data_;
 };
 
 }  // namespace
@@ -389,6 +375,20 @@ CollabData load_collab_data(const RunConfig& cfg, int only_party) {
     if (only_party < 0 || p == only_party)
       out.parties[p].sampler = std::make_unique<data::BatchSampler>(out.parties[p].train, mc.seq_len, party_seed(cfg, p));
   return out;
+}
+
+data::TokenStream public_tokens(const RunConfig& cfg, const CollabData& data, const std::vector<std::string>& categories) {
+  for (const data::PartyData& pd : data.assignment)
+    for (const std::string& c : categories)
+      if (std::find(pd.categories.begin(), pd.categories.end(), c) != pd.categories.end())
+        throw std::runtime_error("category '" + c + "' is held by a party and cannot be treated as public");
+  std::vector<size_t> docs;
+  for (size_t d : data.split.train)
+    if (std::find(categories.begin(), categories.end(), data.corpus.docs[d].category) != categories.end()) docs.push_back(d);
+  data::TokenStream ts = data::encode_documents(data.tokenizer, data.corpus, docs, cfg.data.cache_dir);
+  if (ts.tokens.size() <= (size_t)cfg.model.seq_len + 1)
+    throw std::runtime_error("the public categories hold fewer than seq_len+1 tokens of training text");
+  return ts;
 }
 
 uint64_t party_seed(const RunConfig& cfg, int party) { return cfg.train.seed + 7919 * (uint64_t)(party + 1); }

@@ -27,7 +27,8 @@ struct PartyStreams {
 // Every party's data as `pcmoe collab` deals it: the corpus split, the parties' documents, one
 // shared tokenizer (the starting checkpoint's, or trained on the union of the parties' training
 // documents), each party's encoded streams and seeded sampler. With only_party >= 0 only that
-// party's streams are encoded (the others stay empty), as a deployed party holds only its own.
+// party's streams are encoded (the others stay empty), as a deployed party holds only its own;
+// only_party = parties.n_parties encodes none (a deployed federated server).
 struct CollabData {
   data::Corpus corpus;
   data::Split split;
@@ -39,6 +40,10 @@ struct CollabData {
   int32_t bos_id = -1;  // the tokenizer's document start (DP-SGD's document units)
 };
 CollabData load_collab_data(const RunConfig& cfg, int only_party = -1);
+
+// The training documents of `categories` (none of which a party may hold), encoded with the
+// run's tokenizer: data every party may treat as public. Throws naming a category a party holds.
+data::TokenStream public_tokens(const RunConfig& cfg, const CollabData& data, const std::vector<std::string>& categories);
 
 // The seed of party `party`'s batches: its sampler's, and its DP-SGD Poisson draws'.
 uint64_t party_seed(const RunConfig& cfg, int party);

@@ -12,6 +12,7 @@ const char* to_string(MsgKind k) {
     case MsgKind::kControl: return "control";
     case MsgKind::kExpertBackwardUnits: return "expert_backward_units";
     case MsgKind::kFedRound: return "fed_round";
+    case MsgKind::kFedGlobal: return "fed_global";
   }
   return "unknown";
 }

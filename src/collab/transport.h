@@ -24,6 +24,9 @@ enum class MsgKind : uint8_t {
                              // unit's squared gradient norm at the host's experts
   kFedRound = 5,        // federated baselines only (src/fed/): request: the global model
                         // (server to party); response: the party's encoded update
+  kFedGlobal = 6,       // federated deployment only: request: the final global model (server to
+                        // party, after the last round, for the party's own evaluation); response:
+                        // empty. The simulation evaluates the global model without sending it.
 };
 const char* to_string(MsgKind k);
 

@@ -21,11 +21,10 @@ double seconds_since(clock_type::time_point t0) {
 // TGAP: a fresh copy of the initial model fine-tunes on the public data for tgap_steps steps
 // (the parties' schedule); blocks of each step's update pre-train the autoencoder. The last
 // quarter of the recorded steps is held out to report the pre-training's effect.
-nlohmann::json pretrain_tgap(CollabContext& ctx, const std::vector<float>& initial, BlockAutoencoder& ae) {
-  const RunConfig& cfg = ctx.config();
+nlohmann::json pretrain_tgap(const RunConfig& cfg, const data::TokenStream& pub, const std::vector<float>& initial,
+                             BlockAutoencoder& ae) {
   const FedConfig& fc = cfg.fed;
   const auto t0 = clock_type::now();
-  const data::TokenStream pub = ctx.public_tokens(fc.public_categories);
   const data::BatchSampler sampler(pub, cfg.model.seq_len, cfg.train.seed + 104729);
   LocalModel m(cfg.model, cfg.train);
   scatter(initial.data(), m.params);
@@ -118,6 +117,65 @@ class ServerAudit {
 
 }  // namespace
 
+FedStart fed_start(const RunConfig& cfg, const std::string& mode) {
+  const FedConfig& fc = cfg.fed;
+  FedStart s;
+  {
+    ParamSet init(cfg.model, ParamSelection{});
+    init.init(cfg.train.seed);
+    if (!cfg.collab.init_from.empty()) load_checkpoint(cfg.collab.init_from, cfg.model, init, nullptr);
+    s.global.resize(trainable_numel(init));
+    gather(init, s.global.data());
+  }
+  if ((mode == "int8" || mode == "topk-ef" || mode == "cg-fedllm") && (size_t)fc.block_size > s.global.size())
+    throw std::runtime_error("config key 'fed.block_size' (" + std::to_string(fc.block_size) + ") is larger than the update (" +
+                             std::to_string(s.global.size()) + " floats) that mode " + mode + " cuts into blocks");
+  if (mode == "fedavg-lora") {
+    // The full model is the frozen shared start; the global trainable state is the adapters.
+    s.base = std::move(s.global);
+    LoraAdapters lora(cfg.model, fc.lora, 1);
+    lora.init(cfg.train.seed);
+    s.global.resize(trainable_numel(lora.params()));
+    gather(lora.params(), s.global.data());
+  }
+  return s;
+}
+
+nlohmann::json fed_facts(const RunConfig& cfg, const std::string& mode, size_t trainable_floats) {
+  const FedConfig& fc = cfg.fed;
+  nlohmann::json out = {{"rounds", cfg.train.steps / fc.local_steps}, {"local_steps", fc.local_steps},
+                        {"trainable_floats", trainable_floats}, {"server_optimizer", fc.server_optimizer}};
+  if (mode == "fedavg-lora")
+    out["lora"] = {{"rank", fc.lora.rank}, {"alpha", fc.lora.alpha}, {"targets", fc.lora.targets}};
+  if (mode == "topk-ef") out["topk_k"] = matched_topk(trainable_floats, fc.block_size, fc.latent());
+  return out;
+}
+
+std::unique_ptr<BlockAutoencoder> server_autoencoder(const RunConfig& cfg, const std::string& mode,
+                                                     const std::vector<float>& initial,
+                                                     const std::function<data::TokenStream()>& public_text,
+                                                     nlohmann::json& facts) {
+  if (mode != "cg-fedllm") return nullptr;
+  const FedConfig& fc = cfg.fed;
+  auto ae = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), cfg.train.seed);
+  if (!fc.autoencoder.empty()) load_autoencoder(fc.autoencoder, *ae);
+  else if (fc.tgap_steps > 0) facts["tgap"] = pretrain_tgap(cfg, public_text(), initial, *ae);
+  facts["autoencoder"] = {{"block", fc.block_size}, {"latent", fc.latent()}, {"parameters", ae->numel()},
+                          {"loaded_from", fc.autoencoder}};
+  return ae;
+}
+
+nlohmann::json round_line(const std::string& mode, const FedConfig& fc, int64_t round, int party, const PartyRound& pr) {
+  nlohmann::json line = {{"mode", mode}, {"round", round}, {"party", party}, {"loss", pr.loss.total}, {"ce", pr.loss.ce},
+                         {"lr", pr.lr}, {"grad_norm", pr.grad_norm}};
+  if (mode != "fedavg" && mode != "fedavg-lora") {
+    line["cosine"] = pr.fidelity.cosine;
+    line["snr_db"] = pr.fidelity.snr_db;
+  }
+  if (mode == "cg-fedllm" && fc.faf_steps > 0) line["faf_mse"] = pr.faf_loss;
+  return line;
+}
+
 nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
   const RunConfig& cfg = ctx.config();
   const FedConfig& fc = cfg.fed;
@@ -125,43 +183,15 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
   const int rounds = cfg.train.steps / fc.local_steps;
   const auto t0 = clock_type::now();
 
-  std::vector<float> initial, base;
-  {
-    ParamSet init(cfg.model, ParamSelection{});
-    init.init(cfg.train.seed);
-    if (!cfg.collab.init_from.empty()) load_checkpoint(cfg.collab.init_from, cfg.model, init, nullptr);
-    initial.resize(trainable_numel(init));
-    gather(init, initial.data());
-  }
-  if ((mode == "int8" || mode == "topk-ef" || mode == "cg-fedllm") && (size_t)fc.block_size > initial.size())
-    throw std::runtime_error("config key 'fed.block_size' (" + std::to_string(fc.block_size) + ") is larger than the update (" +
-                             std::to_string(initial.size()) + " floats) that mode " + mode + " cuts into blocks");
-  if (mode == "fedavg-lora") {
-    // The full model is the frozen shared start; the global trainable state is the adapters.
-    base = std::move(initial);
-    LoraAdapters lora(cfg.model, fc.lora, 1);
-    lora.init(cfg.train.seed);
-    initial.resize(trainable_numel(lora.params()));
-    gather(lora.params(), initial.data());
-  }
-  nlohmann::json out = {{"rounds", rounds}, {"local_steps", fc.local_steps}, {"trainable_floats", initial.size()},
-                        {"server_optimizer", fc.server_optimizer}};
-  if (mode == "fedavg-lora")
-    out["lora"] = {{"rank", fc.lora.rank}, {"alpha", fc.lora.alpha}, {"targets", fc.lora.targets}};
-  std::unique_ptr<BlockAutoencoder> ae;
-  if (mode == "cg-fedllm") {
-    ae = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), cfg.train.seed);
-    if (!fc.autoencoder.empty()) load_autoencoder(fc.autoencoder, *ae);
-    else if (fc.tgap_steps > 0) out["tgap"] = pretrain_tgap(ctx, initial, *ae);
-    out["autoencoder"] = {{"block", fc.block_size}, {"latent", fc.latent()}, {"parameters", ae->numel()},
-                          {"loaded_from", fc.autoencoder}};
-  }
-  if (mode == "topk-ef") out["topk_k"] = matched_topk(initial.size(), fc.block_size, fc.latent());
+  FedStart start = fed_start(cfg, mode);
+  nlohmann::json out = fed_facts(cfg, mode, start.global.size());
+  std::unique_ptr<BlockAutoencoder> ae = server_autoencoder(
+      cfg, mode, start.global, [&] { return ctx.public_tokens(fc.public_categories); }, out);
 
   InProcessTransport net;
   FedSession s(cfg.model, cfg.train, fc, mode, std::vector<int>(n, fc.local_steps), net,
-               [&ctx](int p, int64_t step, int32_t* w) { ctx.fill_turn(p, step, w); }, std::move(initial),
-               std::move(ae), base);
+               [&ctx](int p, int64_t step, int32_t* w) { ctx.fill_turn(p, step, w); }, std::move(start.global),
+               std::move(ae), start.base);
   std::vector<double> cos_sum(n, 0.0), snr_sum(n, 0.0);
   // The curve evaluates the global model in party 0's model slot: each round overwrites it with
   // the global state anyway.
@@ -203,14 +233,7 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
       const PartyRound& pr = s.party(p).last();
       cos_sum[p] += pr.fidelity.cosine;
       snr_sum[p] += pr.fidelity.snr_db;
-      nlohmann::json line = {{"mode", mode}, {"round", r}, {"party", p}, {"loss", pr.loss.total}, {"ce", pr.loss.ce},
-                             {"lr", pr.lr}, {"grad_norm", pr.grad_norm}};
-      if (mode != "fedavg" && mode != "fedavg-lora") {
-        line["cosine"] = pr.fidelity.cosine;
-        line["snr_db"] = pr.fidelity.snr_db;
-      }
-      if (mode == "cg-fedllm" && fc.faf_steps > 0) line["faf_mse"] = pr.faf_loss;
-      ctx.log(line);
+      ctx.log(round_line(mode, fc, r, p, pr));
     }
     ctx.progress(mode, r + 1, rounds, s.party(0).last().loss.ce, seconds_since(t_train));
   }

@@ -1,12 +1,40 @@
 // The federated baselines as modes of `pcmoe collab`: fedavg (fp32), int8, topk-ef, cg-fedllm and
 // fedavg-lora, on the same party data, batches and tokens per party as PC-MoE.
 #pragma once
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "collab/runner.h"
+#include "fed/fedavg.h"
 
 namespace pcmoe::fed {
+
+// Where a federated run starts, in the simulation and in every deployed process alike: the
+// global trainable state (the full model from train.seed and collab.init_from; fedavg-lora: the
+// adapters) and fedavg-lora's frozen base (that full model; empty in the other modes). Throws
+// when fed.block_size exceeds the update of a mode that cuts it into blocks.
+struct FedStart {
+  std::vector<float> global, base;
+};
+FedStart fed_start(const RunConfig& cfg, const std::string& mode);
+
+// The run's facts for a report: rounds, local_steps, trainable_floats, server_optimizer, and
+// the adapters (fedavg-lora) or k (topk-ef).
+nlohmann::json fed_facts(const RunConfig& cfg, const std::string& mode, size_t trainable_floats);
+
+// The server's autoencoder in cg-fedllm (null in the other modes): fed.autoencoder's, else a
+// fresh one that TGAP pre-trains (fed.tgap_steps > 0) from `initial` on `public_text()`. Adds
+// "autoencoder" (and "tgap") to `facts`.
+std::unique_ptr<BlockAutoencoder> server_autoencoder(const RunConfig& cfg, const std::string& mode,
+                                                     const std::vector<float>& initial,
+                                                     const std::function<data::TokenStream()>& public_text,
+                                                     nlohmann::json& facts);
+
+// Party p's line of metrics.jsonl for round r, as collab writes it (and a deployed party).
+nlohmann::json round_line(const std::string& mode, const FedConfig& fc, int64_t round, int party, const PartyRound& pr);
 
 // Runs one mode; its report: per party validation losses, bytes up (sent) and down (received)
 // per trained token, planned memory, reconstruction cosine and SNR; the server's memory, the

@@ -35,6 +35,15 @@ std::unique_ptr<UpdateCodec> make_codec(const std::string& mode, size_t n, const
   throw std::runtime_error("unknown federated mode '" + mode + "'");
 }
 
+size_t largest_round_message(const std::string& mode, size_t n, const FedConfig& fc, uint64_t seed) {
+  std::unique_ptr<BlockAutoencoder> ae;
+  if (mode == "cg-fedllm") ae = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), seed);
+  const size_t ae_n = ae ? ae->numel() : 0;
+  const size_t down = 4 * (n + ae_n);
+  const size_t up = 8 + make_codec(mode, n, fc, ae.get())->encoded_bytes(n) + (faf(mode, fc) ? 4 * ae_n : 0);
+  return std::max(down, up);
+}
+
 FedParty::FedParty(const ModelConfig& mc, const TrainConfig& tc, const FedConfig& fc, const std::string& mode, int id,
                    int local_steps, BatchFn data, const std::vector<float>& base)
     : id_(id), local_steps_(local_steps), tc_(tc), fc_(fc),
@@ -210,13 +219,18 @@ FedSession::FedSession(const ModelConfig& mc, const TrainConfig& tc, const FedCo
   });
 }
 
-void FedSession::round(const std::function<void(int, const std::vector<float>&)>& on_update) {
-  const Bytes req = server_.request();
-  for (int p = 0; p < n_parties(); ++p) {
-    server_.add(transport_.call(server_id(), p, MsgKind::kFedRound, req));
-    if (on_update) on_update(p, server_.last_decoded());
+void drive_round(FedServer& server, Transport& transport, int server_id, int n_parties,
+                 const std::function<void(int, const std::vector<float>&)>& on_update) {
+  const Bytes req = server.request();
+  for (int p = 0; p < n_parties; ++p) {
+    server.add(transport.call(server_id, p, MsgKind::kFedRound, req));
+    if (on_update) on_update(p, server.last_decoded());
   }
-  server_.apply();
+  server.apply();
+}
+
+void FedSession::round(const std::function<void(int, const std::vector<float>&)>& on_update) {
+  drive_round(server_, transport_, server_id(), n_parties(), on_update);
 }
 
 }  // namespace pcmoe::fed

@@ -29,6 +29,10 @@ namespace pcmoe::fed {
 std::unique_ptr<UpdateCodec> make_codec(const std::string& mode, size_t n, const FedConfig& fc,
                                         const BlockAutoencoder* ae);
 
+// The largest message of a round over n trainable floats: the downlink (the global state, with
+// cg-fedllm's autoencoder) or the uplink (token count, encoded update, FAF's autoencoder update).
+size_t largest_round_message(const std::string& mode, size_t n, const FedConfig& fc, uint64_t seed);
+
 // What a party's last round measured (the simulation reads it; it is not sent).
 struct PartyRound {
   LossStats loss;         // last local step
@@ -51,6 +55,8 @@ class FedParty {
   // (with the autoencoder copy), the transport's request and response.
   nlohmann::json memory() const;
   const PartyRound& last() const { return last_; }
+  int64_t rounds() const { return rounds_; }  // rounds handled so far
+  size_t trainable_floats() const { return n_; }
   LocalModel& local();  // the full model (every mode but fedavg-lora)
   // This party's model with the trainable state `state` (n floats, gather() order) loaded: how
   // the global model is evaluated.
@@ -104,6 +110,12 @@ class FedServer {
   std::unique_ptr<BlockAutoencoder> ae_;
   std::unique_ptr<UpdateCodec> codec_;
 };
+
+// One round as the server `server_id` drives it over `transport`: the downlink to parties
+// 0..n_parties-1 in order, each answer added as it comes (so the mean is summed in party order),
+// then apply(). `on_update(p, update)` sees each party's update as the server decoded it.
+void drive_round(FedServer& server, Transport& transport, int server_id, int n_parties,
+                 const std::function<void(int, const std::vector<float>&)>& on_update = {});
 
 class FedSession {
  public:

@@ -47,8 +47,13 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   f.read("checkpoint_every", c.checkpoint_every);
   f.read("chunk_bytes", c.chunk_bytes);
   f.read("max_message_bytes", c.max_message_bytes);
+  f.read("mode", c.mode);
+  f.read("fed_server", c.fed_server);
+  nlohmann::json server = nullptr;
+  f.read("server", server);
   f.reject_unknown();
   const int n = run.parties.n_parties;
+  c.n_parties = n;
   if (!parties.is_array()) throw std::runtime_error("config key 'deploy.parties' must be a list of {name, address}");
   if (parties.empty()) {
     for (int i = 0; i < n; ++i) c.parties.push_back({"party" + std::to_string(i), "127.0.0.1:" + std::to_string(50051 + i)});
@@ -65,6 +70,34 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   if ((int)c.parties.size() != n)
     throw std::runtime_error("config key 'deploy.parties' lists " + std::to_string(c.parties.size()) +
                              " parties but parties.n_parties is " + std::to_string(n));
+  if (c.mode != "pc-moe" && !is_fed_mode(c.mode))
+    throw std::runtime_error("config key 'deploy.mode' is '" + c.mode +
+                             "': expected pc-moe, fedavg, fedavg-lora, int8, topk-ef or cg-fedllm");
+  if (c.fed_server != "party0" && c.fed_server != "separate")
+    throw std::runtime_error("config key 'deploy.fed_server' is '" + c.fed_server + "': expected party0 or separate");
+  if (c.fed_server == "separate" && !is_federated(c))
+    throw std::runtime_error("config key 'deploy.fed_server' is 'separate', but deploy.mode " + c.mode +
+                             " has no federated server");
+  if (c.fed_server == "separate") {
+    if (!server.is_object())
+      throw std::runtime_error("config key 'deploy.fed_server' is 'separate': give the server process its "
+                               "{\"name\", \"address\"} in 'deploy.server'");
+    PartyAddress a;
+    JsonFields sf(server, "deploy.server");
+    sf.read("name", a.name);
+    sf.read("address", a.address);
+    sf.reject_unknown();
+    if (a.address.empty()) throw std::runtime_error("config key 'deploy.server.address' is missing: where the server listens");
+    c.parties.push_back(a);  // index n: admitted, coordinated and certified as a party is
+  } else if (!server.is_null()) {
+    throw std::runtime_error("config key 'deploy.server' is for deploy.fed_server 'separate' (the server runs in party 0's "
+                             "process by default)");
+  }
+  if (is_federated(c)) {
+    if (run.privacy.enabled)
+      throw std::runtime_error("config key 'deploy.mode' is " + c.mode + ": federated modes do not run DP-SGD (the privacy section)");
+    check_fed_config(run.fed, run.model, run.train.steps, {c.mode});
+  }
   std::set<std::string> names, addresses;
   for (const PartyAddress& a : c.parties) {
     if (!valid_name(a.name))
@@ -89,6 +122,10 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   c.max_payload_bytes = max_payload_bytes(run);
   return c;
 }
+
+bool is_federated(const DeployConfig& c) { return is_fed_mode(c.mode); }
+
+int fed_server_index(const DeployConfig& c) { return c.fed_server == "separate" ? c.n_parties : 0; }
 
 size_t max_payload_bytes(const RunConfig& run) {
   const ModelConfig& m = run.model;

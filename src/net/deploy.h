@@ -12,7 +12,8 @@
 namespace pcmoe::net {
 
 // Bump on any change to proto/pcmoe.proto or to the payload encodings of docs/protocol.md.
-constexpr uint32_t kProtocolVersion = 3;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation
+constexpr uint32_t kProtocolVersion = 4;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation;
+                                          // 4: FED_ROUND, FED_GLOBAL
 
 struct PartyAddress {
   std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters
@@ -20,7 +21,16 @@ struct PartyAddress {
 };
 
 struct DeployConfig {
-  std::vector<PartyAddress> parties;  // one per party, in party order
+  // Every process of the deployment, in index order: one per party, then, when a federated
+  // server runs as a process of its own (fed_server "separate"), the server (index n_parties).
+  std::vector<PartyAddress> parties;
+  int n_parties = 0;                  // parties.n_parties of the run config
+  // What the deployment trains: "pc-moe", or a federated mode of src/fed (fedavg, fedavg-lora,
+  // int8, topk-ef, cg-fedllm).
+  std::string mode = "pc-moe";
+  // Where a federated mode's server runs: "party0" (in party 0's process) or "separate"
+  // (`pcmoe server`, at the address of the config's deploy.server).
+  std::string fed_server = "party0";
   double call_timeout_s = 60;         // deadline of every call (long polls add their wait)
   double join_timeout_s = 60;         // how long a party waits for all others to join
   double dead_after_s = 5;            // a joined party silent this long is presumed dead: the run stops
@@ -44,9 +54,12 @@ struct DeployRun {
 // Reads a config file whose optional `deploy` section is
 //   {"parties": [{"name": "party0", "address": "127.0.0.1:50051"}, ...],
 //    "call_timeout_s": 60, "join_timeout_s": 60, "dead_after_s": 5, "checkpoint_every": 10,
-//    "chunk_bytes": 4194304, "max_message_bytes": 0}
-// Without it, party i is "party<i>" at 127.0.0.1:<50051 + i>. The other sections are read as
-// load_run_config reads them; errors name the file.
+//    "chunk_bytes": 4194304, "max_message_bytes": 0, "mode": "pc-moe", "fed_server": "party0",
+//    "server": {"name": "server", "address": "127.0.0.1:50050"}}
+// Without parties, party i is "party<i>" at 127.0.0.1:<50051 + i>; "server" is required with
+// fed_server "separate" and refused otherwise. The other sections are read as load_run_config
+// reads them (a federated mode's fed section is checked as collab checks it); errors name the
+// file.
 DeployRun load_deploy_run(const std::string& path);
 DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& run);
 
@@ -57,6 +70,10 @@ size_t max_payload_bytes(const RunConfig& run);
 // SHA-256 (hex) of the canonical JSON of the model and train sections, the party count and
 // collab.wire_dtype: every party must train the same model the same way and read its peers' rows.
 std::string config_hash(const RunConfig& run);
+
+bool is_federated(const DeployConfig& c);
+// The server's index in `parties` and on the transport: party 0's process, or the separate server.
+int fed_server_index(const DeployConfig& c);
 
 // The host part of "host:port" ("[::1]:5" -> "::1"); throws on an address without a port.
 std::string address_host(const std::string& address);

@@ -273,7 +273,7 @@ grpc::Status GrpcTransport::handle(grpc::ServerContext* ctx, uint32_t kind, uint
                                    const std::string& payload, std::string* reply) {
   if (grpc::Status s = check_caller(ctx, deploy_, secure(), from); !s.ok()) return s;
   if ((int)from == me_) return {grpc::StatusCode::INVALID_ARGUMENT, "a party does not call itself over the network"};
-  if (kind < 1 || kind > 3) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown message kind " + std::to_string(kind)};
+  if (!wire::known_kind(kind)) return {grpc::StatusCode::INVALID_ARGUMENT, "unknown message kind " + std::to_string(kind)};
   const auto k = static_cast<MsgKind>(kind);
   const Bytes request(reinterpret_cast<const std::byte*>(payload.data()),
                       reinterpret_cast<const std::byte*>(payload.data()) + payload.size());

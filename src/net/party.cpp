@@ -25,6 +25,7 @@
 #include "net/certs.h"
 #include "net/coordinator.h"
 #include "net/deploy.h"
+#include "net/fed_deploy.h"
 #include "net/grpc_transport.h"
 #include "tensor/gemm.h"
 #include "train/checkpoint.h"
@@ -36,6 +37,14 @@ namespace fs = std::filesystem;
 namespace pcmoe::net {
 
 using clock_type = std::chrono::steady_clock;
+
+nlohmann::json traffic_json(const TrafficStats& stats) {
+  nlohmann::json traffic = nlohmann::json::array();
+  for (const auto& [key, c] : stats.by_kind_pair)
+    traffic.push_back({{"kind", to_string(std::get<0>(key))}, {"from", std::get<1>(key)}, {"to", std::get<2>(key)},
+                       {"messages", c.messages}, {"bytes", c.bytes}});
+  return traffic;
+}
 
 namespace {
 
@@ -129,6 +138,7 @@ double cpu_seconds() {
 
 nlohmann::json run_party(const PartyOptions& opts) {
   const DeployRun dr = load_deploy_run(opts.config);
+  if (is_federated(dr.deploy)) return run_fed_party(opts, dr);
   const RunConfig& cfg = dr.run;
   const int n = cfg.parties.n_parties, me = opts.party;
   if (me < 0 || me >= n) throw std::runtime_error("--party must be in [0, " + std::to_string(n) + ")");
@@ -308,11 +318,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     report["bytes_received"] = training.bytes_received(me);
     report["bytes_sent_per_token"] = training.bytes_sent(me) / tokens;
     report["bytes_received_per_token"] = training.bytes_received(me) / tokens;
-    nlohmann::json traffic = nlohmann::json::array();
-    for (const auto& [key, c] : training.by_kind_pair)
-      traffic.push_back({{"kind", to_string(std::get<0>(key))}, {"from", std::get<1>(key)}, {"to", std::get<2>(key)},
-                         {"messages", c.messages}, {"bytes", c.bytes}});
-    report["traffic"] = traffic;
+    report["traffic"] = traffic_json(training);
     report["transport"] = net.secure() ? "grpc+mtls" : "grpc-insecure";
     report["wire_dtype"] = cfg.collab.wire_dtype;
     report["peak_rss_bytes"] = peak_rss_bytes();  // this party's process, to set beside a centralised one
@@ -335,6 +341,11 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
     throw std::runtime_error("DP-SGD (the privacy section) runs in `pcmoe collab` only; deployed parties do not "
                              "carry per-unit turns yet");
   const int n = dr.run.parties.n_parties;
+  const int processes = (int)dr.deploy.parties.size();  // the parties and a separate federated server
+  const bool federated = is_federated(dr.deploy);
+  if (federated && (resume || until >= 0))
+    throw std::runtime_error("--resume and --until are for pc-moe deployments; deploy.mode " + dr.deploy.mode +
+                             " runs every round in one go");
   for (const PartyAddress& p : dr.deploy.parties)
     if (!is_loopback_host(address_host(p.address)))
       throw std::runtime_error("launch starts every party on this machine, but " + p.name + " is at " + p.address +
@@ -346,11 +357,15 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
   // them from each other (runs 3-10x slower), so they sleep instead, unless the user chose.
   setenv("OMP_WAIT_POLICY", "passive", 0);
   const auto t0 = clock_type::now();
-  std::vector<pid_t> pids(n);
-  for (int p = 0; p < n; ++p) {
-    const std::string log = (fs::path(out_dir) / ("party" + std::to_string(p) + ".log")).string();
-    const std::string party_out = (fs::path(out_dir) / ("party" + std::to_string(p))).string();
-    std::vector<std::string> args = {exe, "party", "--config", config, "--party", std::to_string(p), "--out", party_out};
+  // party<i> / server: its log and output directory; "party i" / "server" in messages.
+  const auto label = [n](int p) { return p < n ? "party" + std::to_string(p) : std::string("server"); };
+  const auto who = [n](int p) { return p < n ? "party " + std::to_string(p) : std::string("server"); };
+  std::vector<pid_t> pids(processes);
+  for (int p = 0; p < processes; ++p) {
+    const std::string log = (fs::path(out_dir) / (label(p) + ".log")).string();
+    const std::string dir = (fs::path(out_dir) / label(p)).string();
+    std::vector<std::string> args = {exe, "server", "--config", config, "--out", dir};
+    if (p < n) args = {exe, "party", "--config", config, "--party", std::to_string(p), "--out", dir};
     if (resume) args.push_back("--resume");
     if (until >= 0) args.insert(args.end(), {"--until", std::to_string(until)});
     if (insecure) args.push_back("--insecure");
@@ -366,43 +381,57 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
     posix_spawn_file_actions_destroy(&fa);
     if (rc != 0) {
       for (int q = 0; q < p; ++q) kill(pids[q], SIGKILL);
-      throw std::runtime_error("cannot start party " + std::to_string(p) + ": " + std::strerror(rc));
+      throw std::runtime_error("cannot start " + who(p) + ": " + std::strerror(rc));
     }
-    std::fprintf(stderr, "launch: party %d (%s at %s) is pid %d, log %s\n", p, dr.deploy.parties[p].name.c_str(),
+    std::fprintf(stderr, "launch: %s (%s at %s) is pid %d, log %s\n", who(p).c_str(), dr.deploy.parties[p].name.c_str(),
                  dr.deploy.parties[p].address.c_str(), (int)pids[p], log.c_str());
   }
-  nlohmann::json report = {{"parties", nlohmann::json::array()}, {"ok", true}};
-  std::vector<int> codes(n, -1);
-  for (int left = n; left > 0; --left) {
+  nlohmann::json report = {{"parties", nlohmann::json::array()}, {"ok", true}, {"mode", dr.deploy.mode}};
+  std::vector<int> codes(processes, -1);
+  for (int left = processes; left > 0; --left) {
     int status = 0;
     const pid_t pid = waitpid(-1, &status, 0);
     if (pid < 0) throw std::runtime_error("waiting for the parties failed");
     const int p = int(std::find(pids.begin(), pids.end(), pid) - pids.begin());
-    if (p == n) {
+    if (p == processes) {
       ++left;
       continue;
     }
     codes[p] = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::fprintf(stderr, "launch: party %d exited with %d\n", p, codes[p]);
+    std::fprintf(stderr, "launch: %s exited with %d\n", who(p).c_str(), codes[p]);
   }
   const double wall = std::chrono::duration<double>(clock_type::now() - t0).count();
-  std::vector<nlohmann::json> turns;
-  for (int p = 0; p < n; ++p) {
-    nlohmann::json pr = {{"party", p}, {"exit_code", codes[p]}};
-    const fs::path dir = fs::path(out_dir) / ("party" + std::to_string(p));
+  std::vector<nlohmann::json> lines;
+  for (int p = 0; p < processes; ++p) {
+    nlohmann::json pr = {{"exit_code", codes[p]}};
+    const fs::path dir = fs::path(out_dir) / label(p);
     std::ifstream rep(dir / "report.json");
     if (codes[p] == 0 && rep) pr["report"] = nlohmann::json::parse(rep);
     std::ifstream m(dir / "metrics.jsonl");
     for (std::string line; std::getline(m, line);)
-      if (!line.empty()) turns.push_back(nlohmann::json::parse(line));
+      if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
     if (codes[p] != 0) report["ok"] = false;
-    report["parties"].push_back(pr);
+    if (p < n) {
+      pr["party"] = p;
+      report["parties"].push_back(pr);
+    } else {
+      report["server"] = pr;
+    }
   }
-  std::sort(turns.begin(), turns.end(), [](const nlohmann::json& a, const nlohmann::json& b) { return a["turn"] < b["turn"]; });
+  // collab's order: PC-MoE's turns as handed out; a federated round's lines in party order.
+  const auto order = [](const nlohmann::json& m) {
+    return m.contains("turn") ? std::make_pair(m["turn"].get<int64_t>(), 0)
+                              : std::make_pair(m["round"].get<int64_t>(), m["party"].get<int>());
+  };
+  std::sort(lines.begin(), lines.end(),
+            [&](const nlohmann::json& a, const nlohmann::json& b) { return order(a) < order(b); });
   std::ofstream merged(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc);
-  for (const nlohmann::json& t : turns) merged << t.dump() << "\n";
-  const double tokens = (double)turns.size() * dr.run.train.grad_accum * dr.run.train.batch_size * dr.run.model.seq_len;
-  report["turns"] = turns.size();
+  for (const nlohmann::json& t : lines) merged << t.dump() << "\n";
+  // A line is a turn of one optimizer step, or a round of fed.local_steps steps.
+  const double steps_per_line = federated ? dr.run.fed.local_steps : 1;
+  const double tokens =
+      (double)lines.size() * steps_per_line * dr.run.train.grad_accum * dr.run.train.batch_size * dr.run.model.seq_len;
+  report[federated ? "party_rounds" : "turns"] = lines.size();
   report["wall_seconds"] = wall;
   report["tokens"] = tokens;
   report["tokens_per_s"] = wall > 0 ? tokens / wall : 0.0;

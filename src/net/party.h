@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "collab/transport.h"
+
 namespace pcmoe::net {
 
 struct PartyOptions {
@@ -23,14 +25,19 @@ struct PartyOptions {
 // each with AdamW state, and state.json: the next turn and the config hash), from which
 // --resume continues exactly as an unbroken run. Throws on any failure, after asking the
 // coordinator to stop the run.
+// A federated deploy.mode runs run_fed_party (net/fed_deploy.h) instead.
 nlohmann::json run_party(const PartyOptions& opts);
 
 // Makes certificates into out_dir/certs (unless insecure), starts every party as a local
-// process (`exe party ...`, logs in out_dir/party<i>.log, outputs in out_dir/party<i>/), waits
+// process (`exe party ...`, logs in out_dir/party<i>.log, outputs in out_dir/party<i>/) and a
+// separate federated server (`exe server ...`, out_dir/server.log, out_dir/server/), waits
 // for all, merges their metrics into out_dir/metrics.jsonl and writes out_dir/report.json.
-// Returns the report; "ok" is false if any party failed.
+// Returns the report; "ok" is false if any process failed.
 // With resume / until, every party is started with --resume / --until (certificates are reused).
 nlohmann::json run_launch(const std::string& exe, const std::string& config, const std::string& out_dir, bool insecure,
                           bool resume, int64_t until);
+
+// A report's traffic: one {kind, from, to, messages, bytes} per kind and pair.
+nlohmann::json traffic_json(const TrafficStats& stats);
 
 }  // namespace pcmoe::net

@@ -13,7 +13,18 @@
 
 namespace pcmoe::net::wire {
 
-enum Kind : uint32_t { KIND_UNSPECIFIED = 0, EXPERT_FORWARD = 1, EXPERT_BACKWARD = 2, CONTROL = 3 };
+enum Kind : uint32_t {
+  KIND_UNSPECIFIED = 0,
+  EXPERT_FORWARD = 1,
+  EXPERT_BACKWARD = 2,
+  CONTROL = 3,
+  FED_ROUND = 5,
+  FED_GLOBAL = 6
+};
+// A kind a Call may carry (the host's handler still refuses what its mode does not serve).
+inline bool known_kind(uint32_t k) {
+  return k == EXPERT_FORWARD || k == EXPERT_BACKWARD || k == CONTROL || k == FED_ROUND || k == FED_GLOBAL;
+}
 enum Poll : uint32_t { POLL_UNSPECIFIED = 0, READY = 1, WAIT = 2, STOPPED = 3 };
 
 struct CallRequest {
