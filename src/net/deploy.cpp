@@ -96,6 +96,9 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   if (is_federated(c)) {
     if (run.privacy.enabled)
       throw std::runtime_error("config key 'deploy.mode' is " + c.mode + ": federated modes do not run DP-SGD (the privacy section)");
+    if (run.audit.enabled)
+      throw std::runtime_error("config key 'deploy.mode' is " + c.mode + ": the federated server's leakage audit runs in "
+                               "`pcmoe collab` only (drop the audit section, or audit the mode there)");
     check_fed_config(run.fed, run.model, run.train.steps, {c.mode});
   }
   std::set<std::string> names, addresses;

@@ -184,6 +184,7 @@ refused(lambda c: c["deploy"].update(mode="pc-moe", fed_server="separate", serve
         "has no federated server", "a separate server for pc-moe")
 refused(lambda c: c["deploy"].update(fed_server="separate", server={"name": "party1", "address": "127.0.0.1:1"}),
         "name 'party1' twice", "a server named like a party")
+refused(lambda c: c.update(audit={"observer": 0}), "leakage audit runs in `pcmoe collab` only", "an audit section with a fed mode")
 refused(lambda c: c["fed"].update(local_steps=3), "must divide train.steps", "local steps that do not divide the steps")
 refused(lambda c: None, "has no separate server", "`pcmoe server` when the server runs in party 0", "server", "--insecure")
 refused(lambda c: None, "runs every round in one go", "--until with a federated mode", "launch", "--until", "1")
