@@ -26,18 +26,25 @@ void print_table(const nlohmann::json& report) {
   const int64_t last = report["rounds"].back().get<int64_t>();
   std::printf("\nwhat party %d (an expert host) recovers of the other parties' tokens, round %lld\n",
               report["observer"].get<int>(), (long long)last);
-  std::printf("%-12s %-18s %6s %8s %8s %10s %10s %7s\n", "signal", "attack", "layer", "top-1", "top-10",
+  std::printf("%-24s %-18s %6s %8s %8s %10s %10s %7s\n", "signal", "attack", "layer", "top-1", "top-10",
               "chance-1", "chance-10", "rows");
   for (const auto& c : report["cells"]) {
     if (c["round"].get<int64_t>() != last) continue;
-    std::printf("%-12s %-18s %6d %7.1f%% %7.1f%% %9.1f%% %9.1f%% %7lld\n", c["signal"].get<std::string>().c_str(),
+    std::printf("%-24s %-18s %6d %7.1f%% %7.1f%% %9.1f%% %9.1f%% %7lld\n", c["signal"].get<std::string>().c_str(),
                 c["attack"].get<std::string>().c_str(), c["layer"].get<int>(), 100 * c["top1"].get<double>(),
                 100 * c["top10"].get<double>(), 100 * c["chance_top1"].get<double>(),
                 100 * c["chance_top10"].get<double>(), (long long)c["rows"].get<int64_t>());
   }
+  std::printf("\nthe host links a victim's rows across layers by the residual stream (round %lld):\n", (long long)last);
+  std::printf("%-10s %10s %10s %10s %10s %7s\n", "layers", "accuracy", "link none", "precision", "recall", "rows");
+  for (const auto& c : report["links"])
+    if (c["round"].get<int64_t>() == last)
+      std::printf("%3d -> %-3d %9.1f%% %9.1f%% %9.1f%% %9.1f%% %7lld\n", c["from_layer"].get<int>(), c["layer"].get<int>(),
+                  100 * c["accuracy"].get<double>(), 100 * c["baseline"].get<double>(),
+                  100 * c["precision"].get<double>(), 100 * c["recall"].get<double>(), (long long)c["rows"].get<int64_t>());
   std::printf("\nover training (best attack per signal, mean over layers, top-1):\n%-8s", "round");
-  const char* signals[] = {"states", "gradients", "expert ids"};
-  for (const char* s : signals) std::printf(" %12s", s);
+  const char* signals[] = {"states", "gradients", "expert ids", "expert ids across layers"};
+  for (const char* s : signals) std::printf(" %24s", s);
   std::printf("\n");
   for (const auto& r : report["rounds"]) {
     std::printf("%-8lld", (long long)r.get<int64_t>());
@@ -51,7 +58,7 @@ void print_table(const nlohmann::json& report) {
         }
       double best = 0;
       for (const auto& [a, v] : by_attack) best = std::max(best, v.first / v.second);
-      std::printf(" %11.1f%%", 100 * best);
+      std::printf(" %23.1f%%", 100 * best);
     }
     std::printf("\n");
   }

@@ -51,8 +51,13 @@ if code:
 print(out)
 a = json.load(open(os.path.join(tmp, "audit", "audit.json")))
 cells = a["cells"]
-check({c["attack"] for c in cells} == {"nearest-embedding", "linear-probe", "mlp", "routing"}, "every attack ran")
-check({c["signal"] for c in cells} == {"states", "gradients", "expert ids"}, "states, gradients and expert ids are attacked")
+check({c["attack"] for c in cells} == {"nearest-embedding", "linear-probe", "mlp", "routing", "routing-trace"},
+      "every attack ran")
+check({c["signal"] for c in cells} == {"states", "gradients", "expert ids", "expert ids across layers"},
+      "states, gradients and expert ids (one layer and across layers) are attacked")
+links = a["links"]
+check(len(links) == 3 and all(0 <= l["baseline"] <= 1 and 0 <= l["accuracy"] <= 1 and l["layer"] == l["from_layer"] + 1
+                              for l in links), f"the host's linking of layer 0 to 1 is scored at each round: {links}")
 check(all(0 <= c["top1"] <= c["top10"] <= 1 and 0 < c["chance_top1"] <= c["chance_top10"] <= 1 for c in cells),
       "rates and chance levels are probabilities, top-1 <= top-10")
 first = [c for c in cells if c["round"] == 0 and c["layer"] == 0 and c["signal"] == "states"]
