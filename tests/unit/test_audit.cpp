@@ -14,6 +14,7 @@
 #include "eval/probe.h"
 #include "eval/routing_trace.h"
 #include "model/local_experts.h"
+#include "model/lora.h"
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
 #include "train/local_model.h"
@@ -288,21 +289,74 @@ TEST(AuditBagOfWords, FindsTheTokensOfAFreshStepAndNothingInNoise) {
   const auto [dp, g] = step_delta(pub);
   const auto [dv, g2] = step_delta(victim);
   ASSERT_EQ(g, g2);
-  eval::BagOfWordsAttack attack;
-  attack.fit(dp.data(), g.data(), eval::tokens_present(pub.data(), pub.size(), V), V, C);
+  eval::TokenRule attack;
+  attack.fit(eval::embedding_row_features(dp.data(), g.data(), V, C), eval::tokens_present(pub.data(), pub.size(), V));
   const std::vector<uint8_t> actual = eval::tokens_present(victim.data(), victim.size(), V);
-  const eval::TokenSetScore s = eval::score_token_set(attack.predict(dv.data(), g.data(), V, C), actual);
+  const eval::TokenSetScore s = eval::score_token_set(attack.predict(eval::embedding_row_features(dv.data(), g.data(), V, C)), actual);
   EXPECT_GT(s.precision, 0.95);
   EXPECT_GT(s.recall, 0.9);
   std::vector<float> noise(dv.size());
   Rng rng(4);
   for (float& x : noise) x = (float)rng.normal() * 1e-3f;
-  const eval::TokenSetScore r = eval::score_token_set(attack.predict(noise.data(), g.data(), V, C), actual);
+  const eval::TokenSetScore r = eval::score_token_set(attack.predict(eval::embedding_row_features(noise.data(), g.data(), V, C)), actual);
   const double chance = (double)r.actual / V;
   EXPECT_LT(r.precision, chance + 0.15);
   const eval::TokenSetScore exact = eval::score_token_set({1, 1, 0, 0}, {1, 0, 1, 0});
   EXPECT_DOUBLE_EQ(exact.precision, 0.5);
   EXPECT_DOUBLE_EQ(exact.recall, 0.5);
+}
+
+// The server's LoRA rule: a step changes an adapter's A by s·(dy B)ᵀ x, so its rows lie in the
+// span of the step's token inputs x. Fitted on one step over a known batch, it finds the tokens
+// of a fresh step with other tokens (the leaky case: few distinct tokens, wide inputs), and on
+// random changes of A it scores at chance.
+TEST(AuditBagOfWords, LoraFindsTheTokensOfAFreshStepAndNothingInNoise) {
+  const int V = 256, C = 128, r = 8, N = 32, distinct = 8;
+  Rng rng(11);
+  std::vector<float> inputs((size_t)V * C);
+  for (float& x : inputs) x = (float)rng.normal();
+  // Three adapters (as on wq, wk, wv), each with its own A and a B already trained away from zero.
+  std::vector<std::vector<float>> A(3, std::vector<float>((size_t)r * C)), B(3, std::vector<float>((size_t)C * r));
+  for (int k = 0; k < 3; ++k) {
+    for (float& x : A[k]) x = (float)rng.normal() / std::sqrt((float)C);
+    for (float& x : B[k]) x = (float)rng.normal() * 0.1f;
+  }
+  auto step = [&](int lo, std::vector<std::vector<float>>& dA) {
+    std::vector<int32_t> tokens(N);
+    for (int n = 0; n < N; ++n) tokens[n] = lo + (int32_t)(rng.next_u64() % distinct);
+    std::vector<float> x((size_t)N * C), dy((size_t)N * C), t((size_t)N * r);
+    for (int n = 0; n < N; ++n) std::copy_n(inputs.begin() + (size_t)tokens[n] * C, C, x.begin() + (size_t)n * C);
+    dA.assign(3, std::vector<float>((size_t)r * C, 0.f));
+    for (int k = 0; k < 3; ++k) {
+      for (float& g : dy) g = (float)rng.normal();
+      std::vector<float> dB((size_t)C * r, 0.f);
+      const LoraMap m{A[k].data(), B[k].data(), dA[k].data(), dB.data(), C, C, r, 2.f, t.data()};
+      lora_backward_weights(dy.data(), x.data(), m, N);
+    }
+    return eval::tokens_present(tokens.data(), tokens.size(), V);
+  };
+  auto features = [&](const std::vector<std::vector<float>>& dA) {
+    return eval::lora_input_features({dA[0].data(), dA[1].data(), dA[2].data()}, r, inputs.data(), V, C);
+  };
+  std::vector<std::vector<float>> dp, dv;
+  const std::vector<uint8_t> pub = step(0, dp), actual = step(100, dv);
+  eval::TokenRule rule;
+  rule.fit(features(dp), pub);
+  const eval::TokenSetScore s = eval::score_token_set(rule.predict(features(dv)), actual);
+  EXPECT_GT(s.precision, 0.95);
+  EXPECT_GT(s.recall, 0.95);
+  // Random changes of A: precision within 4 standard errors of chance, over many draws.
+  double hits = 0, predicted = 0;
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<std::vector<float>> noise(3, std::vector<float>((size_t)r * C));
+    for (auto& a : noise)
+      for (float& x : a) x = (float)rng.normal();
+    const eval::TokenSetScore n = eval::score_token_set(rule.predict(features(noise)), actual);
+    hits += n.precision * n.predicted;
+    predicted += n.predicted;
+  }
+  const double chance = (double)s.actual / V, precision = hits / predicted;
+  EXPECT_NEAR(precision, chance, 4 * std::sqrt(chance * (1 - chance) / predicted));
 }
 
 // The routing-trace attack. Leaky: each token's state drifts a little from layer to layer and
