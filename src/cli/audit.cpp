@@ -11,9 +11,11 @@
 namespace {
 
 constexpr const char* kAuditUsage =
-    "usage: pcmoe audit --run DIR --out DIR2 [--public-windows N] [--mlp-every-round]\n"
+    "usage: pcmoe audit --run DIR --out DIR2 [--fed-run DIR3]... [--public-windows N] [--mlp-every-round]\n"
     "  --run DIR            a `pcmoe collab` output made with an \"audit\" section (DIR/audit/)\n"
     "  --out DIR2           where audit.json goes\n"
+    "  --fed-run DIR3       a `pcmoe collab` output of federated modes on the same parties and data:\n"
+    "                       its server attacks and released models join the report (repeatable)\n"
     "  --public-windows N   windows of the observer's own text the attack models learn from (128)\n"
     "  --mlp-every-round    train the MLP decoder at every recorded round (default: the last)\n";
 
@@ -64,21 +66,24 @@ void print_table(const nlohmann::json& report) {
   }
   if (!report["membership"].empty()) {
     std::printf("\nmembership inference (AUC; 0.5 = no leak): the victim's training windows vs its held-out ones\n");
-    std::printf("%-7s %-32s %10s %11s\n", "victim", "model", "loss", "calibrated");
+    std::printf("%-7s %-32s %6s %10s %11s\n", "victim", "model", "steps", "loss", "calibrated");
     for (const auto& c : report["membership"])
-      std::printf("%-7d %-32s %10.3f %11.3f\n", c["victim"].get<int>(), c["model"].get<std::string>().c_str(),
-                  c["auc_loss"].get<double>(), c["auc_calibrated"].get<double>());
+      std::printf("%-7d %-32s %6lld %10.3f %11.3f\n", c["victim"].get<int>(), c["model"].get<std::string>().c_str(),
+                  (long long)c["trained_steps"].get<int64_t>(), c["auc_loss"].get<double>(),
+                  c["auc_calibrated"].get<double>());
   }
   for (const auto& [mode, cells] : report["bag_of_words"].items()) {
-    double p = 0, r = 0, chance = 0;
+    double p = 0, r = 0, chance = 0, prior = 0;
     for (const auto& c : cells) {
       p += c["precision"].get<double>();
       r += c["recall"].get<double>();
       chance += c["chance_precision"].get<double>();
+      prior += c["prior_precision"].get<double>();
     }
     const double n = (double)std::max<size_t>(1, cells.size());
-    std::printf("\nfederated server, %s: bag of words of each party's round, precision %.1f%% (chance %.1f%%), "
-                "recall %.1f%% over %zu updates\n", mode.c_str(), 100 * p / n, 100 * chance / n, 100 * r / n, cells.size());
+    std::printf("\nfederated server, %s: bag of words of each party's round, precision %.1f%% (chance %.1f%%, the "
+                "public round's tokens %.1f%%), recall %.1f%% over %zu updates\n", mode.c_str(), 100 * p / n,
+                100 * chance / n, 100 * prior / n, 100 * r / n, cells.size());
   }
 }
 
@@ -94,11 +99,13 @@ int cmd_audit(int argc, char** argv) {
         opt.mlp_every_round = true;
         continue;
       }
-      if (a != "--run" && a != "--out" && a != "--public-windows") throw AuditUsageError("unknown argument '" + a + "'");
+      if (a != "--run" && a != "--out" && a != "--fed-run" && a != "--public-windows")
+        throw AuditUsageError("unknown argument '" + a + "'");
       if (i + 1 >= argc) throw AuditUsageError(a + " needs a value");
       const std::string v = argv[++i];
       if (a == "--run") run = v;
       else if (a == "--out") out = v;
+      else if (a == "--fed-run") opt.fed_runs.push_back(v);
       else {
         size_t used = 0;
         int n = 0;

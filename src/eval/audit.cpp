@@ -304,45 +304,62 @@ void routing_trace_cells(const std::vector<Trace>& pub, const std::vector<Trace>
   }
 }
 
-// Membership inference against the released models of the run (those it saved): each victim's
-// training windows (the batches of its turns) against its validation windows (the same genres,
-// never trained on), calibrated by the observer's local-only model when the run has one (it
-// never saw the victim's data) and otherwise by the shared starting model.
-nlohmann::json membership_cells(const fs::path& run, const RunConfig& cfg, int observer, int n_parties,
+// The released models of `run` that victim v's data went into, as the run saved them.
+std::vector<std::pair<std::string, fs::path>> released_models(const fs::path& run, int v, int observer) {
+  std::vector<std::pair<std::string, fs::path>> out = {
+      {"pc-moe, the victim's model", run / ("party" + std::to_string(v)) / "checkpoint"},
+      {"pc-moe, the observer's model", run / ("party" + std::to_string(observer)) / "checkpoint"},
+      {"centralised", run / "centralised" / "checkpoint"},
+      {"local-only, the victim's model", run / "local-only" / ("party" + std::to_string(v)) / "checkpoint"}};
+  for (const char* mode : {"fedavg", "int8", "topk-ef", "cg-fedllm", "fedavg-lora"})
+    out.push_back({mode, run / mode / "checkpoint"});
+  std::erase_if(out, [](const auto& m) { return !fs::exists(m.second); });
+  return out;
+}
+
+// Membership inference against the released models of the runs (those they saved): each
+// victim's training windows (the batches of its turns under the run's schedule) against its
+// validation windows (the same genres, never trained on), calibrated by the observer's
+// local-only model of the same run when it has one (it never saw the victim's data) and
+// otherwise by the shared starting model.
+nlohmann::json membership_cells(const std::vector<fs::path>& runs, int observer, int n_parties,
                                 const fs::path& start_view) {
-  const int T = cfg.model.seq_len, n_each = 256;
-  const CollabData data = load_collab_data(cfg);
-  const fs::path own_local = run / "local-only" / ("party" + std::to_string(observer)) / "checkpoint";
-  const bool local_reference = fs::exists(own_local);
-  LoadedModel reference(local_reference ? own_local.string() : start_view.string(), 16);
   nlohmann::json cells = nlohmann::json::array();
-  for (int v = 0; v < n_parties; ++v) {
-    if (v == observer) continue;
-    std::vector<int32_t> members((size_t)n_each * (T + 1));
-    const int per_turn = cfg.train.grad_accum * cfg.train.batch_size;
-    std::vector<int32_t> turn((size_t)per_turn * (T + 1));
-    int have = 0;
-    for (int64_t step = 0; have < n_each && step < cfg.train.steps; ++step) {
-      fill_turn(cfg, data.parties[v], step, turn.data());
-      const int take = std::min(per_turn, n_each - have);
-      std::copy_n(turn.begin(), (size_t)take * (T + 1), members.begin() + (size_t)have * (T + 1));
-      have += take;
-    }
-    const int n_non = std::min(n_each, data.parties[v].n_val);
-    if (have < 4 || n_non < 4) continue;  // too few windows for an AUC to mean anything
-    const std::vector<std::pair<std::string, fs::path>> targets = {
-        {"pc-moe, the victim's model", run / ("party" + std::to_string(v)) / "checkpoint"},
-        {"pc-moe, the observer's model", run / ("party" + std::to_string(observer)) / "checkpoint"},
-        {"centralised", run / "centralised" / "checkpoint"},
-        {"local-only, the victim's model", run / "local-only" / ("party" + std::to_string(v)) / "checkpoint"}};
-    for (const auto& [name, dir] : targets) {
-      if (!fs::exists(dir)) continue;
-      LoadedModel target(dir.string(), 16);
-      const MembershipResult r = membership_inference(target.model, reference.model, members.data(), have,
-                                                      data.parties[v].val_windows.data(), n_non);
-      cells.push_back({{"victim", v}, {"model", name}, {"auc_loss", r.auc_loss}, {"auc_calibrated", r.auc_calibrated},
-                       {"members", r.n_members}, {"nonmembers", r.n_nonmembers},
-                       {"reference", local_reference ? "the observer's local-only model" : "the shared start"}});
+  for (const fs::path& run : runs) {
+    std::vector<std::vector<std::pair<std::string, fs::path>>> models(n_parties);
+    fs::path any;
+    for (int v = 0; v < n_parties; ++v)
+      if (v != observer && !(models[v] = released_models(run, v, observer)).empty()) any = models[v][0].second;
+    if (any.empty()) continue;
+    const RunConfig cfg = read_checkpoint_config(any.string());
+    const int T = cfg.model.seq_len, n_each = 256;
+    const CollabData data = load_collab_data(cfg);
+    const fs::path own_local = run / "local-only" / ("party" + std::to_string(observer)) / "checkpoint";
+    const bool local_reference = fs::exists(own_local);
+    LoadedModel reference(local_reference ? own_local.string() : start_view.string(), 16);
+    for (int v = 0; v < n_parties; ++v) {
+      if (models[v].empty()) continue;
+      std::vector<int32_t> members((size_t)n_each * (T + 1));
+      const int per_turn = cfg.train.grad_accum * cfg.train.batch_size;
+      std::vector<int32_t> turn((size_t)per_turn * (T + 1));
+      int have = 0;
+      for (int64_t step = 0; have < n_each && step < cfg.train.steps; ++step) {
+        fill_turn(cfg, data.parties[v], step, turn.data());
+        const int take = std::min(per_turn, n_each - have);
+        std::copy_n(turn.begin(), (size_t)take * (T + 1), members.begin() + (size_t)have * (T + 1));
+        have += take;
+      }
+      const int n_non = std::min(n_each, data.parties[v].n_val);
+      if (have < 4 || n_non < 4) continue;  // too few windows for an AUC to mean anything
+      for (const auto& [name, dir] : models[v]) {
+        LoadedModel target(dir.string(), 16);
+        const MembershipResult r = membership_inference(target.model, reference.model, members.data(), have,
+                                                        data.parties[v].val_windows.data(), n_non);
+        cells.push_back({{"run", run.string()}, {"victim", v}, {"model", name}, {"auc_loss", r.auc_loss},
+                         {"auc_calibrated", r.auc_calibrated}, {"members", r.n_members},
+                         {"nonmembers", r.n_nonmembers}, {"trained_steps", cfg.train.steps},
+                         {"reference", local_reference ? "the observer's local-only model" : "the shared start"}});
+      }
     }
   }
   return cells;
@@ -428,12 +445,15 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::fprintf(stderr, "audit: membership inference against the released models\n");
-  const nlohmann::json membership = membership_cells(run_dir, cfg, rec.observer, rec.n_parties,
-                                                     rec_dir / ("view_r" + std::to_string(rounds[0])));
+  std::vector<fs::path> runs = {run_dir};
+  runs.insert(runs.end(), opt.fed_runs.begin(), opt.fed_runs.end());
+  const nlohmann::json membership =
+      membership_cells(runs, rec.observer, rec.n_parties, rec_dir / ("view_r" + std::to_string(rounds[0])));
   // The federated server's attack runs where the server decodes (collab's fed modes); gather it.
   nlohmann::json bag_of_words = nlohmann::json::object();
-  const fs::path report_path = fs::path(run_dir) / "report.json";
-  if (fs::exists(report_path)) {
+  for (const fs::path& run : runs) {
+    const fs::path report_path = run / "report.json";
+    if (!fs::exists(report_path)) continue;
     const nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
     for (const auto& [mode, r] : report["modes"].items())
       if (r.contains("audit_bag_of_words")) bag_of_words[mode] = r["audit_bag_of_words"];

@@ -266,6 +266,20 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
     std::filesystem::create_directories(dir);
     save_autoencoder(*s.server().autoencoder(), (dir / "autoencoder.safetensors").string());
   }
+  {
+    // The released model (the base with the adapters merged, in fedavg-lora): the membership
+    // audit's target.
+    ParamSet released(cfg.model, ParamSelection{});
+    if (mode == "fedavg-lora") {
+      LoraAdapters lora(cfg.model, fc.lora, 1);
+      scatter(s.server().global().data(), lora.params());
+      scatter(base.data(), released);
+      lora.merge_into(released);
+    } else {
+      scatter(s.server().global().data(), released);
+    }
+    ctx.save_model(mode, released, (int64_t)rounds * fc.local_steps);
+  }
   // Every party ends with the global model; party 0's model slot evaluates it.
   Model& eval = s.party(0).load(s.server().global().data());
   out["parties"] = nlohmann::json::array();

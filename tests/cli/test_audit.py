@@ -67,6 +67,20 @@ check(best["top1"] > 0.9 and best["top1"] > best["chance_top1"] + 0.3,
       f"(chance {best['chance_top1']:.3f})")
 check(len(a["membership"]) > 0 and all(0 <= m["auc_loss"] <= 1 for m in a["membership"]), "membership inference scored")
 
+# The federated modes' released models join the membership table from a run of their own.
+fed = config(audit=False)
+fed["collab"] = {"modes": ["local-only", "fedavg", "fedavg-lora"]}
+collab("fed", fed)
+code, out, err = run("audit", "--run", os.path.join(tmp, "run"), "--fed-run", os.path.join(tmp, "fed"),
+                     "--out", os.path.join(tmp, "audit_fed"), "--public-windows", "16")
+check(code == 0, "audit with a federated run completes")
+a = json.load(open(os.path.join(tmp, "audit_fed", "audit.json"))) if code == 0 else {"membership": []}
+fed_cells = [m for m in a["membership"] if m["run"].endswith("fed")]
+fed_models = {m["model"] for m in fed_cells}
+check(fed_models == {"fedavg", "fedavg-lora", "local-only, the victim's model"} and
+      all(m["reference"] == "the observer's local-only model" for m in fed_cells),
+      f"the federated run's models are attacked, calibrated by its own local-only model: {sorted(fed_models)}")
+
 # refusals
 report_plain = collab("plain", config(audit=False))
 code, out, err = run("audit", "--run", os.path.join(tmp, "plain"), "--out", os.path.join(tmp, "audit2"))
