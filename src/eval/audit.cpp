@@ -1,6 +1,7 @@
 #include "eval/audit.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -137,6 +138,11 @@ PublicView public_view(const RunConfig& cfg, const std::string& view_dir, const 
         if (code == 0) continue;
         seen.state.insert(seen.state.end(), experts.rows(l).begin() + (size_t)g * C, experts.rows(l).begin() + (size_t)(g + 1) * C);
         seen.code.push_back(code);
+        const int first = hosted[std::countr_zero((unsigned)code)];  // the group the row first arrives in
+        for (int k = 0; k < K; ++k)
+          if (sv.expert[n * K + k] == first)
+            seen.place.push_back((sv.row[n * K + k] - sv.offsets[first] + 0.5f) /
+                                 (float)(sv.offsets[first + 1] - sv.offsets[first]));
         seen.token.push_back(model.last_inputs()[n]);
         seen.position.push_back(n);
       }
@@ -207,6 +213,7 @@ std::vector<Trace> victim_traces(const RunConfig& cfg, const Recording& rec, int
         }
         out.state.insert(out.state.end(), x, x + C);
         out.code.push_back(host_bit(hosted, e));
+        out.place.push_back((i - req.offsets[e] + 0.5f) / (float)(req.offsets[e + 1] - req.offsets[e]));
         out.token.push_back(r.truth[3 * i]);
         out.position.push_back(r.truth[3 * i + 2]);
       }
@@ -270,31 +277,32 @@ nlohmann::json cell(const char* attack, const char* signal, int layer, int64_t r
 void routing_trace_cells(const std::vector<Trace>& pub, const std::vector<Trace>& vic, const std::vector<int>& layers,
                          int64_t round, int C, int V, nlohmann::json& cells, nlohmann::json& links) {
   const int L = (int)layers.size();
+  RouteTable::Linking link{std::vector<float>(L, 1.f), std::vector<float>(L, 2.f)};
   auto candidates = [&](const std::vector<Trace>& traces, int m) {
     LinkCandidates all;
     for (const Trace& t : traces) {
-      const LinkCandidates c = nearest_previous(t[m - 1], t[m], C);
+      const LinkCandidates c = nearest_previous(t[m - 1], t[m], C, link.bands[m]);
       all.best.insert(all.best.end(), c.best.begin(), c.best.end());
       all.truth.insert(all.truth.end(), c.truth.begin(), c.truth.end());
       all.cosine.insert(all.cosine.end(), c.cosine.begin(), c.cosine.end());
     }
     return all;
   };
-  std::vector<float> thresholds(L, 2.f);
   for (int m = 1; m < L; ++m) {
-    thresholds[m] = fit_link_threshold(candidates(pub, m));
-    const LinkScore s = score_links(candidates(vic, m), thresholds[m]);
+    link.bands[m] = fit_place_band(pub, m);
+    link.thresholds[m] = fit_link_threshold(candidates(pub, m));
+    const LinkScore s = score_links(candidates(vic, m), link.thresholds[m]);
     links.push_back({{"layer", layers[m]}, {"from_layer", layers[m - 1]}, {"round", round},
-                     {"threshold", thresholds[m]}, {"accuracy", s.accuracy}, {"baseline", s.baseline},
-                     {"precision", s.precision}, {"recall", s.recall}, {"rows", s.rows}});
+                     {"band", link.bands[m]}, {"threshold", link.thresholds[m]}, {"accuracy", s.accuracy},
+                     {"baseline", s.baseline}, {"precision", s.precision}, {"recall", s.recall}, {"rows", s.rows}});
   }
   RouteTable table(L, V);
-  for (const Trace& t : pub) table.add(t, thresholds, C);
+  for (const Trace& t : pub) table.add(t, link, C);
   for (int m = 0; m < L; ++m) {
     std::vector<float> scores;
     std::vector<int32_t> labels;
     for (const Trace& t : vic) {
-      const std::vector<float> s = table.scores(t, thresholds, C, m);
+      const std::vector<float> s = table.scores(t, link, C, m);
       scores.insert(scores.end(), s.begin(), s.end());
       labels.insert(labels.end(), t[m].token.begin(), t[m].token.end());
     }

@@ -22,7 +22,7 @@ std::vector<float> unit_rows(const std::vector<float>& x, int C) {
 
 }  // namespace
 
-LinkCandidates nearest_previous(const LayerRows& prev, const LayerRows& next, int C) {
+LinkCandidates nearest_previous(const LayerRows& prev, const LayerRows& next, int C, float band) {
   const int np = prev.n(), nn = next.n();
   LinkCandidates c;
   c.best.assign(nn, -1);
@@ -36,19 +36,34 @@ LinkCandidates nearest_previous(const LayerRows& prev, const LayerRows& next, in
   for (int j = 0; j < np; ++j) prev_at[prev.position[j]] = j;
   for (int i = 0; i < nn; ++i) {
     const float* row = cos.data() + (size_t)i * np;
-    c.best[i] = (int)(std::max_element(row, row + np) - row);
-    c.cosine[i] = row[c.best[i]];
+    for (int j = 0; j < np; ++j)
+      if (std::abs(prev.place[j] - next.place[i]) <= band && row[j] > c.cosine[i]) c.best[i] = j, c.cosine[i] = row[j];
     const auto it = prev_at.find(next.position[i]);
     if (it != prev_at.end()) c.truth[i] = it->second;
   }
   return c;
 }
 
+float fit_place_band(const std::vector<Trace>& traces, int m) {
+  std::vector<float> gaps;
+  for (const Trace& t : traces) {
+    std::map<int, float> prev_place;
+    for (int j = 0; j < t[m - 1].n(); ++j) prev_place[t[m - 1].position[j]] = t[m - 1].place[j];
+    for (int i = 0; i < t[m].n(); ++i) {
+      const auto it = prev_place.find(t[m].position[i]);
+      if (it != prev_place.end()) gaps.push_back(std::abs(it->second - t[m].place[i]));
+    }
+  }
+  // The largest gap seen, with a quarter more: a rank's drift within a group is a random walk,
+  // and a victim's batch may wander further than any public one did.
+  return gaps.empty() ? 1.f : 1.25f * *std::max_element(gaps.begin(), gaps.end());
+}
+
 LinkScore score_links(const LinkCandidates& c, float threshold) {
   LinkScore s;
   int64_t right = 0, links = 0, right_links = 0, with_partner = 0;
   for (size_t i = 0; i < c.best.size(); ++i) {
-    const bool link = c.cosine[i] >= threshold, partner = c.truth[i] >= 0;
+    const bool link = c.best[i] >= 0 && c.cosine[i] >= threshold, partner = c.truth[i] >= 0;
     with_partner += partner;
     links += link;
     right_links += link && c.best[i] == c.truth[i];
@@ -78,8 +93,7 @@ float fit_link_threshold(const LinkCandidates& c) {
   return best;
 }
 
-std::vector<std::vector<std::vector<std::vector<int>>>> RouteTable::keys(const Trace& t,
-                                                                         const std::vector<float>& thresholds,
+std::vector<std::vector<std::vector<std::vector<int>>>> RouteTable::keys(const Trace& t, const Linking& link,
                                                                          int C) const {
   // back[m][i]: the row of layer m-1 that row i of layer m links to; ahead[m][j]: the row of
   // layer m+1 with the highest cosine among those that link to row j.
@@ -89,10 +103,10 @@ std::vector<std::vector<std::vector<std::vector<int>>>> RouteTable::keys(const T
     ahead[m].assign(t[m].n(), -1);
   }
   for (int m = 1; m < L_; ++m) {
-    const LinkCandidates c = nearest_previous(t[m - 1], t[m], C);
+    const LinkCandidates c = nearest_previous(t[m - 1], t[m], C, link.bands[m]);
     std::vector<float> best_cos(t[m - 1].n(), -2.f);
     for (int i = 0; i < t[m].n(); ++i) {
-      if (c.cosine[i] < thresholds[m]) continue;
+      if (c.best[i] < 0 || c.cosine[i] < link.thresholds[m]) continue;
       back[m][i] = c.best[i];
       if (c.cosine[i] > best_cos[c.best[i]]) best_cos[c.best[i]] = c.cosine[i], ahead[m - 1][c.best[i]] = i;
     }
@@ -121,29 +135,28 @@ std::vector<std::vector<std::vector<std::vector<int>>>> RouteTable::keys(const T
   return out;
 }
 
-void RouteTable::add(const Trace& t, const std::vector<float>& thresholds, int C) {
-  const auto k = keys(t, thresholds, C);
+void RouteTable::add(const Trace& t, const Linking& link, int C) {
+  const auto k = keys(t, link, C);
   for (int m = 0; m < L_; ++m)
     for (int i = 0; i < t[m].n(); ++i)
       for (const std::vector<int>& key : k[m][i]) ++counts_[key][t[m].token[i]];
 }
 
-std::vector<float> RouteTable::scores(const Trace& t, const std::vector<float>& thresholds, int C, int m) const {
-  const auto k = keys(t, thresholds, C);
+std::vector<float> RouteTable::scores(const Trace& t, const Linking& link, int C, int m) const {
+  const auto k = keys(t, link, C);
   std::vector<float> out((size_t)t[m].n() * V_, 0.f);
   for (int i = 0; i < t[m].n(); ++i) {
-    // The first seen key decides; the next seen one only breaks its ties (its weight keeps
-    // every sum below the first key's next step, 1 / total).
-    double weight = 1;
-    int used = 0;
-    for (const std::vector<int>& key : k[m][i]) {
-      const auto it = counts_.find(key);
+    // From the layer alone up to the whole chain, each seen tuple's counts refine the shorter
+    // tuple's distribution, which weighs as kPrior rows: a tuple seen a few times on public text
+    // only nudges it.
+    float* p = out.data() + (size_t)i * V_;
+    for (auto key = k[m][i].rbegin(); key != k[m][i].rend(); ++key) {
+      const auto it = counts_.find(*key);
       if (it == counts_.end()) continue;
       int64_t total = 0;
       for (const auto& [token, n] : it->second) total += n;
-      for (const auto& [token, n] : it->second) out[(size_t)i * V_ + token] += (float)(weight * n / total);
-      if (++used == 2) break;
-      weight = 0.5 / total;
+      for (int v = 0; v < V_; ++v) p[v] *= (float)(kPrior / (total + kPrior));
+      for (const auto& [token, n] : it->second) p[token] += (float)(n / (total + kPrior));
     }
   }
   return out;

@@ -2,12 +2,14 @@
 // victim's rows across the MoE layers of one call, then reads the token off the tuple of its
 // experts that chose it at each linked layer.
 //
-// An expert request carries no token index: only the rows grouped by expert (expert_wire.h). The
-// host links them by the residual stream instead: the state a layer sends is the previous
-// layer's plus the small updates of one block, so a row's nearest (cosine) row among the
-// previous layer's rows of the same call is, above some similarity, the same token. The
-// threshold and the table P(token | expert tuple) are fitted on the attacker's own public text,
-// routed and linked exactly as the victims' rows are.
+// An expert request carries no token index: only the rows grouped by expert (expert_wire.h),
+// each group in the order of the sender's batch. The host links them by that order and by the
+// residual stream: a row's place within its group, as a fraction of the group, is close to its
+// token's place in the batch at every layer; and the state a layer sends is the previous layer's
+// plus the updates of one block. So a row's nearest (cosine) row among the previous layer's rows
+// of the same call, within a band of places, is, above some similarity, the same token. The
+// band, the threshold and the table P(token | expert tuple) are fitted on the attacker's own
+// public text, routed and linked exactly as the victims' rows are.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -20,6 +22,7 @@ namespace pcmoe::eval {
 struct LayerRows {
   std::vector<float> state;     // [n, C]
   std::vector<int> code;        // bit h set: the host's h-th expert chose the token
+  std::vector<float> place;     // (k + 0.5) / group size: the row is k-th of its first expert's group
   std::vector<int32_t> token;   // scoring only: the token
   std::vector<int> position;    // scoring only: the token's row in the sender's batch
   int n() const { return (int)code.size(); }
@@ -27,13 +30,16 @@ struct LayerRows {
 // One call's rows at each MoE layer, in layer order.
 using Trace = std::vector<LayerRows>;
 
-// For each row of `next`, the row of `prev` with the highest cosine, its cosine, and (from the
-// positions, for scoring and fitting only) the true partner or -1 when the token is not in prev.
+// For each row of `next`, the row of `prev` with the highest cosine among those whose place is
+// within `band` of its own, that cosine, and (from the positions, for scoring and fitting only)
+// the true partner or -1 when the token is not in prev.
 struct LinkCandidates {
   std::vector<int> best, truth;
   std::vector<float> cosine;
 };
-LinkCandidates nearest_previous(const LayerRows& prev, const LayerRows& next, int C);
+LinkCandidates nearest_previous(const LayerRows& prev, const LayerRows& next, int C, float band);
+// The band of places that holds the true links between layers m-1 and m of `traces` (public text).
+float fit_place_band(const std::vector<Trace>& traces, int m);
 
 // Decisions "link iff cosine >= threshold", scored: a right decision links a row to its true
 // partner, or leaves a row without one unlinked.
@@ -49,21 +55,26 @@ LinkScore score_links(const LinkCandidates& c, float threshold);
 float fit_link_threshold(const LinkCandidates& c);
 
 // P(token | the host's experts at each linked layer): keyed by the scored layer, the layers its
-// chain reached and their codes. A row whose exact tuple was never seen on public text backs off
-// by dropping the linked layer farthest from the scored one, down to the scored layer alone.
+// chain reached and their codes. The estimate backs off by dropping the linked layer farthest
+// from the scored one, down to the scored layer alone: a tuple never seen on public text gives
+// the shorter tuple's distribution, a rare one mostly that.
 class RouteTable {
  public:
   RouteTable(int n_layers, int vocab) : L_(n_layers), V_(vocab) {}
-  // Every row of a trace, linked with thresholds[m] between layers m-1 and m.
-  void add(const Trace& t, const std::vector<float>& thresholds, int C);
+  // Linking between layers m-1 and m: rows within bands[m] places, above cosine thresholds[m].
+  struct Linking {
+    std::vector<float> bands, thresholds;
+  };
+  // Every row of a trace.
+  void add(const Trace& t, const Linking& link, int C);
   // Scores [rows of layer m, V] of each trace row's token (layer m's rows in order).
-  std::vector<float> scores(const Trace& t, const std::vector<float>& thresholds, int C, int m) const;
+  std::vector<float> scores(const Trace& t, const Linking& link, int C, int m) const;
 
  private:
   // Per layer m and row: its keys, from its whole chain down to layer m alone. A key is
   // (m, per layer: the linked row's code, 0 where the chain has no row, -1 where backed off).
-  std::vector<std::vector<std::vector<std::vector<int>>>> keys(const Trace& t, const std::vector<float>& thresholds,
-                                                               int C) const;
+  std::vector<std::vector<std::vector<std::vector<int>>>> keys(const Trace& t, const Linking& link, int C) const;
+  static constexpr double kPrior = 10;
   int L_, V_;
   std::map<std::vector<int>, std::map<int32_t, int64_t>> counts_;
 };

@@ -2,6 +2,7 @@
 // the observer, and the attack models neither miss an obvious leak nor invent one.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -376,15 +377,17 @@ TEST(AuditRoutingTrace, LinksAndDecodesALeakyTraceAndNothingInRandomOnes) {
     for (int l = 0; l < L; ++l) {
       for (float& x : state) x = drift ? x + 0.1f * (float)rng.normal() : (float)rng.normal();
       if (l == missing_layer) continue;
-      // The host receives `seen` of the tokens, shuffled (grouped by expert, no index).
+      // The host receives `seen` of the tokens, in batch order (one expert's group, no index).
       std::vector<int> order(N);
       for (int n = 0; n < N; ++n) order[n] = n;
       for (int n = N - 1; n > 0; --n) std::swap(order[n], order[rng.next_u64() % (n + 1)]);
+      std::sort(order.begin(), order.begin() + seen);
       for (int k = 0; k < seen; ++k) {
         const int n = order[k];
         t[l].state.insert(t[l].state.end(), state.begin() + (size_t)n * C, state.begin() + (size_t)(n + 1) * C);
         const int digit = token_codes ? token[n] / (l == 0 ? 1 : l == 1 ? 3 : 9) % 3 : (int)(rng.next_u64() % 3);
         t[l].code.push_back(1 + digit);
+        t[l].place.push_back((k + 0.5f) / seen);
         t[l].token.push_back(token[n]);
         t[l].position.push_back(n);
       }
@@ -393,34 +396,36 @@ TEST(AuditRoutingTrace, LinksAndDecodesALeakyTraceAndNothingInRandomOnes) {
   };
   std::vector<eval::Trace> pub;
   for (int i = 0; i < 20; ++i) pub.push_back(trace(true, true, -1, most));
-  std::vector<float> thresholds(L, 2.f);
+  eval::RouteTable::Linking link{std::vector<float>(L, 1.f), std::vector<float>(L, 2.f)};
   for (int m = 1; m < L; ++m) {
+    link.bands[m] = eval::fit_place_band(pub, m);
+    EXPECT_LT(link.bands[m], 0.25) << m;  // a token keeps its place in the batch order
     eval::LinkCandidates all;
     for (const auto& t : pub) {
-      const eval::LinkCandidates c = eval::nearest_previous(t[m - 1], t[m], C);
+      const eval::LinkCandidates c = eval::nearest_previous(t[m - 1], t[m], C, link.bands[m]);
       all.best.insert(all.best.end(), c.best.begin(), c.best.end());
       all.truth.insert(all.truth.end(), c.truth.begin(), c.truth.end());
       all.cosine.insert(all.cosine.end(), c.cosine.begin(), c.cosine.end());
     }
-    thresholds[m] = eval::fit_link_threshold(all);
+    link.thresholds[m] = eval::fit_link_threshold(all);
   }
   eval::RouteTable table(L, V);
-  for (const auto& t : pub) table.add(t, thresholds, C);
+  for (const auto& t : pub) table.add(t, link, C);
 
   const eval::Trace leaky = trace(true, true, -1, most), whole = trace(true, true, -1, N),
                     fresh = trace(false, true, -1, most), noise = trace(true, false, -1, most);
   for (int m = 1; m < L; ++m) {
-    const eval::LinkScore s = eval::score_links(eval::nearest_previous(leaky[m - 1], leaky[m], C), thresholds[m]);
+    const eval::LinkScore s = eval::score_links(eval::nearest_previous(leaky[m - 1], leaky[m], C, link.bands[m]), link.thresholds[m]);
     EXPECT_GT(s.accuracy, 0.97) << m;
     EXPECT_NEAR(s.baseline, 0.25, 0.1) << m;  // a quarter of the rows have no partner
-    const eval::LinkScore r = eval::score_links(eval::nearest_previous(fresh[m - 1], fresh[m], C), thresholds[m]);
+    const eval::LinkScore r = eval::score_links(eval::nearest_previous(fresh[m - 1], fresh[m], C, link.bands[m]), link.thresholds[m]);
     EXPECT_EQ(r.precision, 0.0) << m;
     EXPECT_DOUBLE_EQ(r.accuracy, r.baseline) << m;
   }
   for (int m = 0; m < L; ++m) {
-    const eval::TopK hit = eval::topk_hits(table.scores(whole, thresholds, C, m).data(), whole[m].token.data(), whole[m].n(), V);
+    const eval::TopK hit = eval::topk_hits(table.scores(whole, link, C, m).data(), whole[m].token.data(), whole[m].n(), V);
     EXPECT_GT(hit.top1, 0.97) << m;
-    const eval::TopK r = eval::topk_hits(table.scores(noise, thresholds, C, m).data(), noise[m].token.data(), noise[m].n(), V);
+    const eval::TopK r = eval::topk_hits(table.scores(noise, link, C, m).data(), noise[m].token.data(), noise[m].n(), V);
     const double chance = 1.0 / V;
     EXPECT_LT(r.top1, chance + 4 * std::sqrt(chance * (1 - chance) / r.n)) << m;
   }
@@ -428,10 +433,10 @@ TEST(AuditRoutingTrace, LinksAndDecodesALeakyTraceAndNothingInRandomOnes) {
   // layer 2 missing: no chain of the table ends early, so each backs off to layers 0 and 1 (3
   // tokens share each pair of codes); without the back-off no key would match and all would tie.
   eval::RouteTable seen_whole(L, V);
-  for (int i = 0; i < 20; ++i) seen_whole.add(trace(true, true, -1, N), thresholds, C);
+  for (int i = 0; i < 20; ++i) seen_whole.add(trace(true, true, -1, N), link, C);
   const eval::Trace gap = trace(true, true, 2, N);
   const eval::TopK g =
-      eval::topk_hits(seen_whole.scores(gap, thresholds, C, 0).data(), gap[0].token.data(), gap[0].n(), V);
+      eval::topk_hits(seen_whole.scores(gap, link, C, 0).data(), gap[0].token.data(), gap[0].n(), V);
   EXPECT_GT(g.top10, 0.97);
   EXPECT_NEAR(g.top1, 1.0 / 3, 0.15);
 }
