@@ -321,7 +321,8 @@ std::vector<std::pair<std::string, fs::path>> released_models(const fs::path& ru
       {"local-only, the victim's model", run / "local-only" / ("party" + std::to_string(v)) / "checkpoint"}};
   for (const char* mode : {"fedavg", "int8", "topk-ef", "cg-fedllm", "fedavg-lora"})
     out.push_back({mode, run / mode / "checkpoint"});
-  std::erase_if(out, [](const auto& m) { return !fs::exists(m.second); });
+  // Not saved: a deployment keeps no party's whole model.
+  std::erase_if(out, [](const auto& m) { return !fs::exists(m.second / "model.safetensors"); });
   return out;
 }
 
@@ -462,8 +463,8 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
   for (const fs::path& run : runs) {
     const fs::path report_path = run / "report.json";
     if (!fs::exists(report_path)) continue;
-    const nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
-    for (const auto& [mode, r] : report["modes"].items())
+    nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
+    for (const auto& [mode, r] : report["modes"].items())  // none in a deployment's report
       if (r.contains("audit_bag_of_words")) bag_of_words[mode] = r["audit_bag_of_words"];
   }
   nlohmann::json out = {{"run", run_dir},   {"observer", rec.observer},   {"rounds", rounds},
