@@ -13,9 +13,11 @@
 namespace {
 
 constexpr const char* kAuditUsage =
-    "usage: pcmoe audit --run DIR --out DIR2 [--public-windows N] [--mlp-every-round]\n"
+    "usage: pcmoe audit --run DIR --out DIR2 [--fed-run DIR3]... [--public-windows N] [--mlp-every-round]\n"
     "  --run DIR            a `pcmoe collab` output made with an \"audit\" section (DIR/audit/)\n"
     "  --out DIR2           where audit.json goes\n"
+    "  --fed-run DIR3       a `pcmoe collab` output of federated modes on the same parties and data:\n"
+    "                       its server attacks and released models join the report (repeatable)\n"
     "  --public-windows N   windows of the observer's own text the attack models learn from (128)\n"
     "  --mlp-every-round    train the MLP decoder at every recorded round (default: the last)\n";
 
@@ -28,18 +30,25 @@ void print_table(const nlohmann::json& report) {
   const int64_t last = report["rounds"].back().get<int64_t>();
   std::printf("\nwhat party %d (an expert host) recovers of the other parties' tokens, round %lld\n",
               report["observer"].get<int>(), (long long)last);
-  std::printf("%-12s %-18s %6s %8s %8s %10s %10s %7s\n", "signal", "attack", "layer", "top-1", "top-10",
+  std::printf("%-24s %-18s %6s %8s %8s %10s %10s %7s\n", "signal", "attack", "layer", "top-1", "top-10",
               "chance-1", "chance-10", "rows");
   for (const auto& c : report["cells"]) {
     if (c["round"].get<int64_t>() != last) continue;
-    std::printf("%-12s %-18s %6d %7.1f%% %7.1f%% %9.1f%% %9.1f%% %7lld\n", c["signal"].get<std::string>().c_str(),
+    std::printf("%-24s %-18s %6d %7.1f%% %7.1f%% %9.1f%% %9.1f%% %7lld\n", c["signal"].get<std::string>().c_str(),
                 c["attack"].get<std::string>().c_str(), c["layer"].get<int>(), 100 * c["top1"].get<double>(),
                 100 * c["top10"].get<double>(), 100 * c["chance_top1"].get<double>(),
                 100 * c["chance_top10"].get<double>(), (long long)c["rows"].get<int64_t>());
   }
+  std::printf("\nthe host links a victim's rows across layers by the residual stream (round %lld):\n", (long long)last);
+  std::printf("%-10s %10s %10s %10s %10s %7s\n", "layers", "accuracy", "link none", "precision", "recall", "rows");
+  for (const auto& c : report["links"])
+    if (c["round"].get<int64_t>() == last)
+      std::printf("%3d -> %-3d %9.1f%% %9.1f%% %9.1f%% %9.1f%% %7lld\n", c["from_layer"].get<int>(), c["layer"].get<int>(),
+                  100 * c["accuracy"].get<double>(), 100 * c["baseline"].get<double>(),
+                  100 * c["precision"].get<double>(), 100 * c["recall"].get<double>(), (long long)c["rows"].get<int64_t>());
   std::printf("\nover training (best attack per signal, mean over layers, top-1):\n%-8s", "round");
-  const char* signals[] = {"states", "gradients", "expert ids"};
-  for (const char* s : signals) std::printf(" %12s", s);
+  const char* signals[] = {"states", "gradients", "expert ids", "expert ids across layers"};
+  for (const char* s : signals) std::printf(" %24s", s);
   std::printf("\n");
   for (const auto& r : report["rounds"]) {
     std::printf("%-8lld", (long long)r.get<int64_t>());
@@ -53,27 +62,30 @@ void print_table(const nlohmann::json& report) {
         }
       double best = 0;
       for (const auto& [a, v] : by_attack) best = std::max(best, v.first / v.second);
-      std::printf(" %11.1f%%", 100 * best);
+      std::printf(" %23.1f%%", 100 * best);
     }
     std::printf("\n");
   }
   if (!report["membership"].empty()) {
     std::printf("\nmembership inference (AUC; 0.5 = no leak): the victim's training windows vs its held-out ones\n");
-    std::printf("%-7s %-32s %10s %11s\n", "victim", "model", "loss", "calibrated");
+    std::printf("%-7s %-32s %6s %10s %11s\n", "victim", "model", "steps", "loss", "calibrated");
     for (const auto& c : report["membership"])
-      std::printf("%-7d %-32s %10.3f %11.3f\n", c["victim"].get<int>(), c["model"].get<std::string>().c_str(),
-                  c["auc_loss"].get<double>(), c["auc_calibrated"].get<double>());
+      std::printf("%-7d %-32s %6lld %10.3f %11.3f\n", c["victim"].get<int>(), c["model"].get<std::string>().c_str(),
+                  (long long)c["trained_steps"].get<int64_t>(), c["auc_loss"].get<double>(),
+                  c["auc_calibrated"].get<double>());
   }
   for (const auto& [mode, cells] : report["bag_of_words"].items()) {
-    double p = 0, r = 0, chance = 0;
+    double p = 0, r = 0, chance = 0, prior = 0;
     for (const auto& c : cells) {
       p += c["precision"].get<double>();
       r += c["recall"].get<double>();
       chance += c["chance_precision"].get<double>();
+      prior += c["prior_precision"].get<double>();
     }
     const double n = (double)std::max<size_t>(1, cells.size());
-    std::printf("\nfederated server, %s: bag of words of each party's round, precision %.1f%% (chance %.1f%%), "
-                "recall %.1f%% over %zu updates\n", mode.c_str(), 100 * p / n, 100 * chance / n, 100 * r / n, cells.size());
+    std::printf("\nfederated server, %s: bag of words of each party's round, precision %.1f%% (chance %.1f%%, the "
+                "public round's tokens %.1f%%), recall %.1f%% over %zu updates\n", mode.c_str(), 100 * p / n,
+                100 * chance / n, 100 * prior / n, 100 * r / n, cells.size());
   }
 }
 
@@ -89,11 +101,13 @@ int cmd_audit(int argc, char** argv) {
         opt.mlp_every_round = true;
         continue;
       }
-      if (a != "--run" && a != "--out" && a != "--public-windows") throw AuditUsageError("unknown argument '" + a + "'");
+      if (a != "--run" && a != "--out" && a != "--fed-run" && a != "--public-windows")
+        throw AuditUsageError("unknown argument '" + a + "'");
       if (i + 1 >= argc) throw AuditUsageError(a + " needs a value");
       const std::string v = argv[++i];
       if (a == "--run") run = v;
       else if (a == "--out") out = v;
+      else if (a == "--fed-run") opt.fed_runs.push_back(v);
       else {
         size_t used = 0;
         int n = 0;

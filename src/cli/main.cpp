@@ -39,7 +39,7 @@ usage:
   pcmoe server   --config FILE --out DIR (--certs DIR | --insecure)
   pcmoe memory   --config FILE --parties N [--party P]
   pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T --delta D [--json]
-  pcmoe audit    --run DIR --out DIR2 [--public-windows N] [--mlp-every-round]
+  pcmoe audit    --run DIR --out DIR2 [--fed-run DIR3]... [--public-windows N] [--mlp-every-round]
 
   train     trains the model of FILE; writes DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/
             --resume continues from DIR/checkpoint with the exact loss curve of an unbroken run

@@ -69,6 +69,9 @@ class CollabContext {
   virtual double curve_loss(Model& model) const = 0;
   virtual bool curve_due(int64_t steps) const = 0;
   virtual std::string out_dir() const = 0;
+  // Saves a mode's released model as out_dir/<name>/checkpoint, with the run's config and
+  // tokenizer (as collab saves its own modes' models: what the membership audit attacks).
+  virtual void save_model(const std::string& name, const ParamSet& params, int64_t step) const = 0;
   virtual void log(const nlohmann::json& line) = 0;  // one line of metrics.jsonl
   virtual void progress(const std::string& mode, int64_t done, int64_t total, float loss, double seconds) const = 0;
   // The training documents of `categories` (none of which a party may hold), encoded with the

@@ -1,6 +1,7 @@
 #include "eval/audit.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include "collab/runner.h"
 #include "eval/loaded_model.h"
 #include "eval/membership.h"
+#include "eval/routing_trace.h"
 #include "model/local_experts.h"
 #include "model/model.h"
 #include "tensor/gemm.h"
@@ -73,16 +75,32 @@ void unit_scale(float* v, int C) {
   for (int c = 0; c < C; ++c) v[c] *= s;
 }
 
+// The MoE layers of a model, in order.
+std::vector<int> moe_layers(const ModelConfig& mc) {
+  std::vector<int> out;
+  for (int l = 0; l < mc.n_layers; ++l)
+    if (mc.is_moe(l)) out.push_back(l);
+  return out;
+}
+
+// The bit of the host's expert e in a routing code (routing_trace.h), or 0 when e is not its.
+int host_bit(const std::vector<int>& hosted, int e) {
+  const auto it = std::find(hosted.begin(), hosted.end(), e);
+  return it == hosted.end() ? 0 : 1 << (it - hosted.begin());
+}
+
 // The attacker's view of round `round`: its model, and public text through it. Per MoE layer,
-// one row per token (its first choice) and the (expert, token) counts of every choice.
+// one row per token (its first choice) and the (expert, token) counts of every choice; per batch,
+// the trace its own host would have received of that text.
 struct PublicView {
   std::vector<float> wte;                                // [V, C] the attacker's embedding
   std::map<int, Rows> rows;                              // per MoE layer
   std::map<int, std::vector<std::vector<int64_t>>> routed;  // per MoE layer: [expert][token] counts
+  std::vector<Trace> traces;
 };
 
 PublicView public_view(const RunConfig& cfg, const std::string& view_dir, const std::vector<int32_t>& windows,
-                       int n_windows) {
+                       int n_windows, const std::vector<int>& hosted) {
   const ModelConfig& mc = cfg.model;
   const int T = mc.seq_len, C = mc.d_model, K = mc.top_k, B = std::min(16, n_windows);
   ParamSet params(mc, ParamSelection{});
@@ -98,10 +116,12 @@ PublicView public_view(const RunConfig& cfg, const std::string& view_dir, const 
     model.backward();
     params.zero_grads();
     const int N = model.last_rows();
+    Trace& trace = v.traces.emplace_back();
     for (int l = 0; l < mc.n_layers; ++l) {
       if (!mc.is_moe(l)) continue;
       const MoeSaved& sv = model.moe_saved(l);
       Rows& r = v.rows[l];
+      LayerRows& seen = trace.emplace_back();
       for (int n = 0; n < N; ++n) {
         const int g = sv.row[n * K];
         r.state.insert(r.state.end(), experts.rows(l).begin() + (size_t)g * C, experts.rows(l).begin() + (size_t)(g + 1) * C);
@@ -110,7 +130,21 @@ PublicView public_view(const RunConfig& cfg, const std::string& view_dir, const 
         r.input.push_back(model.last_inputs()[n]);
         r.target.push_back(model.last_targets()[n]);
         r.expert.push_back(sv.expert[n * K]);
-        for (int k = 0; k < K; ++k) ++v.routed[l][sv.expert[n * K + k]][model.last_inputs()[n]];
+        int code = 0;
+        for (int k = 0; k < K; ++k) {
+          ++v.routed[l][sv.expert[n * K + k]][model.last_inputs()[n]];
+          code |= host_bit(hosted, sv.expert[n * K + k]);
+        }
+        if (code == 0) continue;
+        seen.state.insert(seen.state.end(), experts.rows(l).begin() + (size_t)g * C, experts.rows(l).begin() + (size_t)(g + 1) * C);
+        seen.code.push_back(code);
+        const int first = hosted[std::countr_zero((unsigned)code)];  // the group the row first arrives in
+        for (int k = 0; k < K; ++k)
+          if (sv.expert[n * K + k] == first)
+            seen.place.push_back((sv.row[n * K + k] - sv.offsets[first] + 0.5f) /
+                                 (float)(sv.offsets[first + 1] - sv.offsets[first]));
+        seen.token.push_back(model.last_inputs()[n]);
+        seen.position.push_back(n);
       }
     }
   }
@@ -147,6 +181,45 @@ std::map<int, Rows> victim_rows(const RunConfig& cfg, const Recording& rec, int6
         }
       }
   }
+  return out;
+}
+
+// The victims' forward calls of one round as traces: a sender's k-th call at each MoE layer
+// belongs to its k-th trace (the order in which the host received them). A token routed to two
+// of the host's experts arrives twice with the same state and is one row of the trace.
+std::vector<Trace> victim_traces(const RunConfig& cfg, const Recording& rec, int64_t round) {
+  const ModelConfig& mc = cfg.model;
+  const size_t C = mc.d_model;
+  const std::vector<int> layers = moe_layers(mc), hosted = hosted_experts(mc.n_experts, rec.observer, rec.n_parties);
+  const int max_rows = std::max(1, cfg.train.batch_size) * 64 * mc.seq_len * mc.top_k;
+  std::map<std::pair<int, int>, Trace> traces;  // (sender, k) -> trace
+  std::map<std::pair<int, int>, int> calls;     // (sender, layer) -> calls so far
+  ExpertRequest req;
+  for (const Record& r : rec.records) {
+    if (r.round != round || r.is_response || r.from == rec.observer || r.kind != MsgKind::kExpertForward) continue;
+    decode_expert_request(r.kind, r.payload, mc, hosted, max_rows, req, parse_wire_dtype(cfg.collab.wire_dtype));
+    const int m = (int)(std::find(layers.begin(), layers.end(), req.layer) - layers.begin());
+    Trace& t = traces[{r.from, calls[{r.from, req.layer}]++}];
+    t.resize(layers.size());
+    LayerRows& out = t[m];
+    std::map<std::string, int> row_of_state;
+    for (int e : hosted)
+      for (int i = req.offsets[e]; i < req.offsets[e + 1]; ++i) {
+        const float* x = req.rows.data() + i * C;
+        const auto [it, fresh] = row_of_state.emplace(std::string((const char*)x, C * sizeof(float)), out.n());
+        if (!fresh) {
+          out.code[it->second] |= host_bit(hosted, e);
+          continue;
+        }
+        out.state.insert(out.state.end(), x, x + C);
+        out.code.push_back(host_bit(hosted, e));
+        out.place.push_back((i - req.offsets[e] + 0.5f) / (float)(req.offsets[e + 1] - req.offsets[e]));
+        out.token.push_back(r.truth[3 * i]);
+        out.position.push_back(r.truth[3 * i + 2]);
+      }
+  }
+  std::vector<Trace> out;
+  for (auto& [key, t] : traces) out.push_back(std::move(t));
   return out;
 }
 
@@ -198,45 +271,104 @@ nlohmann::json cell(const char* attack, const char* signal, int layer, int64_t r
           {"chance_top1", chance.top1}, {"chance_top10", chance.top10}, {"rows", hit.n}};
 }
 
-// Membership inference against the released models of the run (those it saved): each victim's
-// training windows (the batches of its turns) against its validation windows (the same genres,
-// never trained on), calibrated by the observer's local-only model when the run has one (it
-// never saw the victim's data) and otherwise by the shared starting model.
-nlohmann::json membership_cells(const fs::path& run, const RunConfig& cfg, int observer, int n_parties,
-                                const fs::path& start_view) {
-  const int T = cfg.model.seq_len, n_each = 256;
-  const CollabData data = load_collab_data(cfg);
-  const fs::path own_local = run / "local-only" / ("party" + std::to_string(observer)) / "checkpoint";
-  const bool local_reference = fs::exists(own_local);
-  LoadedModel reference(local_reference ? own_local.string() : start_view.string(), 16);
-  nlohmann::json cells = nlohmann::json::array();
-  for (int v = 0; v < n_parties; ++v) {
-    if (v == observer) continue;
-    std::vector<int32_t> members((size_t)n_each * (T + 1));
-    const int per_turn = cfg.train.grad_accum * cfg.train.batch_size;
-    std::vector<int32_t> turn((size_t)per_turn * (T + 1));
-    int have = 0;
-    for (int64_t step = 0; have < n_each && step < cfg.train.steps; ++step) {
-      fill_turn(cfg, data.parties[v], step, turn.data());
-      const int take = std::min(per_turn, n_each - have);
-      std::copy_n(turn.begin(), (size_t)take * (T + 1), members.begin() + (size_t)have * (T + 1));
-      have += take;
+// The routing-trace attack (routing_trace.h): link thresholds and P(token | expert tuple) from
+// the attacker's own traces of public text; the victims' traces linked and decoded with them.
+// Adds the decoding's cells to `cells` and the linking's scores to `links`.
+void routing_trace_cells(const std::vector<Trace>& pub, const std::vector<Trace>& vic, const std::vector<int>& layers,
+                         int64_t round, int C, int V, nlohmann::json& cells, nlohmann::json& links) {
+  const int L = (int)layers.size();
+  RouteTable::Linking link{std::vector<float>(L, 1.f), std::vector<float>(L, 2.f)};
+  auto candidates = [&](const std::vector<Trace>& traces, int m) {
+    LinkCandidates all;
+    for (const Trace& t : traces) {
+      const LinkCandidates c = nearest_previous(t[m - 1], t[m], C, link.bands[m]);
+      all.best.insert(all.best.end(), c.best.begin(), c.best.end());
+      all.truth.insert(all.truth.end(), c.truth.begin(), c.truth.end());
+      all.cosine.insert(all.cosine.end(), c.cosine.begin(), c.cosine.end());
     }
-    const int n_non = std::min(n_each, data.parties[v].n_val);
-    if (have < 4 || n_non < 4) continue;  // too few windows for an AUC to mean anything
-    const std::vector<std::pair<std::string, fs::path>> targets = {
-        {"pc-moe, the victim's model", run / ("party" + std::to_string(v)) / "checkpoint"},
-        {"pc-moe, the observer's model", run / ("party" + std::to_string(observer)) / "checkpoint"},
-        {"centralised", run / "centralised" / "checkpoint"},
-        {"local-only, the victim's model", run / "local-only" / ("party" + std::to_string(v)) / "checkpoint"}};
-    for (const auto& [name, dir] : targets) {
-      if (!fs::exists(dir / "model.safetensors")) continue;  // not saved (a deployment keeps no party's whole model)
-      LoadedModel target(dir.string(), 16);
-      const MembershipResult r = membership_inference(target.model, reference.model, members.data(), have,
-                                                      data.parties[v].val_windows.data(), n_non);
-      cells.push_back({{"victim", v}, {"model", name}, {"auc_loss", r.auc_loss}, {"auc_calibrated", r.auc_calibrated},
-                       {"members", r.n_members}, {"nonmembers", r.n_nonmembers},
-                       {"reference", local_reference ? "the observer's local-only model" : "the shared start"}});
+    return all;
+  };
+  for (int m = 1; m < L; ++m) {
+    link.bands[m] = fit_place_band(pub, m);
+    link.thresholds[m] = fit_link_threshold(candidates(pub, m));
+    const LinkScore s = score_links(candidates(vic, m), link.thresholds[m]);
+    links.push_back({{"layer", layers[m]}, {"from_layer", layers[m - 1]}, {"round", round},
+                     {"band", link.bands[m]}, {"threshold", link.thresholds[m]}, {"accuracy", s.accuracy},
+                     {"baseline", s.baseline}, {"precision", s.precision}, {"recall", s.recall}, {"rows", s.rows}});
+  }
+  RouteTable table(L, V);
+  for (const Trace& t : pub) table.add(t, link, C);
+  for (int m = 0; m < L; ++m) {
+    std::vector<float> scores;
+    std::vector<int32_t> labels;
+    for (const Trace& t : vic) {
+      const std::vector<float> s = table.scores(t, link, C, m);
+      scores.insert(scores.end(), s.begin(), s.end());
+      labels.insert(labels.end(), t[m].token.begin(), t[m].token.end());
+    }
+    if (labels.empty()) continue;
+    cells.push_back(cell("routing-trace", "expert ids across layers", layers[m], round,
+                         topk_hits(scores.data(), labels.data(), (int)labels.size(), V), chance_level(labels, V)));
+  }
+}
+
+// The released models of `run` that victim v's data went into, as the run saved them.
+std::vector<std::pair<std::string, fs::path>> released_models(const fs::path& run, int v, int observer) {
+  std::vector<std::pair<std::string, fs::path>> out = {
+      {"pc-moe, the victim's model", run / ("party" + std::to_string(v)) / "checkpoint"},
+      {"pc-moe, the observer's model", run / ("party" + std::to_string(observer)) / "checkpoint"},
+      {"centralised", run / "centralised" / "checkpoint"},
+      {"local-only, the victim's model", run / "local-only" / ("party" + std::to_string(v)) / "checkpoint"}};
+  for (const char* mode : {"fedavg", "int8", "topk-ef", "cg-fedllm", "fedavg-lora"})
+    out.push_back({mode, run / mode / "checkpoint"});
+  // Not saved: a deployment keeps no party's whole model.
+  std::erase_if(out, [](const auto& m) { return !fs::exists(m.second / "model.safetensors"); });
+  return out;
+}
+
+// Membership inference against the released models of the runs (those they saved): each
+// victim's training windows (the batches of its turns under the run's schedule) against its
+// validation windows (the same genres, never trained on), calibrated by the observer's
+// local-only model of the same run when it has one (it never saw the victim's data) and
+// otherwise by the shared starting model.
+nlohmann::json membership_cells(const std::vector<fs::path>& runs, int observer, int n_parties,
+                                const fs::path& start_view) {
+  nlohmann::json cells = nlohmann::json::array();
+  for (const fs::path& run : runs) {
+    std::vector<std::vector<std::pair<std::string, fs::path>>> models(n_parties);
+    fs::path any;
+    for (int v = 0; v < n_parties; ++v)
+      if (v != observer && !(models[v] = released_models(run, v, observer)).empty()) any = models[v][0].second;
+    if (any.empty()) continue;
+    const RunConfig cfg = read_checkpoint_config(any.string());
+    const int T = cfg.model.seq_len, n_each = 256;
+    const CollabData data = load_collab_data(cfg);
+    const fs::path own_local = run / "local-only" / ("party" + std::to_string(observer)) / "checkpoint";
+    const bool local_reference = fs::exists(own_local);
+    LoadedModel reference(local_reference ? own_local.string() : start_view.string(), 16);
+    for (int v = 0; v < n_parties; ++v) {
+      if (models[v].empty()) continue;
+      std::vector<int32_t> members((size_t)n_each * (T + 1));
+      const int per_turn = cfg.train.grad_accum * cfg.train.batch_size;
+      std::vector<int32_t> turn((size_t)per_turn * (T + 1));
+      int have = 0;
+      for (int64_t step = 0; have < n_each && step < cfg.train.steps; ++step) {
+        fill_turn(cfg, data.parties[v], step, turn.data());
+        const int take = std::min(per_turn, n_each - have);
+        std::copy_n(turn.begin(), (size_t)take * (T + 1), members.begin() + (size_t)have * (T + 1));
+        have += take;
+      }
+      const int n_non = std::min(n_each, data.parties[v].n_val);
+      if (have < 4 || n_non < 4) continue;  // too few windows for an AUC to mean anything
+      for (const auto& [name, dir] : models[v]) {
+        LoadedModel target(dir.string(), 16);
+        const MembershipResult r = membership_inference(target.model, reference.model, members.data(), have,
+                                                        data.parties[v].val_windows.data(), n_non);
+        cells.push_back({{"run", run.string()}, {"victim", v}, {"model", name}, {"auc_loss", r.auc_loss},
+                         {"auc_calibrated", r.auc_calibrated}, {"members", r.n_members},
+                         {"nonmembers", r.n_nonmembers}, {"trained_steps", cfg.train.steps},
+                         {"reference", local_reference ? "the observer's local-only model" : "the shared start"}});
+      }
     }
   }
   return cells;
@@ -264,6 +396,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
     throw std::runtime_error("the recording in '" + rec_dir.string() + "' was made by another config than the run's");
   const ModelConfig& mc = cfg.model;
   const int C = mc.d_model, V = mc.vocab_size, T = mc.seq_len;
+  const std::vector<int> hosted = hosted_experts(mc.n_experts, rec.observer, rec.n_parties);
 
   // Public text: the observer's own training documents (genres no victim holds).
   std::fprintf(stderr, "audit: loading the observer's public text\n");
@@ -275,12 +408,14 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
   for (int w = 0; w < n_windows; ++w)
     windows.insert(windows.end(), stream.begin() + (size_t)w * T, stream.begin() + (size_t)w * T + T + 1);
 
-  nlohmann::json cells = nlohmann::json::array();
+  nlohmann::json cells = nlohmann::json::array(), links = nlohmann::json::array();
   for (size_t ri = 0; ri < rounds.size(); ++ri) {
     const int64_t round = rounds[ri];
     const bool mlp = opt.mlp_every_round || ri + 1 == rounds.size();
-    const PublicView pub = public_view(cfg, (rec_dir / ("view_r" + std::to_string(round))).string(), windows, n_windows);
+    const PublicView pub =
+        public_view(cfg, (rec_dir / ("view_r" + std::to_string(round))).string(), windows, n_windows, hosted);
     const std::map<int, Rows> vic = victim_rows(cfg, rec, round);
+    routing_trace_cells(pub.traces, victim_traces(cfg, rec, round), moe_layers(mc), round, C, V, cells, links);
     for (const auto& [layer, v] : vic) {
       const Rows& p = pub.rows.at(layer);
       // Hidden states -> input token.
@@ -319,18 +454,21 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::fprintf(stderr, "audit: membership inference against the released models\n");
-  const nlohmann::json membership = membership_cells(run_dir, cfg, rec.observer, rec.n_parties,
-                                                     rec_dir / ("view_r" + std::to_string(rounds[0])));
+  std::vector<fs::path> runs = {run_dir};
+  runs.insert(runs.end(), opt.fed_runs.begin(), opt.fed_runs.end());
+  const nlohmann::json membership =
+      membership_cells(runs, rec.observer, rec.n_parties, rec_dir / ("view_r" + std::to_string(rounds[0])));
   // The federated server's attack runs where the server decodes (collab's fed modes); gather it.
   nlohmann::json bag_of_words = nlohmann::json::object();
-  const fs::path report_path = fs::path(run_dir) / "report.json";
-  if (fs::exists(report_path)) {
+  for (const fs::path& run : runs) {
+    const fs::path report_path = run / "report.json";
+    if (!fs::exists(report_path)) continue;
     nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
     for (const auto& [mode, r] : report["modes"].items())  // none in a deployment's report
       if (r.contains("audit_bag_of_words")) bag_of_words[mode] = r["audit_bag_of_words"];
   }
   nlohmann::json out = {{"run", run_dir},   {"observer", rec.observer},   {"rounds", rounds},
-                        {"public_windows", n_windows}, {"cells", cells}, {"membership", membership},
+                        {"public_windows", n_windows}, {"cells", cells}, {"links", links}, {"membership", membership},
                         {"bag_of_words", bag_of_words}};
   out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   fs::create_directories(out_dir);

@@ -6,6 +6,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "eval/probe.h"
 
@@ -16,6 +17,9 @@ struct AuditOptions {
   ProbeConfig linear{0, 4, 256, 3e-3f, 1};
   ProbeConfig mlp{256, 4, 256, 1e-3f, 1};
   bool mlp_every_round = false;  // the MLP at every recorded round (default: the last; it costs 4x a probe)
+  // Runs of the federated modes on the same parties and data (a `collab` run with an "audit"
+  // section): their server attacks and released models join the report.
+  std::vector<std::string> fed_runs;
 };
 
 // Runs every attack on run_dir's recording (run_dir/audit), writes out_dir/audit.json and

@@ -30,16 +30,14 @@ std::vector<uint8_t> tokens_present(const int32_t* tokens, size_t n, int V) {
 // Per row: the log of its step's size, its cosine with its own weights (weight decay pulls a row
 // straight back; a token's own gradient does not), and its cosine with the mean step (what the
 // head's softmax pushes on every row alike).
-std::vector<std::array<double, BagOfWordsAttack::kFeatures>> BagOfWordsAttack::features(const float* delta,
-                                                                                        const float* global, int V,
-                                                                                        int C) const {
+TokenFeatures embedding_row_features(const float* delta, const float* global, int V, int C) {
   std::vector<double> mean(C, 0.0);
   for (int v = 0; v < V; ++v)
     for (int c = 0; c < C; ++c) mean[c] += delta[(size_t)v * C + c] / V;
   double mean_norm = 0;
   for (double m : mean) mean_norm += m * m;
   mean_norm = std::sqrt(mean_norm);
-  std::vector<std::array<double, kFeatures>> f(V);
+  TokenFeatures f(V);
   for (int v = 0; v < V; ++v) {
     const float* d = delta + (size_t)v * C;
     const float* w = global + (size_t)v * C;
@@ -52,11 +50,32 @@ std::vector<std::array<double, BagOfWordsAttack::kFeatures>> BagOfWordsAttack::f
   return f;
 }
 
-void BagOfWordsAttack::fit(const float* delta, const float* global, const std::vector<uint8_t>& present, int V, int C) {
-  const auto f = features(delta, global, V, C);
+TokenFeatures lora_input_features(const std::vector<const float*>& delta_a, int r, const float* inputs, int V, int C) {
+  TokenFeatures f(V, std::vector<double>(delta_a.size()));
+  for (int v = 0; v < V; ++v) {
+    const float* u = inputs + (size_t)v * C;
+    double uu = 0;
+    for (int c = 0; c < C; ++c) uu += (double)u[c] * u[c];
+    for (size_t k = 0; k < delta_a.size(); ++k) {
+      double energy = 0;
+      for (int i = 0; i < r; ++i) {
+        double dot = 0;
+        for (int c = 0; c < C; ++c) dot += (double)delta_a[k][(size_t)i * C + c] * u[c];
+        energy += dot * dot;
+      }
+      f[v][k] = std::log(energy / std::max(uu, 1e-30) + 1e-30);
+    }
+  }
+  return f;
+}
+
+void TokenRule::fit(const TokenFeatures& f, const std::vector<uint8_t>& present) {
+  const int V = (int)f.size(), K = V ? (int)f[0].size() : 0;
   expected_ = 0;
   for (uint8_t p : present) expected_ += p;
-  for (int k = 0; k < kFeatures; ++k) {
+  mean_.assign(K, 0);
+  scale_.assign(K, 0);
+  for (int k = 0; k < K; ++k) {
     double s = 0, ss = 0;
     for (const auto& x : f) s += x[k], ss += x[k] * x[k];
     mean_[k] = s / V;
@@ -64,28 +83,28 @@ void BagOfWordsAttack::fit(const float* delta, const float* global, const std::v
   }
   // Logistic regression by gradient descent on standardised features (a convex fit: the
   // iteration count only has to be large enough).
-  w_.fill(0);
+  w_.assign(K + 1, 0);
   for (int it = 0; it < 2000; ++it) {
-    std::array<double, kFeatures + 1> g{};
+    std::vector<double> g(K + 1, 0);
     for (int v = 0; v < V; ++v) {
-      double z = w_[kFeatures];
-      for (int k = 0; k < kFeatures; ++k) z += w_[k] * (f[v][k] - mean_[k]) * scale_[k];
+      double z = w_[K];
+      for (int k = 0; k < K; ++k) z += w_[k] * (f[v][k] - mean_[k]) * scale_[k];
       const double err = 1 / (1 + std::exp(-z)) - present[v];
-      for (int k = 0; k < kFeatures; ++k) g[k] += err * (f[v][k] - mean_[k]) * scale_[k] / V;
-      g[kFeatures] += err / V;
+      for (int k = 0; k < K; ++k) g[k] += err * (f[v][k] - mean_[k]) * scale_[k] / V;
+      g[K] += err / V;
     }
-    for (int k = 0; k <= kFeatures; ++k) w_[k] -= 1.0 * g[k];
+    for (int k = 0; k <= K; ++k) w_[k] -= 1.0 * g[k];
   }
 }
 
-std::vector<uint8_t> BagOfWordsAttack::predict(const float* delta, const float* global, int V, int C) const {
-  const auto f = features(delta, global, V, C);
+std::vector<uint8_t> TokenRule::predict(const TokenFeatures& f) const {
+  const int V = (int)f.size(), K = (int)mean_.size();
   std::vector<std::pair<double, int>> z(V);
   for (int v = 0; v < V; ++v) {
-    z[v] = {w_[kFeatures], v};
-    for (int k = 0; k < kFeatures; ++k) z[v].first += w_[k] * (f[v][k] - mean_[k]) * scale_[k];
+    z[v] = {w_[K], v};
+    for (int k = 0; k < K; ++k) z[v].first += w_[k] * (f[v][k] - mean_[k]) * scale_[k];
   }
-  // The rows ranked by the rule, as many as the server's own round touched: a party's optimizer
+  // The tokens ranked by the rule, as many as the server's own round touched: a party's optimizer
   // state shifts the features' scale from round to round, but rarely their order.
   const int m = std::min(V, expected_);
   std::partial_sort(z.begin(), z.begin() + m, z.end(), std::greater<>());

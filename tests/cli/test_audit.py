@@ -51,8 +51,13 @@ if code:
 print(out)
 a = json.load(open(os.path.join(tmp, "audit", "audit.json")))
 cells = a["cells"]
-check({c["attack"] for c in cells} == {"nearest-embedding", "linear-probe", "mlp", "routing"}, "every attack ran")
-check({c["signal"] for c in cells} == {"states", "gradients", "expert ids"}, "states, gradients and expert ids are attacked")
+check({c["attack"] for c in cells} == {"nearest-embedding", "linear-probe", "mlp", "routing", "routing-trace"},
+      "every attack ran")
+check({c["signal"] for c in cells} == {"states", "gradients", "expert ids", "expert ids across layers"},
+      "states, gradients and expert ids (one layer and across layers) are attacked")
+links = a["links"]
+check(len(links) == 3 and all(0 <= l["baseline"] <= 1 and 0 <= l["accuracy"] <= 1 and l["layer"] == l["from_layer"] + 1
+                              for l in links), f"the host's linking of layer 0 to 1 is scored at each round: {links}")
 check(all(0 <= c["top1"] <= c["top10"] <= 1 and 0 < c["chance_top1"] <= c["chance_top10"] <= 1 for c in cells),
       "rates and chance levels are probabilities, top-1 <= top-10")
 first = [c for c in cells if c["round"] == 0 and c["layer"] == 0 and c["signal"] == "states"]
@@ -61,6 +66,20 @@ check(best["top1"] > 0.9 and best["top1"] > best["chance_top1"] + 0.3,
       f"round 0, layer 0: the shared start lets {best['attack']} recover {best['top1']:.3f} of the victim's tokens "
       f"(chance {best['chance_top1']:.3f})")
 check(len(a["membership"]) > 0 and all(0 <= m["auc_loss"] <= 1 for m in a["membership"]), "membership inference scored")
+
+# The federated modes' released models join the membership table from a run of their own.
+fed = config(audit=False)
+fed["collab"] = {"modes": ["local-only", "fedavg", "fedavg-lora"]}
+collab("fed", fed)
+code, out, err = run("audit", "--run", os.path.join(tmp, "run"), "--fed-run", os.path.join(tmp, "fed"),
+                     "--out", os.path.join(tmp, "audit_fed"), "--public-windows", "16")
+check(code == 0, "audit with a federated run completes")
+a = json.load(open(os.path.join(tmp, "audit_fed", "audit.json"))) if code == 0 else {"membership": []}
+fed_cells = [m for m in a["membership"] if m["run"].endswith("fed")]
+fed_models = {m["model"] for m in fed_cells}
+check(fed_models == {"fedavg", "fedavg-lora", "local-only, the victim's model"} and
+      all(m["reference"] == "the observer's local-only model" for m in fed_cells),
+      f"the federated run's models are attacked, calibrated by its own local-only model: {sorted(fed_models)}")
 
 # refusals
 report_plain = collab("plain", config(audit=False))

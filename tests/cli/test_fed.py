@@ -3,7 +3,7 @@ category treated as public (CG-FedLLM's TGAP data). Every fed mode runs on the s
 party; bytes per token follow from the model's shapes and each wire format (fedavg-lora: the
 adapters' shapes); int8 reconstructs almost exactly, the compressors send far fewer bytes; the
 same seed gives the same report; every mode records its learning curve and the run draws it
-(curves.svg); the trained autoencoder is saved and can start a later run; bad fed configs are
+(curves.svg) and saves its global model; the trained autoencoder is saved and can start a later run; bad fed configs are
 refused with a clear one-line message and a non-zero exit."""
 import json
 import math
@@ -111,6 +111,14 @@ check(lora["lora"] == {"rank": 8, "alpha": 16.0, "targets": ["wq", "wk", "wv", "
       lora["server_optimizer"] == "avg", "fedavg-lora reports its adapters and plain averaging")
 lg = lora["parties"][0]["memory"]["gradients"]
 check(4 * NL <= lg < 4 * NL + 64 * 4 * 16, f"fedavg-lora holds gradients of the adapters only: {lg} bytes")
+
+# Every mode saves its released model (fedavg-lora: the base with the adapters merged), which
+# `pcmoe eval` reads and scores as the report scored the final global model (on other windows).
+for mode in MODES:
+    code, out, err = run("eval", "--checkpoint", os.path.join(tmp, "a", mode, "checkpoint"))
+    loss = float(out.split()[2]) if code == 0 else float("nan")
+    end = r["curves"][mode][-1]["val_loss_pooled"]
+    check(code == 0 and abs(loss - end) < 0.1, f"{mode}: its saved global model evaluates to {loss:.3f} (report {end:.3f})")
 
 # Learning curves: start, every eval_every = 4 steps (rounds of E = 2), end; bytes as counted.
 tpt = cfg["train"]["batch_size"] * m["seq_len"]

@@ -2,6 +2,8 @@
 // the observer, and the attack models neither miss an obvious leak nor invent one.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,7 +13,9 @@
 #include "collab/session.h"
 #include "eval/bag_of_words.h"
 #include "eval/probe.h"
+#include "eval/routing_trace.h"
 #include "model/local_experts.h"
+#include "model/lora.h"
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
 #include "train/local_model.h"
@@ -286,19 +290,153 @@ TEST(AuditBagOfWords, FindsTheTokensOfAFreshStepAndNothingInNoise) {
   const auto [dp, g] = step_delta(pub);
   const auto [dv, g2] = step_delta(victim);
   ASSERT_EQ(g, g2);
-  eval::BagOfWordsAttack attack;
-  attack.fit(dp.data(), g.data(), eval::tokens_present(pub.data(), pub.size(), V), V, C);
+  eval::TokenRule attack;
+  attack.fit(eval::embedding_row_features(dp.data(), g.data(), V, C), eval::tokens_present(pub.data(), pub.size(), V));
   const std::vector<uint8_t> actual = eval::tokens_present(victim.data(), victim.size(), V);
-  const eval::TokenSetScore s = eval::score_token_set(attack.predict(dv.data(), g.data(), V, C), actual);
+  const eval::TokenSetScore s = eval::score_token_set(attack.predict(eval::embedding_row_features(dv.data(), g.data(), V, C)), actual);
   EXPECT_GT(s.precision, 0.95);
   EXPECT_GT(s.recall, 0.9);
   std::vector<float> noise(dv.size());
   Rng rng(4);
   for (float& x : noise) x = (float)rng.normal() * 1e-3f;
-  const eval::TokenSetScore r = eval::score_token_set(attack.predict(noise.data(), g.data(), V, C), actual);
+  const eval::TokenSetScore r = eval::score_token_set(attack.predict(eval::embedding_row_features(noise.data(), g.data(), V, C)), actual);
   const double chance = (double)r.actual / V;
   EXPECT_LT(r.precision, chance + 0.15);
   const eval::TokenSetScore exact = eval::score_token_set({1, 1, 0, 0}, {1, 0, 1, 0});
   EXPECT_DOUBLE_EQ(exact.precision, 0.5);
   EXPECT_DOUBLE_EQ(exact.recall, 0.5);
+}
+
+// The server's LoRA rule: a step changes an adapter's A by s·(dy B)ᵀ x, so its rows lie in the
+// span of the step's token inputs x. Fitted on one step over a known batch, it finds the tokens
+// of a fresh step with other tokens (the leaky case: few distinct tokens, wide inputs), and on
+// random changes of A it scores at chance.
+TEST(AuditBagOfWords, LoraFindsTheTokensOfAFreshStepAndNothingInNoise) {
+  const int V = 256, C = 128, r = 8, N = 32, distinct = 8;
+  Rng rng(11);
+  std::vector<float> inputs((size_t)V * C);
+  for (float& x : inputs) x = (float)rng.normal();
+  // Three adapters (as on wq, wk, wv), each with its own A and a B already trained away from zero.
+  std::vector<std::vector<float>> A(3, std::vector<float>((size_t)r * C)), B(3, std::vector<float>((size_t)C * r));
+  for (int k = 0; k < 3; ++k) {
+    for (float& x : A[k]) x = (float)rng.normal() / std::sqrt((float)C);
+    for (float& x : B[k]) x = (float)rng.normal() * 0.1f;
+  }
+  auto step = [&](int lo, std::vector<std::vector<float>>& dA) {
+    std::vector<int32_t> tokens(N);
+    for (int n = 0; n < N; ++n) tokens[n] = lo + (int32_t)(rng.next_u64() % distinct);
+    std::vector<float> x((size_t)N * C), dy((size_t)N * C), t((size_t)N * r);
+    for (int n = 0; n < N; ++n) std::copy_n(inputs.begin() + (size_t)tokens[n] * C, C, x.begin() + (size_t)n * C);
+    dA.assign(3, std::vector<float>((size_t)r * C, 0.f));
+    for (int k = 0; k < 3; ++k) {
+      for (float& g : dy) g = (float)rng.normal();
+      std::vector<float> dB((size_t)C * r, 0.f);
+      const LoraMap m{A[k].data(), B[k].data(), dA[k].data(), dB.data(), C, C, r, 2.f, t.data()};
+      lora_backward_weights(dy.data(), x.data(), m, N);
+    }
+    return eval::tokens_present(tokens.data(), tokens.size(), V);
+  };
+  auto features = [&](const std::vector<std::vector<float>>& dA) {
+    return eval::lora_input_features({dA[0].data(), dA[1].data(), dA[2].data()}, r, inputs.data(), V, C);
+  };
+  std::vector<std::vector<float>> dp, dv;
+  const std::vector<uint8_t> pub = step(0, dp), actual = step(100, dv);
+  eval::TokenRule rule;
+  rule.fit(features(dp), pub);
+  const eval::TokenSetScore s = eval::score_token_set(rule.predict(features(dv)), actual);
+  EXPECT_GT(s.precision, 0.95);
+  EXPECT_GT(s.recall, 0.95);
+  // Random changes of A: precision within 4 standard errors of chance, over many draws.
+  double hits = 0, predicted = 0;
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<std::vector<float>> noise(3, std::vector<float>((size_t)r * C));
+    for (auto& a : noise)
+      for (float& x : a) x = (float)rng.normal();
+    const eval::TokenSetScore n = eval::score_token_set(rule.predict(features(noise)), actual);
+    hits += n.precision * n.predicted;
+    predicted += n.predicted;
+  }
+  const double chance = (double)s.actual / V, precision = hits / predicted;
+  EXPECT_NEAR(precision, chance, 4 * std::sqrt(chance * (1 - chance) / predicted));
+}
+
+// The routing-trace attack. Leaky: each token's state drifts a little from layer to layer and
+// its experts at the three layers name it exactly (27 tokens, 27 tuples of 3 codes); linking
+// and decoding then recover nearly everything (the linking with a quarter of the tokens missing
+// at each layer, the decoding of a trace the host saw whole). Random: states drawn afresh at
+// every layer link nothing, and codes drawn at random decode at chance.
+TEST(AuditRoutingTrace, LinksAndDecodesALeakyTraceAndNothingInRandomOnes) {
+  const int V = 27, L = 3, C = 32, N = 200, most = N * 3 / 4;
+  Rng rng(21);
+  auto trace = [&](bool drift, bool token_codes, int missing_layer, int seen) {
+    std::vector<int32_t> token(N);
+    for (auto& t : token) t = (int32_t)(rng.next_u64() % V);
+    std::vector<float> state((size_t)N * C);
+    for (float& x : state) x = (float)rng.normal();
+    eval::Trace t(L);
+    for (int l = 0; l < L; ++l) {
+      for (float& x : state) x = drift ? x + 0.1f * (float)rng.normal() : (float)rng.normal();
+      if (l == missing_layer) continue;
+      // The host receives `seen` of the tokens, in batch order (one expert's group, no index).
+      std::vector<int> order(N);
+      for (int n = 0; n < N; ++n) order[n] = n;
+      for (int n = N - 1; n > 0; --n) std::swap(order[n], order[rng.next_u64() % (n + 1)]);
+      std::sort(order.begin(), order.begin() + seen);
+      for (int k = 0; k < seen; ++k) {
+        const int n = order[k];
+        t[l].state.insert(t[l].state.end(), state.begin() + (size_t)n * C, state.begin() + (size_t)(n + 1) * C);
+        const int digit = token_codes ? token[n] / (l == 0 ? 1 : l == 1 ? 3 : 9) % 3 : (int)(rng.next_u64() % 3);
+        t[l].code.push_back(1 + digit);
+        t[l].place.push_back((k + 0.5f) / seen);
+        t[l].token.push_back(token[n]);
+        t[l].position.push_back(n);
+      }
+    }
+    return t;
+  };
+  std::vector<eval::Trace> pub;
+  for (int i = 0; i < 20; ++i) pub.push_back(trace(true, true, -1, most));
+  eval::RouteTable::Linking link{std::vector<float>(L, 1.f), std::vector<float>(L, 2.f)};
+  for (int m = 1; m < L; ++m) {
+    link.bands[m] = eval::fit_place_band(pub, m);
+    EXPECT_LT(link.bands[m], 0.25) << m;  // a token keeps its place in the batch order
+    eval::LinkCandidates all;
+    for (const auto& t : pub) {
+      const eval::LinkCandidates c = eval::nearest_previous(t[m - 1], t[m], C, link.bands[m]);
+      all.best.insert(all.best.end(), c.best.begin(), c.best.end());
+      all.truth.insert(all.truth.end(), c.truth.begin(), c.truth.end());
+      all.cosine.insert(all.cosine.end(), c.cosine.begin(), c.cosine.end());
+    }
+    link.thresholds[m] = eval::fit_link_threshold(all);
+  }
+  eval::RouteTable table(L, V);
+  for (const auto& t : pub) table.add(t, link, C);
+
+  const eval::Trace leaky = trace(true, true, -1, most), whole = trace(true, true, -1, N),
+                    fresh = trace(false, true, -1, most), noise = trace(true, false, -1, most);
+  for (int m = 1; m < L; ++m) {
+    const eval::LinkScore s = eval::score_links(eval::nearest_previous(leaky[m - 1], leaky[m], C, link.bands[m]), link.thresholds[m]);
+    EXPECT_GT(s.accuracy, 0.97) << m;
+    EXPECT_NEAR(s.baseline, 0.25, 0.1) << m;  // a quarter of the rows have no partner
+    const eval::LinkScore r = eval::score_links(eval::nearest_previous(fresh[m - 1], fresh[m], C, link.bands[m]), link.thresholds[m]);
+    EXPECT_EQ(r.precision, 0.0) << m;
+    EXPECT_DOUBLE_EQ(r.accuracy, r.baseline) << m;
+  }
+  for (int m = 0; m < L; ++m) {
+    const eval::TopK hit = eval::topk_hits(table.scores(whole, link, C, m).data(), whole[m].token.data(), whole[m].n(), V);
+    EXPECT_GT(hit.top1, 0.97) << m;
+    const eval::TopK r = eval::topk_hits(table.scores(noise, link, C, m).data(), noise[m].token.data(), noise[m].n(), V);
+    const double chance = 1.0 / V;
+    EXPECT_LT(r.top1, chance + 4 * std::sqrt(chance * (1 - chance) / r.n)) << m;
+  }
+  // A table fitted where the host saw every token at every layer, asked about a trace with
+  // layer 2 missing: no chain of the table ends early, so each backs off to layers 0 and 1 (3
+  // tokens share each pair of codes); without the back-off no key would match and all would tie.
+  eval::RouteTable seen_whole(L, V);
+  for (int i = 0; i < 20; ++i) seen_whole.add(trace(true, true, -1, N), link, C);
+  const eval::Trace gap = trace(true, true, 2, N);
+  const eval::TopK g =
+      eval::topk_hits(seen_whole.scores(gap, link, C, 0).data(), gap[0].token.data(), gap[0].n(), V);
+  EXPECT_GT(g.top10, 0.97);
+  EXPECT_NEAR(g.top1, 1.0 / 3, 0.15);
 }
