@@ -94,10 +94,7 @@ nlohmann::json as_member(const DeployRun& dr, const PartyOptions& opts, int me, 
     coord.stop_heartbeat();
     if (coordinator) coordinator->wait_released("finished", deploy.call_timeout_s);
   } catch (const std::exception& e) {
-    coord.stop(e.what());
-    if (coordinator) coordinator->linger_until_told(2.0);  // let the others hear why before going down
-    coord.stop_heartbeat();
-    net.shutdown();  // before the coordinator service it serves is destroyed
+    abandon_run(coord, coordinator.get(), net, e.what());
     throw;
   }
   net.shutdown();
@@ -143,11 +140,7 @@ nlohmann::json drive_rounds(const DeployRun& dr, GrpcTransport& net, FedStart st
   const double tokens = (double)cfg.train.steps * tokens_per_step(cfg) * n;  // every party's
   rep["server_memory"] = server.memory_bytes();
   rep["tokens"] = tokens;
-  rep["bytes_sent"] = training.bytes_sent(me);
-  rep["bytes_received"] = training.bytes_received(me);
-  rep["bytes_sent_per_token"] = training.bytes_sent(me) / tokens;
-  rep["bytes_received_per_token"] = training.bytes_received(me) / tokens;
-  rep["traffic"] = traffic_json(training);
+  rep.update(traffic_report(training, me, tokens));
   return rep;
 }
 
@@ -217,11 +210,7 @@ nlohmann::json run_fed_party(const PartyOptions& opts, const DeployRun& dr) {
     rep["rounds"] = party.rounds();
     rep["val_loss_own"] = evaluate(party.load(final_global.data()), own.val_windows, own.n_val);
     rep["tokens"] = tokens;
-    rep["bytes_sent"] = training.bytes_sent(me);
-    rep["bytes_received"] = training.bytes_received(me);
-    rep["bytes_sent_per_token"] = training.bytes_sent(me) / tokens;
-    rep["bytes_received_per_token"] = training.bytes_received(me) / tokens;
-    rep["traffic"] = traffic_json(training);
+    rep.update(traffic_report(training, me, tokens));
     rep["memory"] = party.memory();
     if (mode != "fedavg" && mode != "fedavg-lora") {
       rep["reconstruction_cosine"] = cos_sum / party.rounds();

@@ -38,12 +38,23 @@ namespace pcmoe::net {
 
 using clock_type = std::chrono::steady_clock;
 
-nlohmann::json traffic_json(const TrafficStats& stats) {
+nlohmann::json traffic_report(const TrafficStats& stats, int me, double tokens) {
   nlohmann::json traffic = nlohmann::json::array();
   for (const auto& [key, c] : stats.by_kind_pair)
     traffic.push_back({{"kind", to_string(std::get<0>(key))}, {"from", std::get<1>(key)}, {"to", std::get<2>(key)},
                        {"messages", c.messages}, {"bytes", c.bytes}});
-  return traffic;
+  return {{"bytes_sent", stats.bytes_sent(me)},
+          {"bytes_received", stats.bytes_received(me)},
+          {"bytes_sent_per_token", stats.bytes_sent(me) / tokens},
+          {"bytes_received_per_token", stats.bytes_received(me) / tokens},
+          {"traffic", traffic}};
+}
+
+void abandon_run(CoordinatorClient& coord, CoordinatorService* coordinator, GrpcTransport& net, const std::string& why) {
+  coord.stop(why);
+  if (coordinator) coordinator->linger_until_told(2.0);  // let the others hear why before going down
+  coord.stop_heartbeat();
+  net.shutdown();  // before the coordinator service it serves is destroyed
 }
 
 namespace {
@@ -314,19 +325,12 @@ nlohmann::json run_party(const PartyOptions& opts) {
     report["train_seconds"] = seconds;
     report["own_turn_seconds"] = busy;
     report["tokens_per_s_own_turns"] = busy > 0 ? tokens / busy : 0.0;
-    report["bytes_sent"] = training.bytes_sent(me);
-    report["bytes_received"] = training.bytes_received(me);
-    report["bytes_sent_per_token"] = training.bytes_sent(me) / tokens;
-    report["bytes_received_per_token"] = training.bytes_received(me) / tokens;
-    report["traffic"] = traffic_json(training);
+    report.update(traffic_report(training, me, tokens));
     report["transport"] = net.secure() ? "grpc+mtls" : "grpc-insecure";
     report["wire_dtype"] = cfg.collab.wire_dtype;
     report["peak_rss_bytes"] = peak_rss_bytes();  // this party's process, to set beside a centralised one
   } catch (const std::exception& e) {
-    coord.stop(e.what());
-    if (coordinator) coordinator->linger_until_told(2.0);  // let the others hear why before going down
-    coord.stop_heartbeat();
-    net.shutdown();  // before the coordinator service it serves is destroyed
+    abandon_run(coord, coordinator.get(), net, e.what());
     throw;
   }
   net.shutdown();

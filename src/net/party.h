@@ -4,6 +4,8 @@
 #include <string>
 
 #include "collab/transport.h"
+#include "net/coordinator.h"
+#include "net/grpc_transport.h"
 
 namespace pcmoe::net {
 
@@ -20,11 +22,12 @@ struct PartyOptions {
 // Serves party `party`'s expert shard, joins the coordinator (party 0, which this process is
 // when party == 0), trains on the turns handed to it with run_turn (the simulation's code),
 // evaluates its model on its own validation data once everyone has trained, and writes
-// out_dir/metrics.jsonl (one line per turn, as `pcmoe collab` writes them; appended to on
-// resume), out_dir/report.json and out_dir/checkpoint/ (its backbone and its expert shard,
-// each with AdamW state, and state.json: the next turn and the config hash), from which
-// --resume continues exactly as an unbroken run. Throws on any failure, after asking the
-// coordinator to stop the run.
+// out_dir/metrics.jsonl (one line per turn, as `pcmoe collab` writes them), out_dir/report.json
+// and, with all parties every deploy.checkpoint_every rounds and at the end,
+// out_dir/checkpoint/turn<t>/ (its backbone and its expert shard, each with AdamW state, and
+// state.json: the turn and the config hash), from which --resume continues, at the latest turn
+// every party holds, exactly as an unbroken run. With an audit section it records as
+// docs/audit.md says. Throws on any failure, after asking the coordinator to stop the run.
 // A federated deploy.mode runs run_fed_party (net/fed_deploy.h) instead.
 nlohmann::json run_party(const PartyOptions& opts);
 
@@ -37,7 +40,12 @@ nlohmann::json run_party(const PartyOptions& opts);
 nlohmann::json run_launch(const std::string& exe, const std::string& config, const std::string& out_dir, bool insecure,
                           bool resume, int64_t until);
 
-// A report's traffic: one {kind, from, to, messages, bytes} per kind and pair.
-nlohmann::json traffic_json(const TrafficStats& stats);
+// A report's traffic for party `me`: bytes sent and received, in all and per trained token, and
+// one {kind, from, to, messages, bytes} per kind and pair.
+nlohmann::json traffic_report(const TrafficStats& stats, int me, double tokens);
+
+// After a failure: asks the coordinator to stop the run with `why`, gives the others (party 0)
+// time to hear it, and shuts this process's server down. The caller rethrows.
+void abandon_run(CoordinatorClient& coord, CoordinatorService* coordinator, GrpcTransport& net, const std::string& why);
 
 }  // namespace pcmoe::net

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 PCMOE = sys.argv[1]
 SOURCE = sys.argv[2]
@@ -65,6 +66,19 @@ def write_json(path, obj):
 def read_metrics(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def wait_all(procs, limit):
+    """Waits for the processes, at most `limit` seconds in all; kills those still running then.
+    Their exit codes."""
+    deadline = time.time() + limit
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return [p.returncode for p in procs]
 
 
 def read_tensors(path):

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 
-from common import PCMOE, check, deploy_config, finish, read_metrics, run, tiny_corpus, write_json
+from common import PCMOE, check, deploy_config, finish, read_metrics, run, tiny_corpus, wait_all, write_json
 
 N, STEPS, EVERY = 3, 10, 2
 tmp = tempfile.mkdtemp(prefix="pcmoe-kill-")
@@ -40,16 +40,6 @@ try:
                                         os.path.join(out, f"party{i}"), *extra], stdout=log, stderr=log))
         procs.extend(ps)
         return ps
-
-    def wait_all(ps, limit):
-        deadline = time.time() + limit
-        for p in ps:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        return [p.returncode for p in ps]
 
     def log(i):
         return open(os.path.join(out, f"party{i}.log")).read()

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from common import PCMOE, check, deploy_config, finish, read_metrics, read_tensors, run, tiny_corpus, write_json
+from common import PCMOE, check, deploy_config, finish, read_metrics, read_tensors, run, tiny_corpus, wait_all, write_json
 
 SKIP = 77
 TAG = f"pcm{os.getpid() % 100000}"
@@ -78,16 +78,6 @@ try:
                                        stdout=log, stderr=log))
         procs.extend(ps)
         return ps
-
-    def wait_all(ps, limit):
-        deadline = time.time() + limit
-        for p in ps:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        return [p.returncode for p in ps]
 
     def log(i):
         return open(os.path.join(tmp, f"party{i}.log")).read()
