@@ -20,6 +20,7 @@
 #include "tensor/rng.h"
 #include "train/local_model.h"
 #include "train/step.h"
+#include "tiny.h"
 
 using namespace pcmoe;
 namespace fs = std::filesystem;
@@ -27,29 +28,12 @@ namespace fs = std::filesystem;
 namespace {
 
 ModelConfig tiny_model() {
-  ModelConfig m;
-  m.vocab_size = 64;
-  m.d_model = 32;
-  m.n_layers = 2;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.d_ff = 24;
-  m.d_ff_dense = 40;
-  m.n_experts = 6;
-  m.top_k = 2;
-  m.moe_every = 1;
-  m.seq_len = 16;
-  return m;
+  return tiny::model();
 }
 
 TrainConfig tiny_train() {
-  TrainConfig t;
-  t.batch_size = 4;
-  t.grad_accum = 1;
+  TrainConfig t = tiny::train();
   t.steps = 3;
-  t.warmup = 1;
-  t.seed = 5;
-  t.threads = 2;
   return t;
 }
 

@@ -12,37 +12,28 @@
 #include "tensor/rng.h"
 #include "train/local_model.h"
 #include "train/step.h"
+#include "tiny.h"
 
 using namespace pcmoe;
 
 namespace {
 
 ModelConfig tiny_model(int n_experts, int top_k) {
-  ModelConfig m;
-  m.vocab_size = 64;
-  m.d_model = 32;
+  ModelConfig m = tiny::model();
   m.n_layers = 3;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.d_ff = 24;
-  m.d_ff_dense = 40;
   m.n_experts = n_experts;
   m.top_k = top_k;
-  m.moe_every = 1;
-  m.seq_len = 16;
   m.tie_embeddings = false;
   return m;
 }
 
 TrainConfig tiny_train() {
-  TrainConfig t;
+  TrainConfig t = tiny::train();
   t.batch_size = 3;
   t.grad_accum = 2;
-  t.steps = 10;
   t.warmup = 2;
   t.grad_clip = 0.5f;  // active: the norms of these models are larger
   t.seed = 11;
-  t.threads = 2;
   return t;
 }
 

@@ -11,37 +11,24 @@
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
 #include "train/local_model.h"
+#include "tiny.h"
 
 using namespace pcmoe;
 
 namespace {
 
 ModelConfig tiny_model() {
-  ModelConfig m;
-  m.vocab_size = 64;
-  m.d_model = 32;
-  m.n_layers = 2;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.d_ff = 24;
-  m.d_ff_dense = 40;
-  m.n_experts = 6;
-  m.top_k = 2;
+  ModelConfig m = tiny::model();
   m.seq_len = 8;
-  m.tie_embeddings = true;
   m.aux_loss_weight = 0.05f;
   m.z_loss_weight = 0.01f;
   return m;
 }
 
 TrainConfig tiny_train() {
-  TrainConfig t;
-  t.batch_size = 4;
-  t.steps = 10;
-  t.warmup = 1;
+  TrainConfig t = tiny::train();
   t.weight_decay = 0;  // a zero gradient then leaves a weight exactly where it is
   t.seed = 3;
-  t.threads = 2;
   return t;
 }
 

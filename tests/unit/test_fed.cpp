@@ -10,6 +10,7 @@
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
 #include "train/step.h"
+#include "tiny.h"
 
 using namespace pcmoe;
 using namespace pcmoe::fed;
@@ -17,26 +18,16 @@ using namespace pcmoe::fed;
 namespace {
 
 ModelConfig tiny_model() {
-  ModelConfig m;
-  m.vocab_size = 64;
-  m.d_model = 32;
-  m.n_layers = 2;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.d_ff = 24;
-  m.d_ff_dense = 40;
+  ModelConfig m = tiny::model();
   m.n_experts = 4;
-  m.top_k = 2;
-  m.seq_len = 16;
   m.tie_embeddings = false;
   return m;
 }
 
 TrainConfig tiny_train() {
-  TrainConfig t;
+  TrainConfig t = tiny::train();
   t.batch_size = 3;
   t.grad_accum = 2;
-  t.steps = 10;
   t.warmup = 2;
   t.grad_clip = 0.5f;
   t.seed = 11;

@@ -11,6 +11,7 @@
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
 #include "train/step.h"
+#include "tiny.h"
 
 using namespace pcmoe;
 using namespace pcmoe::fed;
@@ -18,27 +19,16 @@ using namespace pcmoe::fed;
 namespace {
 
 ModelConfig tiny_model() {
-  ModelConfig m;
-  m.vocab_size = 64;
-  m.d_model = 32;
-  m.n_layers = 2;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.d_ff = 24;
-  m.d_ff_dense = 40;
+  ModelConfig m = tiny::model();
   m.n_experts = 4;
-  m.top_k = 2;
   m.moe_every = 2;  // one dense and one MoE layer: every kind of target
-  m.seq_len = 16;
   return m;
 }
 
 TrainConfig tiny_train() {
-  TrainConfig t;
+  TrainConfig t = tiny::train();
   t.batch_size = 3;
-  t.steps = 10;
   t.warmup = 2;
-  t.seed = 5;
   t.threads = 1;
   return t;
 }

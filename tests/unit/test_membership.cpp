@@ -16,6 +16,7 @@
 #include "train/checkpoint.h"
 #include "train/local_model.h"
 #include "train/step.h"
+#include "tiny.h"
 
 namespace fs = std::filesystem;
 using namespace pcmoe;
@@ -23,31 +24,17 @@ using namespace pcmoe;
 namespace {
 
 ModelConfig tiny_model() {
-  ModelConfig m;
-  m.vocab_size = 64;
-  m.d_model = 32;
-  m.n_layers = 2;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.d_ff = 24;
-  m.d_ff_dense = 40;
-  m.n_experts = 6;
-  m.top_k = 2;
-  m.seq_len = 16;
-  m.tie_embeddings = true;
-  return m;
+  return tiny::model();
 }
 
 TrainConfig tiny_train(int batch, int steps) {
-  TrainConfig t;
+  TrainConfig t = tiny::train();
   t.batch_size = batch;
   t.steps = steps;
   t.lr = 2e-2f;
   t.min_lr = 2e-3f;
   t.warmup = 5;
   t.weight_decay = 0;
-  t.seed = 5;
-  t.threads = 2;
   return t;
 }
 
