@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +32,7 @@ json.dump(cfg, open(cfg_path, "w"))
 
 env = dict(os.environ)
 if "OPENBLAS_CORETYPE" not in env:
-    import ctypes  # noqa: F401  (pcmoe picks SkylakeX / Haswell from the CPU flags; do the same)
+    # pcmoe picks SkylakeX / Haswell from the CPU flags; do the same
     flags = open("/proc/cpuinfo").read()
     env["OPENBLAS_CORETYPE"] = "SkylakeX" if " avx512bw" in flags else "Haswell"
 env["OMP_NUM_THREADS"] = str(a.threads)

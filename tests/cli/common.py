@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 PCMOE = sys.argv[1]
@@ -66,6 +65,30 @@ def write_json(path, obj):
 def read_metrics(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def without_timings(x):
+    """A report without its timings and RSS (they are measurements, not results)."""
+    if isinstance(x, dict):
+        return {k: without_timings(v) for k, v in x.items()
+                if k not in ("train_seconds", "wall_seconds", "peak_rss_bytes", "seconds")}
+    if isinstance(x, list):
+        return [without_timings(v) for v in x]
+    return x
+
+
+def twice(config_path, tmp, what):
+    """Runs `pcmoe collab` twice on one config (into tmp/a and tmp/b); both reports, and the
+    first run's stdout. Stops the test if a run fails."""
+    reports = []
+    for name in ("a", "b"):
+        code, out, err = run("collab", "--config", config_path, "--out", os.path.join(tmp, name))
+        check(code == 0, f"collab run {name} {what}completes")
+        if code:
+            print(err[-3000:])
+            finish()
+        reports.append(json.load(open(os.path.join(tmp, name, "report.json"))))
+    return reports, out
 
 
 def wait_all(procs, limit):

@@ -1,11 +1,10 @@
 """Bad input gets a clear message and a non-zero exit: missing or malformed config, unknown
 keys, corrupt or truncated checkpoint, a checkpoint of another model, an empty corpus."""
-import json
 import os
 import shutil
 import tempfile
 
-from common import check, finish, read_metrics, run, tiny_config, tiny_corpus, write_json
+from common import check, finish, run, tiny_config, tiny_corpus, write_json
 
 tmp = tempfile.mkdtemp(prefix="pcmoe-bad-")
 data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")

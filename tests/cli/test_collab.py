@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from common import check, finish, read_metrics, run, tiny_config, tiny_corpus, write_json
+from common import check, finish, read_metrics, run, tiny_config, tiny_corpus, write_json, twice, without_timings
 
 tmp = tempfile.mkdtemp(prefix="pcmoe-collab-")
 data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
@@ -21,26 +21,10 @@ path = os.path.join(tmp, "cfg.json")
 write_json(path, cfg)
 
 
-def strip(x):
-    """A report without its timings and RSS (they are measurements, not results)."""
-    if isinstance(x, dict):
-        return {k: strip(v) for k, v in x.items() if k not in ("train_seconds", "wall_seconds", "peak_rss_bytes")}
-    if isinstance(x, list):
-        return [strip(v) for v in x]
-    return x
-
-
-reports = []
-for name in ("a", "b"):
-    code, out, err = run("collab", "--config", path, "--out", os.path.join(tmp, name))
-    check(code == 0, f"collab run {name} completes")
-    if code:
-        print(err[-3000:])
-        finish()
-    reports.append(json.load(open(os.path.join(tmp, name, "report.json"))))
+reports, out = twice(path, tmp, "")
 print(out)
 r = reports[0]
-check(strip(reports[0]) == strip(reports[1]), "same seed and config: identical report")
+check(without_timings(reports[0]) == without_timings(reports[1]), "same seed and config: identical report")
 check(set(r["modes"]) == {"pc-moe", "centralised", "local-only-full", "local-only-budget"}, "all modes ran")
 check(len(r["per_party"]) == 2, "one row per party")
 for row in r["per_party"]:

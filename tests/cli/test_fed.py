@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from common import check, finish, read_metrics, run, tiny_config, tiny_corpus, write_json
+from common import check, finish, read_metrics, run, tiny_config, tiny_corpus, write_json, twice, without_timings
 
 tmp = tempfile.mkdtemp(prefix="pcmoe-fed-")
 data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
@@ -34,25 +34,10 @@ path = os.path.join(tmp, "cfg.json")
 write_json(path, cfg)
 
 
-def strip(x):
-    if isinstance(x, dict):
-        return {k: strip(v) for k, v in x.items() if k not in ("train_seconds", "wall_seconds", "peak_rss_bytes", "seconds")}
-    if isinstance(x, list):
-        return [strip(v) for v in x]
-    return x
-
-
-reports = []
-for name in ("a", "b"):
-    code, out, err = run("collab", "--config", path, "--out", os.path.join(tmp, name))
-    check(code == 0, f"collab run {name} with the fed modes completes")
-    if code:
-        print(err[-3000:])
-        finish()
-    reports.append(json.load(open(os.path.join(tmp, name, "report.json"))))
+reports, out = twice(path, tmp, "with the fed modes ")
 print(out)
 r = reports[0]
-check(strip(reports[0]) == strip(reports[1]), "same seed and config: identical report")
+check(without_timings(reports[0]) == without_timings(reports[1]), "same seed and config: identical report")
 check(set(r["modes"]) == set(MODES), "all five fed modes ran")
 
 # Trainable floats from the model's shapes (tied embeddings: no separate head).
