@@ -45,6 +45,14 @@ srep = json.load(open(os.path.join(tmp, "sim", "report.json")))["modes"]["pc-moe
 drep = json.load(open(os.path.join(out, "report.json")))["parties"]
 check(all(drep[p]["report"]["val_loss_own"] == srep[p]["val_loss_own"] for p in range(3)), "and the same final validation losses")
 
+def launched(run_dir, *args):
+    """`pcmoe launch` into run_dir; whether it succeeded (if not, the parties' logs say why)."""
+    code = run("launch", "--config", path, "--out", run_dir, *args)[0]
+    for p in range(3) if code else ():
+        print(f"party {p}: " + open(os.path.join(run_dir, f"party{p}.log")).read()[-600:])
+    return code == 0
+
+
 def turns_of(run_dir):
     return [(m["round"], m["party"], m["loss"]) for m in read_metrics(os.path.join(run_dir, "metrics.jsonl"))]
 
@@ -52,9 +60,9 @@ def turns_of(run_dir):
 # Checkpoints at turn 6 everywhere and at turn 12 on parties 0 and 1 only (party 2 died while
 # saving it): the run continues from turn 6.
 at12 = os.path.join(tmp, "at12")
-check(run("launch", "--config", path, "--out", at12, "--until", "4")[0] == 0, "another run stopped at round 4")
+check(launched(at12, "--until", "4"), "another run stopped at round 4")
 mixed = os.path.join(tmp, "mixed")
-check(run("launch", "--config", path, "--out", mixed, "--until", "2")[0] == 0, "and one stopped at round 2")
+check(launched(mixed, "--until", "2"), "and one stopped at round 2")
 nothing = os.path.join(tmp, "nothing")  # parties 0 and 1 at turn 6, party 2 at turn 12 only
 shutil.copytree(mixed, nothing)
 shutil.rmtree(os.path.join(nothing, "party2", "checkpoint"))
