@@ -271,16 +271,13 @@ void gather_deployed_recording(const std::string& run_dir) {
     const std::string round = name.substr(10);
     const RunConfig cfg = read_checkpoint_config(e.path().string());
     ParamSet whole(cfg.model, ParamSelection{}, /*with_grads=*/false);
-    auto take = [&whole](const ParamSet& part) {
-      for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, whole.value(t.name));
-    };
     ParamSet backbone(cfg.model, backbone_selection(), false);
     load_checkpoint(e.path().string(), cfg.model, backbone, nullptr);
-    take(backbone);
+    whole.copy_values_from(backbone);
     for (int p = 0; p < n; ++p) {
       ParamSet shard(cfg.model, shard_selection(p, n), false);
       load_checkpoint((party_dir(p) / ("shard_r" + round)).string(), cfg.model, shard, nullptr);
-      take(shard);
+      whole.copy_values_from(shard);
     }
     const std::string tokenizer = (fs::path(resolve_checkpoint(e.path().string())) / "tokenizer.model").string();
     save_checkpoint((out / ("view_r" + round)).string(), cfg, whole, nullptr, std::stoll(round),

@@ -12,6 +12,7 @@
 #include "collab/curves_plot.h"
 #include "collab/recorder.h"
 #include "collab/session.h"
+#include "common/stopwatch.h"
 #include "tensor/gemm.h"
 #include "tensor/safetensors.h"
 #include "train/checkpoint.h"
@@ -48,7 +49,6 @@ struct Shared {
 
 bool private_run(const Shared& sh) { return !sh.plans.empty(); }
 uint64_t noise_stream(int p, int64_t round) { return ((uint64_t)(p + 1) << 32) + (uint64_t)round; }
-double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
 // Validation loss of one model on the pooled validation data and, for own >= 0, on that party's own.
 nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
@@ -116,11 +116,8 @@ nlohmann::json run_pcmoe(Shared& sh) {
   // Party p's model as it would use it: its own backbone with the shared experts (the curve's,
   // the final checkpoints', and the audit observer's view).
   auto assemble = [&](int p, ParamSet& model) {
-    auto take = [&model](const ParamSet& part) {
-      for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, model.value(t.name));
-    };
-    take(session.party(p).backbone);
-    for (int h = 0; h < n; ++h) take(session.party(h).host.params());
+    model.copy_values_from(session.party(p).backbone);
+    for (int h = 0; h < n; ++h) model.copy_values_from(session.party(h).host.params());
   };
   // The curve evaluates each party's assembled model here, so no evaluation crosses the transport.
   ParamSet whole(cfg.model, ParamSelection{}, /*with_grads=*/false);
@@ -174,7 +171,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
     }
     if (curve_due(sh, round + 1)) add_point(round + 1);
   }
-  const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
+  const double seconds = seconds_since(t0);
   const TrafficStats training = net.stats();  // before evaluation adds its own traffic
   if (recorder) recorder->set_round(sh.rounds, false);
   // Each party's model, saved for `pcmoe eval` and `pcmoe generate` (the simulation can gather
@@ -283,7 +280,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   }
   if (!save_as.empty())
     save_checkpoint((sh.out_dir / save_as / "checkpoint").string(), cfg, s.params, nullptr, step, sh.tokenizer_model);
-  nlohmann::json out = {{"train_seconds", std::chrono::duration<double>(clock_type::now() - t0).count()},
+  nlohmann::json out = {{"train_seconds", seconds_since(t0)},
                         {"memory", s.memory()},
                         {"parameters", s.params.numel()},
                         {"curve", curve}};
@@ -352,7 +349,7 @@ CollabData load_collab_data(const RunConfig& cfg, int only_party) {
     throw std::runtime_error("tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but model.vocab_size is " +
                              std::to_string(mc.vocab_size));
 
-  out.tokens_per_turn = (int64_t)tc.grad_accum * tc.batch_size * mc.seq_len;
+  out.tokens_per_turn = tokens_per_step(cfg);
   out.tokenizer_model = tok.model_file();
   out.bos_id = tok.bos_id();
   for (int p = 0; p < n; ++p) {
@@ -524,7 +521,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   }
   report["rounds"] = sh.rounds;
   report["peak_rss_bytes"] = peak_rss_bytes();
-  report["wall_seconds"] = std::chrono::duration<double>(clock_type::now() - t_start).count();
+  report["wall_seconds"] = seconds_since(t_start);
   report["config"] = to_json(cfg);
   std::ofstream(fs::path(out_dir) / "report.json") << report.dump(2) << "\n";
   write_curve_plot(curves, out_dir);

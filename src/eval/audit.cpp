@@ -14,6 +14,7 @@
 #include "collab/expert_wire.h"
 #include "collab/recorder.h"
 #include "collab/runner.h"
+#include "common/stopwatch.h"
 #include "eval/loaded_model.h"
 #include "eval/membership.h"
 #include "eval/routing_trace.h"
@@ -451,7 +452,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
       }
     }
     std::fprintf(stderr, "audit: round %lld done (%zu/%zu), %.0fs\n", (long long)round, ri + 1, rounds.size(),
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                 seconds_since(t0));
   }
   std::fprintf(stderr, "audit: membership inference against the released models\n");
   std::vector<fs::path> runs = {run_dir};
@@ -470,7 +471,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
   nlohmann::json out = {{"run", run_dir},   {"observer", rec.observer},   {"rounds", rounds},
                         {"public_windows", n_windows}, {"cells", cells}, {"links", links}, {"membership", membership},
                         {"bag_of_words", bag_of_words}};
-  out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out["seconds"] = seconds_since(t0);
   fs::create_directories(out_dir);
   std::ofstream(fs::path(out_dir) / "audit.json") << out.dump(2) << "\n";
   return out;

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "collab/recorder.h"
+#include "common/stopwatch.h"
 #include "eval/bag_of_words.h"
 #include "fed/fedavg.h"
 #include "train/checkpoint.h"
@@ -14,9 +15,6 @@ namespace pcmoe::fed {
 namespace {
 
 using clock_type = std::chrono::steady_clock;
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
 
 // TGAP: a fresh copy of the initial model fine-tunes on the public data for tgap_steps steps
 // (the parties' schedule); blocks of each step's update pre-train the autoencoder. The last

@@ -1,5 +1,6 @@
 #include "model/params.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -107,6 +108,10 @@ void ParamSet::init(uint64_t seed) {
 
 void ParamSet::zero_grads() {
   if (grads()) std::memset(grads(), 0, numel_ * sizeof(float));
+}
+
+void ParamSet::copy_values_from(const ParamSet& part) {
+  for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, value(t.name));
 }
 
 }  // namespace pcmoe

@@ -59,6 +59,9 @@ class ParamSet {
   // so a tensor's initial values do not depend on which other tensors this set holds.
   void init(uint64_t seed);
   void zero_grads();
+  // Copies the values of every tensor of `part` into this set's tensor of the same name (which
+  // must exist): a whole model assembled from a backbone and expert shards.
+  void copy_values_from(const ParamSet& part);
 
  private:
   std::vector<ParamTensor> tensors_;

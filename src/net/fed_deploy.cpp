@@ -12,6 +12,7 @@
 
 #include "collab/runner.h"
 #include "common/sha256.h"
+#include "common/stopwatch.h"
 #include "fed/fed_runner.h"
 #include "net/certs.h"
 #include "net/coordinator.h"
@@ -26,14 +27,8 @@ using namespace pcmoe::fed;
 namespace {
 
 using clock_type = std::chrono::steady_clock;
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
 
 int rounds_of(const RunConfig& cfg) { return cfg.train.steps / cfg.fed.local_steps; }
-double tokens_per_step(const RunConfig& cfg) {
-  return (double)cfg.train.grad_accum * cfg.train.batch_size * cfg.model.seq_len;
-}
 
 // Beyond PC-MoE's hash, every process must agree on the mode, the fed section and where the
 // server runs.
@@ -137,7 +132,7 @@ nlohmann::json drive_rounds(const DeployRun& dr, GrpcTransport& net, FedStart st
   w.floats(server.global().data(), server.global().size());
   const Bytes global = w.take();
   for (int p = 0; p < n; ++p) net.call(me, p, MsgKind::kFedGlobal, global);
-  const double tokens = (double)cfg.train.steps * tokens_per_step(cfg) * n;  // every party's
+  const double tokens = (double)cfg.train.steps * (double)tokens_per_step(cfg) * n;  // every party's
   rep["server_memory"] = server.memory_bytes();
   rep["tokens"] = tokens;
   rep.update(traffic_report(training, me, tokens));

@@ -22,6 +22,7 @@
 #include "collab/recorder.h"
 #include "collab/runner.h"
 #include "collab/session.h"
+#include "common/stopwatch.h"
 #include "net/certs.h"
 #include "net/coordinator.h"
 #include "net/deploy.h"
@@ -296,7 +297,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
       fill_turn(cfg, own, (int64_t)t.round, windows.data());
       net.set_step(t.turn);
       const TurnResult r = run_turn(party, net, cfg.train, plan, windows.data());
-      busy += std::chrono::duration<double>(clock_type::now() - t_turn).count();
+      busy += seconds_since(t_turn);
       ++trained;
       metrics << nlohmann::json{{"mode", "pc-moe"}, {"round", t.round}, {"party", me}, {"loss", r.loss.total},
                                 {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}, {"turn", t.turn}}.dump()
@@ -308,7 +309,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
       from = mine + 1;
     }
     coord.barrier("trained");
-    const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
+    const double seconds = seconds_since(t0);
     const TrafficStats training = net.traffic();  // every training call to or from this party is done
                                                   // (later calls to its host are not counted)
     save_party_checkpoint(ckpt, end_turn, cfg, party, hash, data.tokenizer_model);
@@ -404,7 +405,7 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
     codes[p] = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     std::fprintf(stderr, "launch: %s exited with %d\n", who(p).c_str(), codes[p]);
   }
-  const double wall = std::chrono::duration<double>(clock_type::now() - t0).count();
+  const double wall = seconds_since(t0);
   std::vector<nlohmann::json> lines;
   for (int p = 0; p < processes; ++p) {
     nlohmann::json pr = {{"exit_code", codes[p]}};
@@ -433,8 +434,7 @@ nlohmann::json run_launch(const std::string& exe, const std::string& config, con
   for (const nlohmann::json& t : lines) merged << t.dump() << "\n";
   // A line is a turn of one optimizer step, or a round of fed.local_steps steps.
   const double steps_per_line = federated ? dr.run.fed.local_steps : 1;
-  const double tokens =
-      (double)lines.size() * steps_per_line * dr.run.train.grad_accum * dr.run.train.batch_size * dr.run.model.seq_len;
+  const double tokens = (double)lines.size() * steps_per_line * (double)tokens_per_step(dr.run);
   report[federated ? "party_rounds" : "turns"] = lines.size();
   report["wall_seconds"] = wall;
   report["tokens"] = tokens;

@@ -146,6 +146,10 @@ nlohmann::json to_json(const PrivacyConfig& c) {
   return j;
 }
 
+int64_t tokens_per_step(const RunConfig& cfg) {
+  return (int64_t)cfg.train.grad_accum * cfg.train.batch_size * cfg.model.seq_len;
+}
+
 RunConfig run_config_from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw std::runtime_error("config must be a JSON object with sections model, train, data, parties, collab, privacy");
   for (auto& [key, value] : j.items())

@@ -100,6 +100,8 @@ nlohmann::json read_config_json(const std::string& path);
 // Reads and checks a config file: clear errors for a missing file, bad JSON, unknown keys.
 RunConfig load_run_config(const std::string& path);
 RunConfig run_config_from_json(const nlohmann::json& j);
+// Tokens one optimizer step trains: grad_accum micro-batches of batch_size sequences of seq_len.
+int64_t tokens_per_step(const RunConfig& cfg);
 nlohmann::json to_json(const RunConfig& c);
 
 }  // namespace pcmoe

@@ -179,6 +179,20 @@ class HostOverGrpc : public ::testing::Test {
     return b;
   }
 
+  // A "begin turn" call to party 1 over a channel of its own, with the client's TLS `opts`.
+  grpc::Status begin_turn_as(const grpc::SslCredentialsOptions& opts) {
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("party1");
+    auto channel = grpc::CreateCustomChannel(d_.parties[1].address, grpc::SslCredentials(opts), args);
+    wire::CallRequest req;
+    req.kind = wire::CONTROL;
+    req.payload = std::string("\x01\0\0\0", 4);  // begin turn
+    wire::CallReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return unary_call(*channel, wire::kPartyCall, ctx, req, reply);
+  }
+
   std::vector<float> state() const {
     const ParamSet& p = host_->params();
     std::vector<float> s(p.values(), p.values() + p.numel());
@@ -303,29 +317,17 @@ TEST_F(HostOverGrpc, ServerRequiresAClientCertificateOfItsCa) {
   const std::string other = dir_ + "-other";
   make_certs(d_, other);
   const TlsFiles ours = read_tls_files(dir_, "party0"), theirs = read_tls_files(other, "party0");
-  auto try_call = [this](const grpc::SslCredentialsOptions& opts) {
-    grpc::ChannelArguments args;
-    args.SetSslTargetNameOverride("party1");
-    auto channel = grpc::CreateCustomChannel(d_.parties[1].address, grpc::SslCredentials(opts), args);
-    wire::CallRequest req;
-    req.kind = wire::CONTROL;
-    req.payload = std::string("\x01\0\0\0", 4);  // begin turn
-    wire::CallReply reply;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    return unary_call(*channel, wire::kPartyCall, ctx, req, reply);
-  };
   grpc::SslCredentialsOptions no_cert;
   no_cert.pem_root_certs = ours.ca;
-  EXPECT_EQ(try_call(no_cert).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(begin_turn_as(no_cert).error_code(), grpc::StatusCode::UNAVAILABLE);
   grpc::SslCredentialsOptions foreign = no_cert;
   foreign.pem_private_key = theirs.key;
   foreign.pem_cert_chain = theirs.cert;
-  EXPECT_EQ(try_call(foreign).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(begin_turn_as(foreign).error_code(), grpc::StatusCode::UNAVAILABLE);
   grpc::SslCredentialsOptions good = no_cert;
   good.pem_private_key = ours.key;
   good.pem_cert_chain = ours.cert;
-  EXPECT_TRUE(try_call(good).ok()) << "the same call with party 0's own certificate is served";
+  EXPECT_TRUE(begin_turn_as(good).ok()) << "the same call with party 0's own certificate is served";
   fs::remove_all(other);
 }
 
@@ -397,16 +399,7 @@ TEST_F(HostOverGrpc, ExpiredCertificatesAreRefused) {
     opts.pem_root_certs = read_tls_files(dir_, "party0").ca;
     opts.pem_cert_chain = cert;
     opts.pem_private_key = key;
-    grpc::ChannelArguments args;
-    args.SetSslTargetNameOverride("party1");
-    auto channel = grpc::CreateCustomChannel(d_.parties[1].address, grpc::SslCredentials(opts), args);
-    wire::CallRequest req;
-    req.kind = wire::CONTROL;
-    req.payload = std::string("\x01\0\0\0", 4);  // begin turn
-    wire::CallReply reply;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    return unary_call(*channel, wire::kPartyCall, ctx, req, reply);
+    return begin_turn_as(opts);
   };
   std::ifstream pem(fs::path(expired) / "party0.pem"), key(fs::path(expired) / "party0.key");
   std::stringstream p, k;
