@@ -482,7 +482,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   // Per party: validation loss on its own data and on the pooled data, for each mode.
   nlohmann::json table = nlohmann::json::array();
   for (int p = 0; p < n; ++p) {
-    nlohmann::json row = {{"party", p}, {"categories", sh.parties[p].categories}};
+    nlohmann::json row = {{"party", p}, {"categories", sh.parties[p].categories}, {"val_windows", sh.parties[p].n_val}};
     const auto& modes = report["modes"];
     if (modes.contains("pc-moe")) row["pc-moe"] = modes["pc-moe"]["parties"][p];
     if (modes.contains("centralised")) row["centralised"] = modes["centralised"]["eval"][p];

@@ -65,7 +65,13 @@ best = max(first, key=lambda c: c["top1"])
 check(best["top1"] > 0.9 and best["top1"] > best["chance_top1"] + 0.3,
       f"round 0, layer 0: the shared start lets {best['attack']} recover {best['top1']:.3f} of the victim's tokens "
       f"(chance {best['chance_top1']:.3f})")
-check(len(a["membership"]) > 0 and all(0 <= m["auc_loss"] <= 1 for m in a["membership"]), "membership inference scored")
+# An AUC over m members and n non-members is a count of ordered pairs (ties counting half) over
+# m*n: a value off that grid is not an AUC of these windows.
+on_grid = lambda auc, m: abs(2 * auc * m["members"] * m["nonmembers"] - round(2 * auc * m["members"] * m["nonmembers"])) < 1e-6
+check(len(a["membership"]) > 0 and all(m["members"] > 0 and m["nonmembers"] > 0 and on_grid(m["auc_loss"], m) and
+                                       on_grid(m["auc_calibrated"], m) for m in a["membership"]),
+      "membership inference scored: each AUC is a pair count over members x non-members")
+check(len({(m["auc_loss"], m["auc_calibrated"]) for m in a["membership"]}) > 1, "the models' AUCs differ")
 
 # The federated modes' released models join the membership table from a run of their own.
 fed = config(audit=False)

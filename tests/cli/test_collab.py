@@ -3,6 +3,7 @@ every mode runs, the report has per-party validation losses on own and pooled da
 category and traffic; PC-MoE's party memory is below the centralised model's; the same seed
 gives the same numbers; bad collab configs are refused."""
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,10 +28,20 @@ r = reports[0]
 check(without_timings(reports[0]) == without_timings(reports[1]), "same seed and config: identical report")
 check(set(r["modes"]) == {"pc-moe", "centralised", "local-only-full", "local-only-budget"}, "all modes ran")
 check(len(r["per_party"]) == 2, "one row per party")
+# Every model trained below the loss of a uniform guess over the vocabulary (an untrained
+# model's, near ln V), and the centralised model's pooled loss is its own-data losses weighted by
+# each party's validation windows (the pooled set is their union; batches differ, so 1e-5).
+uniform = math.log(cfg["model"]["vocab_size"])
 for row in r["per_party"]:
     for mode in ("pc-moe", "centralised", "local-only-full", "local-only-budget"):
         v = row[mode]
-        check(0 < v["val_loss_own"] < 20 and 0 < v["val_loss_pooled"] < 20, f"party {row['party']} {mode}: losses present")
+        check(0 < v["val_loss_own"] < uniform - 0.1 and 0 < v["val_loss_pooled"] < uniform - 0.1,
+              f"party {row['party']} {mode}: trained losses {v['val_loss_own']:.3f}, {v['val_loss_pooled']:.3f} < ln V - 0.1")
+weights = [row["val_windows"] for row in r["per_party"]]
+mixed = sum(w * row["centralised"]["val_loss_own"] for w, row in zip(weights, r["per_party"])) / sum(weights)
+pooled = r["per_party"][0]["centralised"]["val_loss_pooled"]
+check(min(weights) > 0 and abs(mixed - pooled) <= 1e-5 * pooled,
+      f"centralised pooled loss {pooled:.6f} = window-weighted own losses {mixed:.6f}")
 pc = r["modes"]["pc-moe"]
 for p, party in enumerate(pc["parties"]):
     mem = party["memory"]
