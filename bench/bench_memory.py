@@ -4,8 +4,8 @@ memory should approach the floor ((1 - f) + f / n) x the centralised memory.
 
     /usr/bin/python3 bench/bench_memory.py [--pcmoe build/pcmoe] [--config configs/memory.json]
 
-Runs `pcmoe memory` (one party in its own process, two training turns, the other parties
-stubbed) for n = 1 (centralised: every expert local), 2, 4 and 8. The arena is pcmoe's planned
+Runs `pcmoe memory` (one party in its own process, the other parties in a second one, two rounds
+of turns of every party) for n = 1 (centralised: every expert local), 2, 4 and 8. The arena is pcmoe's planned
 memory by category; peak RSS is the process's measured high-water mark (the arena plus the
 runtime: libraries, thread pools, message buffers). Party 0 is the one measured; for n = 2 and 4
 the largest arena over all parties is shown too (party 0 hosts the most experts when n does not

@@ -163,6 +163,8 @@ int cmd_generate(int argc, char** argv) {
       const float mx = *std::max_element(logits, logits + V);
       double sum = 0;
       for (int v = 0; v < V; ++v) sum += (probs[v] = {std::exp((logits[v] - mx) / temperature), v}).first;
+      // NaN or inf logits would leave no token to keep below.
+      if (!std::isfinite(sum)) throw std::runtime_error("the model's outputs are not finite (its weights are too large)");
       std::sort(probs.begin(), probs.end(), [](auto& x, auto& y) { return x.first > y.first || (x.first == y.first && x.second < y.second); });
       double mass = 0;
       size_t keep = 0;

@@ -3,6 +3,7 @@
 #include <sentencepiece_trainer.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "common/child_process.h"
 #include "data/data.h"
 #include "data/hashing.h"
 
@@ -22,13 +24,45 @@ namespace fs = std::filesystem;
 
 // Bump when the training recipe below changes, so that cached models trained with the old
 // recipe are not reused.
-constexpr const char* kRecipeVersion = "pcmoe-spm-1";
+constexpr const char* kRecipeVersion = "pcmoe-spm-2";
 // SentencePiece drops training sentences longer than its max_sentence_length; documents are fed
 // in chunks of at most this many bytes, cut at whitespace.
 constexpr size_t kMaxSentenceBytes = 1 << 16;
+// The trainer's "words" are runs without ' ' ('\n' does not split them). SentencePiece 0.1.97's
+// BPE trainer stores a pair's place as word << 32 | (index << 16 | index + 1), the part in
+// parentheses an int: from index 32768 on it is negative, sign-extends over the word, which then
+// reads as -1, and the trainer reads before its arrays (SIGSEGV in bpe::Trainer::ComputeFreq; a
+// base64 attachment is such a word). Longer runs are therefore cut into chunks of their own, at a
+// line break where there is one; pieces are at most 16 characters (max_sentencepiece_length), so
+// only the few pieces across a cut are lost.
+constexpr size_t kMaxWordBytes = 1 << 12;
+
+// Where the chunk of `text` that starts at `begin` ends: at the end of the text if the text fits,
+// else before the last space or line break under the limit (within the over-long run, if a run
+// is too long), else at the limit backed off to a UTF-8 character boundary.
+size_t chunk_end(const std::string& text, size_t begin) {
+  size_t limit = std::min(text.size(), begin + kMaxSentenceBytes);
+  size_t floor = begin;  // a cut at whitespace must fall after this
+  bool long_run = false;
+  for (size_t i = begin, run = begin; i < limit; ++i) {
+    if (text[i] == ' ') {
+      run = i + 1;
+    } else if (i - run == kMaxWordBytes) {
+      limit = i;
+      floor = run;
+      long_run = true;
+    }
+  }
+  if (!long_run && limit == text.size()) return limit;
+  const size_t cut = text.find_last_of(long_run ? "\n" : " \n", limit - 1);
+  if (cut != std::string::npos && cut > floor) return cut;
+  size_t end = limit;
+  while (end > begin + 1 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+  return end;
+}
 
 // Training sentences: whole documents (so that the model sees paragraph breaks where encode()
-// will), cut into chunks that SentencePiece accepts.
+// will), cut into chunks that SentencePiece accepts (see chunk_end).
 class ChunkIterator : public sentencepiece::SentenceIterator {
  public:
   ChunkIterator(const Corpus& corpus, const std::vector<size_t>& docs) : corpus_(corpus), docs_(docs) {
@@ -40,8 +74,7 @@ class ChunkIterator : public sentencepiece::SentenceIterator {
   sentencepiece::util::Status status() const override { return {}; }
 
  private:
-  // Moves to the next non-empty chunk, cutting at the last whitespace within the byte limit
-  // (or at the limit, backed off to a UTF-8 character boundary, if there is none).
+  // Moves to the next non-empty chunk.
   void advance() {
     while (doc_ < docs_.size()) {
       const std::string& text = corpus_.docs.at(docs_[doc_]).text;
@@ -50,16 +83,7 @@ class ChunkIterator : public sentencepiece::SentenceIterator {
         offset_ = 0;
         continue;
       }
-      size_t end = text.size();
-      if (end - offset_ > kMaxSentenceBytes) {
-        end = offset_ + kMaxSentenceBytes;
-        const size_t space = text.find_last_of(" \n", end - 1);
-        if (space != std::string::npos && space > offset_) {
-          end = space;
-        } else {
-          while (end > offset_ + 1 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
-        }
-      }
+      const size_t end = chunk_end(text, offset_);
       chunk_ = text.substr(offset_, end - offset_);
       offset_ = end;
       if (!chunk_.empty()) return;
@@ -156,11 +180,21 @@ Tokenizer Tokenizer::train_or_load(const Corpus& corpus, const std::vector<size_
       {"max_sentence_length", std::to_string(kMaxSentenceBytes)},
       {"minloglevel", "1"},
   };
-  sentencepiece::SetRandomGeneratorSeed(1);  // in case a trainer draws random numbers after all
-  ChunkIterator sentences(corpus, docs);
   std::string model_proto;
-  check(sentencepiece::SentencePieceTrainer::Train(args, &sentences, &model_proto),
-        "tokenizer training failed");
+  try {
+    model_proto = run_in_child([&] {
+      sentencepiece::SetRandomGeneratorSeed(1);  // in case a trainer draws random numbers after all
+      ChunkIterator sentences(corpus, docs);
+      std::string proto;
+      check(sentencepiece::SentencePieceTrainer::Train(args, &sentences, &proto), "tokenizer training failed");
+      return proto;
+    });
+  } catch (const ChildCrashed& e) {
+    throw std::runtime_error("tokenizer training crashed inside SentencePiece (" + std::string(e.what()) +
+                             "); try data.tokenizer_type \"" +
+                             (cfg.tokenizer_type == "bpe" ? "unigram" : "bpe") +
+                             "\" or leave binary or encoded text (e.g. base64 attachments) out of the corpus");
+  }
   fs::create_directories(cfg.cache_dir);
   write_atomically(model_path, model_proto);
   return load(model_path.string());
@@ -206,14 +240,28 @@ const std::string& Tokenizer::model_file() const {
 
 namespace {
 
+// Encodes in a child process (see train_or_load): a crash inside SentencePiece on some
+// document's text becomes an error.
 TokenStream encode_uncached(const Tokenizer& tok, const Corpus& corpus, const std::vector<size_t>& docs) {
-  TokenStream stream;
-  for (size_t index : docs) {
-    const std::vector<int32_t> ids = tok.encode(corpus.docs.at(index).text);
-    stream.tokens.push_back(tok.bos_id());
-    stream.tokens.insert(stream.tokens.end(), ids.begin(), ids.end());
-    stream.tokens.push_back(tok.eos_id());
+  std::string bytes;
+  try {
+    bytes = run_in_child([&] {
+      std::vector<int32_t> tokens;
+      for (size_t index : docs) {
+        const std::vector<int32_t> ids = tok.encode(corpus.docs.at(index).text);
+        tokens.push_back(tok.bos_id());
+        tokens.insert(tokens.end(), ids.begin(), ids.end());
+        tokens.push_back(tok.eos_id());
+      }
+      return std::string(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(int32_t));
+    });
+  } catch (const ChildCrashed& e) {
+    throw std::runtime_error("encoding the corpus crashed inside SentencePiece (" + std::string(e.what()) +
+                             "); leave binary or encoded text (e.g. base64 attachments) out of the corpus");
   }
+  TokenStream stream;
+  stream.tokens.resize(bytes.size() / sizeof(int32_t));
+  if (!bytes.empty()) std::memcpy(stream.tokens.data(), bytes.data(), bytes.size());
   return stream;
 }
 

@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -138,6 +139,11 @@ LossStats Model::forward(const int32_t* windows, int batch, float grad_scale) {
       st.z += layers_[l].moe.z;
     }
   st.total = st.ce + cfg_.aux_loss_weight * st.aux + cfg_.z_loss_weight * st.z;
+  // Never a result: evaluation would report it, and training would step on its gradients and
+  // checkpoint non-finite weights over the last good ones.
+  if (!std::isfinite(st.total))
+    throw std::runtime_error("the loss is not finite: the model's outputs overflow (its weights diverged or are too "
+                             "large; a lower train.lr or train.grad_clip keeps training finite)");
   return st;
 }
 

@@ -1,5 +1,6 @@
 #include "tensor/safetensors.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -105,6 +106,13 @@ StFile read_safetensors(const std::string& path) {
         fail(path, "tensor '" + name + "' byte range does not match its shape");
       t.data.assign(data.begin() + static_cast<std::ptrdiff_t>(offsets[0]),
                     data.begin() + static_cast<std::ptrdiff_t>(offsets[1]));
+      // Every reader (checkpoints, resumes, init_from, the autoencoder) refuses NaN and inf here,
+      // once: loaded, they would only turn every loss into NaN.
+      if (t.dtype == "F32")
+        for (int64_t i = 0; i < t.numel(); ++i)
+          if (!std::isfinite(t.f32()[i]))
+            fail(path, "tensor '" + name + "' holds " + (std::isnan(t.f32()[i]) ? "NaN" : t.f32()[i] > 0 ? "+inf" : "-inf") +
+                           " at element " + std::to_string(i) + " (the run that wrote it diverged, or the file is damaged)");
       file.tensors[name] = std::move(t);
     } catch (const nlohmann::json::exception& e) {
       fail(path, "malformed entry for tensor '" + name + "': " + e.what());

@@ -1,6 +1,7 @@
-"""`pcmoe memory`: one party of a 4-party PC-MoE, measured in its own process, needs about
-(1 - f) + f/4 of the centralised memory when the experts hold a fraction f of the parameters;
-its parameter bytes are exactly its backbone and its own experts; bad usage is refused."""
+"""`pcmoe memory`: one party of a 4-party PC-MoE, measured in its own process while the other
+parties train their turns in another (its host serves them all), needs about (1 - f) + f/4 of
+the centralised memory when the experts hold a fraction f of the parameters; its parameter bytes
+are exactly its backbone and its own experts; bad usage is refused."""
 import json
 import os
 
@@ -62,7 +63,10 @@ _, own_experts = param_counts(model, 4, 1)
 check(four["arena_bytes"]["parameters"] == 4 * (backbone + own_experts),
       f"party 1 of 4 holds exactly its backbone and its experts ({four['arena_bytes']['parameters']} bytes, "
       f"expected {4 * (backbone + own_experts)})")
-check(central["arena_bytes"]["transport"] == 0, "the centralised process sends nothing")
+check(central["arena_bytes"]["transport"] == 0 and central["bytes_sent"] == central["bytes_received"] == 0,
+      "the centralised process sends nothing")
+check(four["served_parties"] == [0, 2, 3] and four["bytes_sent"] > 0 and four["bytes_received"] > 0,
+      f"party 1's host served the other parties' expert calls ({four['served_parties']})")
 check(four["peak_rss_bytes"] < central["peak_rss_bytes"] * 0.5, "a party's peak RSS is well below the centralised")
 
 

@@ -421,6 +421,48 @@ TEST(DataTokenizer, TrainRoundTripAndCache) {
   EXPECT_THROW(Tokenizer::load((dir.path() / "missing.model").string()), std::runtime_error);
 }
 
+// User text of any bytes encodes without a crash, in-process (generate's prompt) and in the child
+// that encodes a corpus, to ids the model accepts; valid UTF-8 comes back as it was.
+TEST(DataTokenizer, EncodesAnyBytes) {
+  TempDir dir;
+  const Corpus corpus = generated_corpus();
+  std::vector<size_t> docs(corpus.docs.size());
+  for (size_t i = 0; i < docs.size(); ++i) docs[i] = i;
+  DataConfig cfg;
+  cfg.vocab_size = 300;
+  cfg.cache_dir = (dir.path() / "cache").string();
+  testing::internal::CaptureStderr();
+  const Tokenizer tok = Tokenizer::train_or_load(corpus, docs, cfg);
+  testing::internal::GetCapturedStderr();
+
+  // Longer than a training chunk, without a space.
+  std::string long_line(1 << 17, 'Q');
+  for (size_t i = 0; i < long_line.size(); i += 7) long_line[i] = static_cast<char>('a' + i % 26);
+  const std::vector<std::string> kept = {std::string("the\0model\0\0routes", 17), long_line,
+                                         "\xef\xbb\xbf" "the model\r\n\t\v\f", "<unk><s></s>", ""};
+  // Encoded, but not kept as is: invalid UTF-8, and U+2581 (SentencePiece's own mark for a space).
+  const std::vector<std::string> changed = {"\xff\xfe\xfd", "the \xc3", "\x80\x80 model", "\xed\xa0\x80",
+                                            "\xf4\x90\x80\x80 token", "\xe2\x96\x81 the \xe2\x96\x81"};
+  Corpus weird{"weird", {}};
+  std::vector<size_t> all;
+  std::vector<int32_t> expected;
+  for (const std::string& text : kept) weird.docs.push_back({"kept", "default", text});
+  for (const std::string& text : changed) weird.docs.push_back({"changed", "default", text});
+  for (size_t i = 0; i < weird.docs.size(); ++i) {
+    const Document& doc = weird.docs[i];
+    const std::vector<int32_t> ids = tok.encode(doc.text);
+    for (int32_t id : ids) EXPECT_TRUE(id >= 0 && id < tok.vocab_size());
+    if (doc.id == "kept") {
+      EXPECT_EQ(tok.decode(ids), doc.text) << doc.text.substr(0, 40);
+    }
+    all.push_back(i);
+    expected.push_back(tok.bos_id());
+    expected.insert(expected.end(), ids.begin(), ids.end());
+    expected.push_back(tok.eos_id());
+  }
+  EXPECT_EQ(encode_documents(tok, weird, all).tokens, expected);
+}
+
 // --- The real Brown corpus (after scripts/fetch_brown.sh) ------------------------------------
 
 TEST(DataTokenizer, EncodedStreamsAreCachedAndCheckedOnRead) {
