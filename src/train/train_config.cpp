@@ -113,9 +113,15 @@ PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
   f.read("unit", c.unit);
   f.read("aux_loss", c.aux_loss);
   f.read("clipping", c.clipping);
-  f.read("noise_seed", c.noise_seed);
+  f.read("test_seed", c.test_seed);
   f.read("sampling", c.sampling);
+  // The key before test_seed: -1 ("secure") is what configs saved in checkpoints still carry.
+  int64_t noise_seed = -1;
+  f.read("noise_seed", noise_seed);
   f.reject_unknown();
+  if (noise_seed >= 0)
+    throw std::runtime_error("config key 'privacy.noise_seed' is now 'privacy.test_seed' (it seeds the batches "
+                             "and the noise: repeatable, not private)");
   auto require = [](bool ok, const std::string& msg) {
     if (!ok) throw std::runtime_error("config section 'privacy': " + msg);
   };
@@ -138,7 +144,7 @@ PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
 nlohmann::json to_json(const PrivacyConfig& c) {
   nlohmann::json j = {{"clip", c.clip},         {"sampling_rate", c.sampling_rate}, {"accountant", c.accountant},
                       {"conversion", c.conversion}, {"unit", c.unit},             {"aux_loss", c.aux_loss},
-                      {"clipping", c.clipping},     {"noise_seed", c.noise_seed},   {"sampling", c.sampling}};
+                      {"clipping", c.clipping},     {"test_seed", c.test_seed},     {"sampling", c.sampling}};
   // Absent keys stay absent (0 stands for "not given"), so a checkpoint's config reads back.
   if (c.epsilon > 0) j["epsilon"] = c.epsilon;
   if (c.delta > 0) j["delta"] = c.delta;

@@ -69,7 +69,7 @@ struct PrivacyConfig {
   std::string unit = "sequence";        // "sequence" | "document" (all its sequences together)
   std::string aux_loss = "per-unit";    // Switch load balancing: "per-unit" (per sequence) | "off"
   std::string clipping = "flat";        // "flat" | "per-layer" (C/sqrt(groups) per clip group)
-  int64_t noise_seed = -1;              // >= 0: repeatable noise (tests only); else RAND_bytes
+  int64_t test_seed = -1;  // >= 0: seeded Poisson batches and noise, repeatable and NOT private (tests)
   std::string sampling = "poisson";     // the only batch mode DP-SGD accepts
 };
 PrivacyConfig privacy_config_from_json(const nlohmann::json& j);

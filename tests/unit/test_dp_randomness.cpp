@@ -1,12 +1,14 @@
-// What DP-SGD's guarantee rests on: noise whose float rounding cannot single out its input
-// (docs/privacy.md, "Randomness").
+// What DP-SGD's guarantee rests on: secret Poisson batches, noise whose float rounding cannot
+// single out its input, and seeded runs that say they are not private (docs/privacy.md,
+// "Randomness").
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
+#include <string>
 
-#include "privacy/noise.h"
+#include "privacy/dp_sgd.h"
+#include "train/train_config.h"
 
 using namespace pcmoe;
 
@@ -67,4 +69,60 @@ TEST(HardenedNoise, SecureSourcesDoNotRepeat) {
   int equal = 0;
   for (size_t i = 0; i < a.size(); ++i) equal += a[i] == b[i];
   EXPECT_EQ(equal, 0);
+}
+
+TEST(SecurePoissonSampler, SecretPerRunRepeatableWithinItAtRateQ) {
+  const PoissonSampler run1 = PoissonSampler::secure(), run2 = PoissonSampler::secure();
+  EXPECT_FALSE(run1.is_seeded());
+  const std::vector<int> b = run1.sample(3, 20000, 0.1);
+  EXPECT_EQ(b, run1.sample(3, 20000, 0.1));  // every mode of a run redraws the step's batch
+  EXPECT_NE(b, run1.sample(4, 20000, 0.1));
+  EXPECT_NE(b, run2.sample(3, 20000, 0.1));  // another run of the same config: other batches
+  EXPECT_TRUE(std::is_sorted(b.begin(), b.end()));
+  EXPECT_EQ(run1.sample(0, 100, 1.0).size(), 100u);
+  // Each unit's count over S steps is Binomial(S, q), independently: their chi-square statistic
+  // over n units has mean n and standard deviation sqrt(2n).
+  const int n = 1000, steps = 200;
+  const double q = 0.1;
+  std::vector<int> count(n, 0);
+  for (int s = 0; s < steps; ++s)
+    for (int u : run2.sample(s, n, q)) ++count[u];
+  double total = 0, chi2 = 0;
+  for (int c : count) {
+    total += c;
+    chi2 += (c - steps * q) * (c - steps * q) / (steps * q * (1 - q));
+  }
+  EXPECT_LT(std::fabs(total - n * steps * q), 5 * std::sqrt(n * steps * q * (1 - q)));
+  EXPECT_LT(std::fabs(chi2 - n), 5 * std::sqrt(2.0 * n));
+}
+
+TEST(TestSeed, OneKeySaysNotPrivateAndReplacesNoiseSeed) {
+  const nlohmann::json base = {{"sampling_rate", 0.1}, {"noise_multiplier", 1.0}};
+  EXPECT_EQ(privacy_config_from_json(base).test_seed, -1);
+  nlohmann::json seeded = base;
+  seeded["test_seed"] = 4;
+  const PrivacyConfig c = privacy_config_from_json(seeded);
+  EXPECT_EQ(c.test_seed, 4);
+  EXPECT_EQ(privacy_config_from_json(to_json(c)).test_seed, 4);
+
+  const nlohmann::json r = plan_dp(c, 100, 10).report(10)["randomness"];
+  EXPECT_EQ(r["private"], false);
+  EXPECT_EQ(r["test_seed"], 4);
+  EXPECT_EQ(r["source"].get<std::string>().rfind("not private: seeded sampling and noise", 0), 0u);
+  const nlohmann::json secure = plan_dp(privacy_config_from_json(base), 100, 10).report(10)["randomness"];
+  EXPECT_EQ(secure["private"], true);
+  EXPECT_EQ(secure["source"].get<std::string>().find("not private"), std::string::npos);
+  EXPECT_FALSE(sampler_for(plan_dp(privacy_config_from_json(base), 100, 10), 1).is_seeded());
+  EXPECT_TRUE(sampler_for(plan_dp(c, 100, 10), 1).is_seeded());
+
+  nlohmann::json old = base;
+  old["noise_seed"] = 3;
+  try {
+    privacy_config_from_json(old);
+    ADD_FAILURE() << "privacy.noise_seed accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("privacy.test_seed"), std::string::npos) << e.what();
+  }
+  old["noise_seed"] = -1;  // what earlier checkpoints' configs carry: read back, secure
+  EXPECT_EQ(privacy_config_from_json(old).test_seed, -1);
 }
