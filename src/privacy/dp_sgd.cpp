@@ -68,6 +68,7 @@ nlohmann::json DpPlan::report(int64_t steps) const {
           {"clipping", per_layer ? "per-layer" : "flat"},
           {"steps", steps},
           {"delta", delta},
+          {"weak_delta", delta * n_units >= 1},  // accepted only with privacy.allow_weak_delta
           {"epsilon", {{"rdp_improved", epsilon_after(steps, privacy::Conversion::kImproved)},
                        {"rdp_classic", epsilon_after(steps, privacy::Conversion::kClassic)}}},
           {"conversion", privacy::conversion_name(conversion)},
@@ -87,7 +88,8 @@ DpPlan plan_dp(const PrivacyConfig& c, int n_units, int64_t steps) {
   if (n_units < 1) throw std::runtime_error("DP-SGD needs at least one privacy unit");
   DpPlan p;
   p.q = c.sampling_rate;
-  p.delta = c.delta > 0 ? c.delta : 1.0 / n_units;
+  p.delta = c.delta > 0 ? c.delta : privacy::default_delta(n_units);
+  privacy::require_strong_delta(p.delta, n_units, c.allow_weak_delta, "privacy.allow_weak_delta: true");
   p.clip = c.clip;
   p.epsilon_budget = c.epsilon;
   p.n_units = n_units;

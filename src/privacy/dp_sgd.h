@@ -58,7 +58,8 @@ struct DpPlan {
   std::string randomness() const;
 };
 // Calibrates σ (when not given) for `steps` steps; refuses (std::runtime_error, saying why) a
-// plan whose budget cannot be met: σ out of reach, or a given σ that cannot pay for one step.
+// plan whose budget cannot be met: σ out of reach, or a given σ that cannot pay for one step; and
+// a δ >= 1/N unless privacy.allow_weak_delta.
 DpPlan plan_dp(const PrivacyConfig& c, int n_units, int64_t steps);
 
 // The batches of a plan: secure, or (seeded plans) drawn from `seed` — train.seed or a party's

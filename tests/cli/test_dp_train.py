@@ -1,5 +1,5 @@
 """DP-SGD from the command line: `pcmoe train` and `pcmoe collab` with a privacy section.
-Refuses budgets it cannot meet and malformed privacy settings, writing nothing;
+Refuses budgets it cannot meet, a delta >= 1/N and malformed privacy settings, writing nothing;
 stops at the budget with a checkpoint; logs epsilon at every logged step (never above the
 budget); with privacy.test_seed batches and noise repeat bit for bit and the log and report say
 "not private", without it two runs draw other batches (and collab's modes still share theirs);
@@ -43,6 +43,7 @@ for name, privacy, want in [
     ("unit", {"epsilon": 1.0, "sampling_rate": 0.1, "unit": "paragraph"}, "unit must be"),
     ("key", {"epsilon": 1.0, "sampling_rate": 0.1, "clipnorm": 1.0}, "unknown config key 'privacy.clipnorm'"),
     ("none", {"sampling_rate": 0.1}, "set epsilon"),
+    ("weak-delta", {"epsilon": 1.0, "sampling_rate": 0.1, "delta": 0.5}, "set privacy.allow_weak_delta: true"),
     ("noise-seed", {"epsilon": 1.0, "sampling_rate": 0.1, "noise_seed": 3}, "is now 'privacy.test_seed'"),
 ]:
     out = os.path.join(tmp, "refused-" + name)
@@ -72,8 +73,8 @@ check(p.get("steps") == stopped and p.get("epsilon", {}).get("rdp_improved", 9) 
       and p["epsilon"]["rdp_classic"] > p["epsilon"]["rdp_improved"] and p.get("unit") == "sequence"
       and p.get("noise_multiplier") == 1.5 and p.get("randomness", {}).get("private") is False
       and p["randomness"]["source"].startswith("not private: seeded sampling and noise")
-      and p["randomness"]["test_seed"] == 3,
-      "report.json privacy block: steps, both epsilons, unit, sigma, 'not private: seeded'")
+      and p["randomness"]["test_seed"] == 3 and p.get("delta") == 1 / (10 * p.get("units", 0)),
+      "report.json privacy block: steps, both epsilons, unit, sigma, delta 1/(10N), 'not private: seeded'")
 
 # Calibrated sigma, document units, per-layer clipping: seeded runs repeat, secure ones do not.
 calib = {"epsilon": 3.0, "sampling_rate": 0.5, "clip": 0.5, "unit": "document", "clipping": "per-layer",
@@ -98,7 +99,12 @@ check(first_loss("s1") == first_loss("s2"), "test_seed: the runs draw the same f
 check(first_loss("r1") != first_loss("r2"), f"secure: two runs draw other first batches ({first_loss('r1')}, "
       f"{first_loss('r2')})")
 r = json.load(open(os.path.join(tmp, "r1", "report.json")))["privacy"]
-check(r["randomness"]["private"] is True and "test_seed" not in r["randomness"], "secure report: private, no test seed")
+check(r["randomness"]["private"] is True and "test_seed" not in r["randomness"] and not r["weak_delta"],
+      "secure report: private, no test seed, delta below 1/N")
+weak = dict(secure, delta=0.5, allow_weak_delta=True)
+code, _, err = run("train", "--config", config("weak", weak, steps=1, warmup=0), "--out", os.path.join(tmp, "weak"))
+r = json.load(open(os.path.join(tmp, "weak", "report.json")))["privacy"] if code == 0 else {}
+check(r.get("delta") == 0.5 and r.get("weak_delta") is True, "privacy.allow_weak_delta: delta 0.5 runs, reported weak")
 r = json.load(open(os.path.join(tmp, "s1", "report.json")))
 check(r["privacy"]["noise_multiplier_calibrated"] and r["privacy"]["epsilon"]["rdp_improved"] <= 3.0
       and r["privacy"]["epsilon"]["rdp_improved"] > 2.9 and r["privacy"]["clipping"] == "per-layer",
@@ -123,7 +129,7 @@ check(kinds == {"expert_forward", "expert_backward_units", "control"},
       f"collab: DP turns carry per-unit backward calls, no plain backward ({sorted(kinds)})")
 
 # Secure batches in collab: the modes still train each turn on the same batch (the first turn's
-# loss, from the same initial model, agrees).
+# loss, from the same initial model, agrees), and a refused delta writes nothing.
 cfg["privacy"] = {"epsilon": 5.0, "sampling_rate": 0.3}
 cfg["train"].update(steps=1, warmup=0)
 write_json(path, cfg)
@@ -133,6 +139,11 @@ m = read_metrics(os.path.join(out, "metrics.jsonl")) if code == 0 else []
 first = {mode: next(x["loss"] for x in m if x["mode"] == mode) for mode in ("pc-moe", "centralised")} if m else {}
 check(code == 0 and "not private" not in err and abs(first["pc-moe"] - first["centralised"]) < 1e-4,
       f"collab, secure batches: pc-moe and centralised train the same first batch ({first})")
+cfg["privacy"]["delta"] = 0.5
+write_json(path, cfg)
+out = os.path.join(tmp, "collab-weak")
+code, _, err = run("collab", "--config", path, "--out", out)
+check(code != 0 and "privacy.allow_weak_delta" in err and not os.path.exists(out), "collab: delta >= 1/N refused, nothing written")
 
 shutil.rmtree(tmp)
 finish()

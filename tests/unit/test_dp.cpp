@@ -191,7 +191,7 @@ TEST(PlanDp, CalibratesMeetsBudgetsAndRefusesTheImpossible) {
   EXPECT_LE(p.epsilon_after(500), 3.0);
   EXPECT_GE(p.epsilon_after(500), 2.99);
   EXPECT_EQ(p.budget_steps, 500);
-  EXPECT_EQ(plan_dp(dp_config(0.01), 400, 10).delta, 1.0 / 400);  // default delta 1/N
+  EXPECT_EQ(plan_dp(dp_config(0.01), 400, 10).delta, 1.0 / 4000);  // default delta 1/(10N)
 
   c.noise_multiplier = 1.0;  // a given σ: the budget ends the run early
   const DpPlan q = plan_dp(c, 10000, 100000);

@@ -1,12 +1,13 @@
 // What DP-SGD's guarantee rests on: secret Poisson batches, noise whose float rounding cannot
-// single out its input, and seeded runs that say they are not private (docs/privacy.md,
-// "Randomness").
+// single out its input, a delta that means something, and seeded runs that say they are not
+// private (docs/privacy.md, "Randomness" and "The budget").
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <string>
 
+#include "privacy/accountant.h"
 #include "privacy/dp_sgd.h"
 #include "train/train_config.h"
 
@@ -24,6 +25,23 @@ double ks_normal(std::vector<double> x, double sd) {
     d = std::max({d, f - i / n, (i + 1) / n - f});
   }
   return d;
+}
+
+std::string error_of(const PrivacyConfig& c, int n_units) {
+  try {
+    plan_dp(c, n_units, 10);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+PrivacyConfig config() {
+  PrivacyConfig c;
+  c.enabled = true;
+  c.sampling_rate = 0.1;
+  c.noise_multiplier = 1.0;
+  return c;
 }
 
 }  // namespace
@@ -94,6 +112,29 @@ TEST(SecurePoissonSampler, SecretPerRunRepeatableWithinItAtRateQ) {
   }
   EXPECT_LT(std::fabs(total - n * steps * q), 5 * std::sqrt(n * steps * q * (1 - q)));
   EXPECT_LT(std::fabs(chi2 - n), 5 * std::sqrt(2.0 * n));
+}
+
+TEST(DeltaRule, DefaultIsATenthOfOneOverNWeakOnesRefusedUnlessAllowed) {
+  PrivacyConfig c = config();
+  const DpPlan p = plan_dp(c, 500, 10);
+  EXPECT_EQ(p.delta, 1.0 / 5000);
+  EXPECT_EQ(p.report(10)["delta"], 1.0 / 5000);
+  EXPECT_EQ(p.report(10)["weak_delta"], false);
+  c.delta = 1.0 / 500;  // exactly 1/N
+  const std::string err = error_of(c, 500);
+  EXPECT_NE(err.find("N = 500"), std::string::npos) << err;
+  EXPECT_NE(err.find("privacy.allow_weak_delta: true"), std::string::npos) << err;
+  c.delta = 0.3;
+  EXPECT_NE(error_of(c, 500), "");
+  c.delta = 0.999 / 500;
+  EXPECT_EQ(plan_dp(c, 500, 10).delta, 0.999 / 500);
+  c.delta = 0.3;
+  c.allow_weak_delta = true;
+  const DpPlan weak = plan_dp(c, 500, 10);
+  EXPECT_EQ(weak.delta, 0.3);
+  EXPECT_EQ(weak.report(10)["weak_delta"], true);
+  EXPECT_THROW(privacy::require_strong_delta(1e-3, 1000, false, "x"), std::runtime_error);
+  EXPECT_NO_THROW(privacy::require_strong_delta(9.99e-4, 1000, false, "x"));
 }
 
 TEST(TestSeed, OneKeySaysNotPrivateAndReplacesNoiseSeed) {
