@@ -1,6 +1,7 @@
 // `pcmoe dp-budget`: the privacy budget of DP-SGD with Poisson sampling (src/privacy/accountant.h).
 // Two questions: the ε that a noise multiplier σ spends (--sigma), or the σ that a target ε needs
-// (--epsilon), at sampling rate q, T steps and δ.
+// (--epsilon), at sampling rate q, T steps and δ. Given the number of privacy units N, δ follows
+// a run's rule: 1/(10N) when not given, and δ >= 1/N refused unless --allow-weak-delta.
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -16,12 +17,14 @@ using namespace pcmoe::privacy;
 namespace {
 
 constexpr const char* kDpBudgetUsage =
-    "usage: pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T --delta D [--json]\n"
+    "usage: pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T (--delta D | --units N) [--json]\n"
     "  --sigma S    noise multiplier (noise std / clipping norm) > 0: prints the epsilon spent\n"
     "  --epsilon E  target epsilon > 0: prints the calibrated noise multiplier\n"
     "  --q Q        Poisson sampling rate in (0, 1] (expected batch size / dataset size)\n"
     "  --steps T    number of DP-SGD steps, an integer >= 1\n"
     "  --delta D    delta in (0, 1)\n"
+    "  --units N    the privacy units of the data: delta defaults to 1/(10N), and a delta >= 1/N is\n"
+    "               refused (a run that leaks one unit whole meets it) unless --allow-weak-delta\n"
     "  --json       print one JSON object instead of text\n";
 
 struct DpUsageError : std::runtime_error {
@@ -41,7 +44,7 @@ double parse_number(const std::string& key, const std::string& text) {
   return v;
 }
 
-int64_t parse_steps(const std::string& text) {
+int64_t parse_int(const std::string& key, const std::string& text) {
   long long v = 0;
   size_t used = 0;
   try {
@@ -49,7 +52,7 @@ int64_t parse_steps(const std::string& text) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used == 0 || used != text.size()) throw DpUsageError("--steps expects an integer, got '" + text + "'");
+  if (used == 0 || used != text.size()) throw DpUsageError(key + " expects an integer, got '" + text + "'");
   return v;
 }
 
@@ -80,15 +83,15 @@ void warn_if_grid_edge(const EpsilonResult& r, const char* what) {
 int cmd_dp_budget(int argc, char** argv) {
   try {
     std::optional<double> sigma, epsilon, q, delta;
-    std::optional<int64_t> steps;
-    bool json = false;
+    std::optional<int64_t> steps, units;
+    bool json = false, allow_weak_delta = false;
     for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
-      if (a == "--json") {
-        json = true;
+      if (a == "--json" || a == "--allow-weak-delta") {
+        (a == "--json" ? json : allow_weak_delta) = true;
         continue;
       }
-      if (a != "--sigma" && a != "--epsilon" && a != "--q" && a != "--steps" && a != "--delta")
+      if (a != "--sigma" && a != "--epsilon" && a != "--q" && a != "--steps" && a != "--delta" && a != "--units")
         throw DpUsageError("unknown argument '" + a + "'");
       if (i + 1 >= argc) throw DpUsageError(a + " needs a value");
       const std::string v = argv[++i];
@@ -96,20 +99,25 @@ int cmd_dp_budget(int argc, char** argv) {
       else if (a == "--epsilon") epsilon = parse_number(a, v);
       else if (a == "--q") q = parse_number(a, v);
       else if (a == "--delta") delta = parse_number(a, v);
-      else steps = parse_steps(v);
+      else if (a == "--units") units = parse_int(a, v);
+      else steps = parse_int(a, v);
     }
     if (sigma && epsilon) throw DpUsageError("give either --sigma or --epsilon, not both");
     if (!sigma && !epsilon) throw DpUsageError("give --sigma (to get epsilon) or --epsilon (to get sigma)");
     if (!q) throw DpUsageError("missing --q");
     if (!steps) throw DpUsageError("missing --steps");
-    if (!delta) throw DpUsageError("missing --delta");
+    if (units && *units < 1) throw DpUsageError("--units must be at least 1, got " + std::to_string(*units));
+    if (!delta && !units) throw DpUsageError("missing --delta (or --units, for the default 1/(10N))");
+    if (!delta) delta = default_delta(*units);
     if (sigma && !(*sigma > 0)) throw DpUsageError("--sigma must be > 0, got " + fmt(*sigma));
     if (epsilon && !(*epsilon > 0)) throw DpUsageError("--epsilon must be > 0, got " + fmt(*epsilon));
     if (!(*q > 0 && *q <= 1)) throw DpUsageError("--q must be in (0, 1], got " + fmt(*q));
     if (*steps < 1) throw DpUsageError("--steps must be at least 1, got " + std::to_string(*steps));
     if (!(*delta > 0 && *delta < 1)) throw DpUsageError("--delta must be in (0, 1), got " + fmt(*delta));
+    if (units) require_strong_delta(*delta, *units, allow_weak_delta, "--allow-weak-delta");
 
     nlohmann::json out = {{"q", *q}, {"steps", *steps}, {"delta", *delta}};
+    if (units) out["units"] = *units;
     if (sigma) {
       const EpsilonResult improved = epsilon_rdp(*q, *sigma, *steps, *delta, Conversion::kImproved);
       const EpsilonResult classic = epsilon_rdp(*q, *sigma, *steps, *delta, Conversion::kClassic);

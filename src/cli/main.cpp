@@ -38,7 +38,7 @@ usage:
   pcmoe launch   --config FILE --out DIR [--insecure] [--resume] [--until R]
   pcmoe server   --config FILE --out DIR (--certs DIR | --insecure)
   pcmoe memory   --config FILE --parties N [--party P]
-  pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T --delta D [--json]
+  pcmoe dp-budget (--sigma S | --epsilon E) --q Q --steps T (--delta D | --units N) [--allow-weak-delta] [--json]
   pcmoe audit    --run DIR --out DIR2 [--fed-run DIR3]... [--public-windows N] [--mlp-every-round]
 
   train     trains the model of FILE; writes DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/
@@ -63,7 +63,8 @@ usage:
             process (joins like a party, drives the rounds); writes DIR/report.json
   memory    one party's planned memory and peak RSS, measured in its own process
   dp-budget DP-SGD privacy budget (RDP accountant, Poisson sampling rate Q, T steps): the epsilon
-            that noise multiplier S spends, or the noise multiplier that target epsilon E needs
+            that noise multiplier S spends, or the noise multiplier that target epsilon E needs; with
+            --units N, delta defaults to 1/(10N) and a delta >= 1/N is refused, as in a run
   audit     what a curious expert host reconstructs of the other parties' tokens from its
             recording of a collab run (config section "audit"); writes DIR2/audit.json
 )";

@@ -127,9 +127,9 @@ Bytes ExpertHost::control(const Bytes& request) {
 }
 
 void ExpertHost::add_noise(float std, uint64_t stream) {
-  if (privacy_.seeded_noise) {
+  if (privacy_.seeded) {
     // The stream names (party, turn); the host id keeps hosts' noise apart.
-    NoiseSource src = NoiseSource::seeded(privacy_.noise_seed, stream * 1024 + (uint64_t)party_);
+    NoiseSource src = NoiseSource::seeded(privacy_.test_seed, stream * 1024 + (uint64_t)party_);
     add_gaussian_noise(shard_, src, std);
     return;
   }

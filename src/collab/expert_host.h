@@ -35,8 +35,8 @@ enum class ControlOp : uint32_t {
 // What a host needs for DP-SGD turns.
 struct HostPrivacy {
   bool per_unit = false;       // serve kExpertBackwardUnits and kClipFactors
-  bool seeded_noise = false;   // noise from (noise_seed, stream) instead of the secure source
-  uint64_t noise_seed = 0;
+  bool seeded = false;     // noise from (test_seed, stream) instead of the secure source (tests)
+  uint64_t test_seed = 0;
 };
 
 class ExpertHost {

@@ -40,6 +40,7 @@ struct Shared {
   // tightest budget allows, the micro-batch that holds any unit, the model config trained.
   std::vector<PrivacyUnits> units;
   std::vector<DpPlan> plans;
+  std::vector<PoissonSampler> batches;  // one per party, shared by every mode: equal batches
   int64_t rounds = 0;
   int dp_max_batch = 0;
   ModelConfig dp_model;
@@ -86,7 +87,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
   const int n = (int)sh.parties.size();
   InProcessTransport net;
   const bool dp = private_run(sh);
-  const HostPrivacy hp = dp ? HostPrivacy{true, sh.plans[0].seeded_noise, sh.plans[0].noise_seed} : HostPrivacy{};
+  const HostPrivacy hp = dp ? HostPrivacy{true, sh.plans[0].seeded, sh.plans[0].test_seed} : HostPrivacy{};
   PcMoeSession session(dp ? sh.dp_model : cfg.model, cfg.train, n, net, dp ? sh.dp_max_batch : 0, hp,
                        parse_wire_dtype(cfg.collab.wire_dtype));
   if (dp)
@@ -154,7 +155,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
       nlohmann::json line = {{"mode", "pc-moe"}, {"round", round}, {"party", p}};
       TurnResult r;
       if (dp) {
-        const std::vector<int> sampled = poisson_sample(party_seed(sh.cfg, p), round, sh.units[p].n_units(), sh.plans[p].q);
+        const std::vector<int> sampled = sh.batches[p].sample(round, sh.units[p].n_units(), sh.plans[p].q);
         const DpTurnResult d = session.train_dp_turn(p, sh.units[p], sh.plans[p], sampled, noise_stream(p, round));
         r = d.turn;
         tokens[p] += (double)d.batch.windows * cfg.model.seq_len;
@@ -263,7 +264,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
         us.lr = learning_rate(tc, step);
         NoiseSource noise = noise_for(sh.plans[p], noise_stream(p, round));
         const ClippedBatch cb = dp_local_step(s.model, s.params, s.opt, noise, sh.units[p], sh.plans[p],
-                                              party_seed(sh.cfg, p), round, us.lr);
+                                              sh.batches[p], round, us.lr);
         ls = cb.loss;
         us.grad_norm = cb.mean_norm;
       } else {
@@ -406,7 +407,6 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   const TrainConfig& tc = cfg.train;
   const int n = cfg.parties.n_parties;
   set_num_threads(tc.threads);
-  fs::create_directories(out_dir);
   const auto t_start = clock_type::now();
   for (const std::string& m : cfg.collab.modes) {
     if (m != "pc-moe" && m != "centralised" && m != "local-only" && !extra_modes.count(m))
@@ -417,8 +417,8 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   }
 
   CollabData data = load_collab_data(cfg);
-  Shared sh{cfg, std::move(data.parties), {}, 0, std::ofstream(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc),
-            data.tokens_per_turn, out_dir, data.tokenizer_model, {}, {}, 0, 0, {}, {}, 0};
+  Shared sh{cfg, std::move(data.parties), {}, 0, std::ofstream(), data.tokens_per_turn, out_dir,
+            data.tokenizer_model, {}, {}, {}, 0, 0, {}, {}, 0};
   sh.rounds = tc.steps;
   if (cfg.privacy.enabled) {
     sh.dp_model = mc;
@@ -426,9 +426,10 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
       sh.units.push_back(make_privacy_units(sh.parties[p].train.tokens, mc.seq_len, cfg.privacy.unit, data.bos_id));
       sh.plans.push_back(plan_dp(cfg.privacy, sh.units[p].n_units(), tc.steps));
       const DpPlan& d = sh.plans[p];
-      std::fprintf(stderr, "party %d DP-SGD: %d units, q %.4g, noise multiplier %.4f, clip %.4g, delta %.3g, epsilon %.3f after %lld turns%s\n",
+      sh.batches.push_back(sampler_for(d, party_seed(cfg, p)));
+      std::fprintf(stderr, "party %d DP-SGD: %d units, q %.4g, noise multiplier %.4f, clip %.4g, delta %.3g, epsilon %.3f after %lld turns | %s\n",
                    p, d.n_units, d.q, d.sigma, d.clip, d.delta, d.epsilon_after(d.budget_steps), (long long)d.budget_steps,
-                   d.seeded_noise ? " | SEEDED NOISE (tests only)" : "");
+                   d.randomness().c_str());
       sh.rounds = std::min(sh.rounds, d.budget_steps);
       sh.dp_max_batch = std::max({sh.dp_max_batch, tc.batch_size, sh.units[p].max_windows()});
     }
@@ -437,6 +438,8 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
       std::fprintf(stderr, "DP-SGD: the tightest party budget allows %lld rounds of %d; stopping there\n",
                    (long long)sh.rounds, tc.steps);
   }
+  fs::create_directories(out_dir);  // after the plans: a refused privacy section writes nothing
+  sh.metrics.open(fs::path(out_dir) / "metrics.jsonl", std::ios::trunc);
   // The pooled validation set: every party's own windows, each party weighted alike.
   for (const PartyStreams& ps : sh.parties) {
     sh.pooled_val.insert(sh.pooled_val.end(), ps.val_windows.begin(), ps.val_windows.end());

@@ -215,4 +215,16 @@ double calibrate_sigma(double target_epsilon, double delta, double q, int64_t st
   return sigma_high;
 }
 
+double default_delta(int64_t n_units) { return 1.0 / (10.0 * (double)n_units); }
+
+void require_strong_delta(double delta, int64_t n_units, bool allow_weak, const std::string& override) {
+  if (allow_weak || delta < 1.0 / (double)n_units) return;
+  char msg[320];
+  std::snprintf(msg, sizeof msg,
+                "delta %.6g is at least 1/N = %.6g (N = %lld privacy units): a run that leaks one unit whole "
+                "meets it; use delta <= 1/(10N) = %.6g (the default) or set %s",
+                delta, 1.0 / (double)n_units, (long long)n_units, default_delta(n_units), override.c_str());
+  throw std::runtime_error(msg);
+}
+
 }  // namespace pcmoe::privacy

@@ -39,6 +39,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace pcmoe::privacy {
@@ -71,6 +72,12 @@ EpsilonResult epsilon_from_rdp(const std::vector<double>& orders, const std::vec
 // no σ up to 2^20 reaches the target.
 double calibrate_sigma(double target_epsilon, double delta, double q, int64_t steps, Conversion conv,
                        double tolerance = 0.01);
+
+// δ for N privacy units. The default is 1/(10N). A δ >= 1/N is met by a mechanism that publishes
+// one unit whole at random, so it is refused (std::runtime_error naming `override`, the setting
+// that accepts it) unless allow_weak.
+double default_delta(int64_t n_units);
+void require_strong_delta(double delta, int64_t n_units, bool allow_weak, const std::string& override);
 
 // Building blocks, exposed for the tests.
 namespace detail {

@@ -5,7 +5,6 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "tensor/rng.h"
 
 namespace pcmoe {
 
@@ -57,9 +56,8 @@ double DpPlan::epsilon_after(int64_t steps, privacy::Conversion conv) const {
 }
 
 nlohmann::json DpPlan::report(int64_t steps) const {
-  nlohmann::json noise = seeded_noise ? nlohmann::json{{"source", "seeded (tests only: repeatable, not secret)"},
-                                                       {"seed", noise_seed}}
-                                      : nlohmann::json{{"source", "OpenSSL RAND_bytes key, AES-256-CTR stream"}};
+  nlohmann::json random = {{"private", !seeded}, {"source", randomness()}};
+  if (seeded) random["test_seed"] = test_seed;
   return {{"unit", unit},
           {"units", n_units},
           {"sampling_rate", q},
@@ -70,19 +68,28 @@ nlohmann::json DpPlan::report(int64_t steps) const {
           {"clipping", per_layer ? "per-layer" : "flat"},
           {"steps", steps},
           {"delta", delta},
+          {"weak_delta", delta * n_units >= 1},  // accepted only with privacy.allow_weak_delta
           {"epsilon", {{"rdp_improved", epsilon_after(steps, privacy::Conversion::kImproved)},
                        {"rdp_classic", epsilon_after(steps, privacy::Conversion::kClassic)}}},
           {"conversion", privacy::conversion_name(conversion)},
           {"epsilon_budget", epsilon_budget},
           {"aux_loss", aux_per_unit ? "per-unit (per sequence)" : "off"},
-          {"noise", noise}};
+          {"randomness", random}};
+}
+
+std::string DpPlan::randomness() const {
+  return seeded ? "not private: seeded sampling and noise (privacy.test_seed; whoever holds the config "
+                  "recomputes every batch and every noise draw)"
+                : "OpenSSL: batches and noise from AES-256-CTR keyed by RAND_bytes, each noise coordinate "
+                  "the sum of four normals / 2 in double";
 }
 
 DpPlan plan_dp(const PrivacyConfig& c, int n_units, int64_t steps) {
   if (n_units < 1) throw std::runtime_error("DP-SGD needs at least one privacy unit");
   DpPlan p;
   p.q = c.sampling_rate;
-  p.delta = c.delta > 0 ? c.delta : 1.0 / n_units;
+  p.delta = c.delta > 0 ? c.delta : privacy::default_delta(n_units);
+  privacy::require_strong_delta(p.delta, n_units, c.allow_weak_delta, "privacy.allow_weak_delta: true");
   p.clip = c.clip;
   p.epsilon_budget = c.epsilon;
   p.n_units = n_units;
@@ -90,8 +97,8 @@ DpPlan plan_dp(const PrivacyConfig& c, int n_units, int64_t steps) {
   p.per_layer = c.clipping == "per-layer";
   p.aux_per_unit = c.aux_loss == "per-unit";
   p.unit = c.unit;
-  p.seeded_noise = c.noise_seed >= 0;
-  p.noise_seed = c.noise_seed >= 0 ? (uint64_t)c.noise_seed : 0;
+  p.seeded = c.test_seed >= 0;
+  p.test_seed = p.seeded ? (uint64_t)c.test_seed : 0;
   p.budget_steps = steps;
   if (c.noise_multiplier > 0) {
     p.sigma = c.noise_multiplier;
@@ -119,12 +126,8 @@ DpPlan plan_dp(const PrivacyConfig& c, int n_units, int64_t steps) {
   return p;
 }
 
-std::vector<int> poisson_sample(uint64_t seed, int64_t step, int n_units, double q) {
-  Rng rng(splitmix64(seed ^ 0x706f6973736f6eULL) + (uint64_t)step * 0x9e3779b97f4a7c15ULL);
-  std::vector<int> out;
-  for (int u = 0; u < n_units; ++u)
-    if ((rng.next_u64() >> 11) * 0x1.0p-53 < q) out.push_back(u);
-  return out;
+PoissonSampler sampler_for(const DpPlan& plan, uint64_t seed) {
+  return plan.seeded ? PoissonSampler::seeded(seed) : PoissonSampler::secure();
 }
 
 std::vector<float> clip_factors(const std::vector<double>& unit_sq, int groups, int n_units, const DpPlan& plan,
@@ -193,7 +196,7 @@ ClippedBatch accumulate_clipped(Model& model, const PrivacyUnits& units, const s
 }
 
 NoiseSource noise_for(const DpPlan& plan, uint64_t stream) {
-  return plan.seeded_noise ? NoiseSource::seeded(plan.noise_seed, stream) : NoiseSource::secure();
+  return plan.seeded ? NoiseSource::seeded(plan.test_seed, stream) : NoiseSource::secure();
 }
 
 void privatise_gradients(ParamSet& params, NoiseSource& noise, const DpPlan& plan) {
@@ -202,9 +205,9 @@ void privatise_gradients(ParamSet& params, NoiseSource& noise, const DpPlan& pla
 }
 
 ClippedBatch dp_local_step(Model& model, ParamSet& params, AdamW& opt, NoiseSource& noise, const PrivacyUnits& units,
-                           const DpPlan& plan, uint64_t seed, int64_t step, float lr) {
+                           const DpPlan& plan, const PoissonSampler& batches, int64_t step, float lr) {
   params.zero_grads();
-  const ClippedBatch cb = accumulate_clipped(model, units, poisson_sample(seed, step, units.n_units(), plan.q), plan);
+  const ClippedBatch cb = accumulate_clipped(model, units, batches.sample(step, units.n_units(), plan.q), plan);
   privatise_gradients(params, noise, plan);
   opt.step(params, lr);
   return cb;

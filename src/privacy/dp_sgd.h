@@ -9,6 +9,7 @@
 #include "model/model.h"
 #include "privacy/accountant.h"
 #include "privacy/noise.h"
+#include "privacy/sampling.h"
 #include "train/adamw.h"
 #include "train/train_config.h"
 
@@ -44,8 +45,8 @@ struct DpPlan {
   bool per_layer = false;
   bool aux_per_unit = true;
   std::string unit;
-  bool seeded_noise = false;
-  uint64_t noise_seed = 0;
+  bool seeded = false;  // privacy.test_seed: seeded batches and noise, not private
+  uint64_t test_seed = 0;
   double epsilon_after(int64_t steps) const;  // by the configured conversion
   double epsilon_after(int64_t steps, privacy::Conversion conv) const;
   double expected_batch() const { return q * n_units; }
@@ -53,13 +54,17 @@ struct DpPlan {
   float average_scale() const { return (float)(1.0 / expected_batch()); }  // the noisy sum / qN
   // The report's privacy block after `steps` steps.
   nlohmann::json report(int64_t steps) const;
+  // Where the batches and the noise come from, for the log ("not private: ..." when seeded).
+  std::string randomness() const;
 };
 // Calibrates σ (when not given) for `steps` steps; refuses (std::runtime_error, saying why) a
-// plan whose budget cannot be met: σ out of reach, or a given σ that cannot pay for one step.
+// plan whose budget cannot be met: σ out of reach, or a given σ that cannot pay for one step; and
+// a δ >= 1/N unless privacy.allow_weak_delta.
 DpPlan plan_dp(const PrivacyConfig& c, int n_units, int64_t steps);
 
-// The units of step `step`: each joins independently with probability q (seeded by seed, step).
-std::vector<int> poisson_sample(uint64_t seed, int64_t step, int n_units, double q);
+// The batches of a plan: secure, or (seeded plans) drawn from `seed` — train.seed or a party's
+// seed, so seeded runs draw the batches they drew before privacy.test_seed existed.
+PoissonSampler sampler_for(const DpPlan& plan, uint64_t seed);
 
 struct ClippedBatch {
   LossStats loss;              // mean over the sampled units' sequences (zero when none)
@@ -81,16 +86,16 @@ std::vector<float> clip_factors(const std::vector<double>& unit_sq, int groups, 
                                 double* norm_sum, int* clipped);
 
 // The noise of a party's own tensors at step `step`: the secure source, or (seeded plans) a
-// stream of (noise_seed, stream) — stream names the tensors' owner and step. A secure source gets
+// stream of (test_seed, stream) — stream names the tensors' owner and step. A secure source gets
 // a fresh key from RAND_bytes at every call.
 NoiseSource noise_for(const DpPlan& plan, uint64_t stream);
 
 // What the optimizer gets: every gradient coordinate += N(0, σ²C²), then divided by qN.
 void privatise_gradients(ParamSet& params, NoiseSource& noise, const DpPlan& plan);
 
-// One centralised DP-SGD step: zero the gradients, clipped sum over a Poisson batch, Gaussian
-// noise N(0, σ²C²) on every coordinate, division by the expected batch qN, AdamW at `lr`.
+// One centralised DP-SGD step: zero the gradients, clipped sum over step `step`'s Poisson batch,
+// Gaussian noise N(0, σ²C²) on every coordinate, division by the expected batch qN, AdamW at `lr`.
 ClippedBatch dp_local_step(Model& model, ParamSet& params, AdamW& opt, NoiseSource& noise, const PrivacyUnits& units,
-                           const DpPlan& plan, uint64_t seed, int64_t step, float lr);
+                           const DpPlan& plan, const PoissonSampler& batches, int64_t step, float lr);
 
 }  // namespace pcmoe

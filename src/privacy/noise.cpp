@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "model/params.h"
 
@@ -17,7 +18,8 @@ struct NoiseSource::Cipher {
   ~Cipher() { EVP_CIPHER_CTX_free(ctx); }
 };
 
-NoiseSource::NoiseSource(const std::array<unsigned char, 32>& key) : cipher_(std::make_unique<Cipher>()) {
+NoiseSource::NoiseSource(const std::array<unsigned char, 32>& key, bool hardened)
+    : cipher_(std::make_unique<Cipher>()), hardened_(hardened) {
   cipher_->ctx = EVP_CIPHER_CTX_new();
   const unsigned char iv[16] = {};
   if (!cipher_->ctx || EVP_EncryptInit_ex(cipher_->ctx, EVP_aes_256_ctr(), nullptr, key.data(), iv) != 1)
@@ -32,18 +34,26 @@ NoiseSource NoiseSource::secure() {
   std::array<unsigned char, 32> key{};
   if (RAND_bytes(key.data(), (int)key.size()) != 1)
     throw std::runtime_error("the operating system's secure random generator failed (RAND_bytes)");
-  return NoiseSource(key);
+  return NoiseSource(key, true);
+}
+
+// The AES key SHA-256(secret || stream as 8 little-endian bytes).
+NoiseSource NoiseSource::hashed(const unsigned char* secret, size_t len, uint64_t stream, bool hardened) {
+  std::vector<unsigned char> in(secret, secret + len);
+  for (int i = 0; i < 8; ++i) in.push_back((unsigned char)(stream >> (8 * i)));
+  std::array<unsigned char, 32> key{};
+  SHA256(in.data(), in.size(), key.data());
+  return NoiseSource(key, hardened);
 }
 
 NoiseSource NoiseSource::seeded(uint64_t seed, uint64_t stream) {
-  unsigned char in[16];
-  for (int i = 0; i < 8; ++i) {
-    in[i] = (unsigned char)(seed >> (8 * i));
-    in[8 + i] = (unsigned char)(stream >> (8 * i));
-  }
-  std::array<unsigned char, 32> key{};
-  SHA256(in, sizeof in, key.data());
-  return NoiseSource(key);
+  unsigned char le[8];
+  for (int i = 0; i < 8; ++i) le[i] = (unsigned char)(seed >> (8 * i));
+  return hashed(le, sizeof le, stream, false);
+}
+
+NoiseSource NoiseSource::keyed(const std::array<unsigned char, 32>& secret, uint64_t stream) {
+  return hashed(secret.data(), secret.size(), stream, true);
 }
 
 void NoiseSource::refill() {
@@ -75,8 +85,16 @@ double NoiseSource::normal() {
   return r * std::cos(a);
 }
 
+double NoiseSource::hardened_normal() {
+  const double a = normal(), b = normal(), c = normal(), d = normal();
+  return (a + b + c + d) * 0.5;
+}
+
 void NoiseSource::add_gaussian(float* x, size_t n, double std) {
-  for (size_t i = 0; i < n; ++i) x[i] = (float)((double)x[i] + std * normal());
+  if (hardened_)
+    for (size_t i = 0; i < n; ++i) x[i] = (float)((double)x[i] + std * hardened_normal());
+  else
+    for (size_t i = 0; i < n; ++i) x[i] = (float)((double)x[i] + std * normal());
 }
 
 void add_gaussian_noise(ParamSet& params, NoiseSource& src, double std) {

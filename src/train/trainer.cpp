@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "privacy/dp_sgd.h"
@@ -98,7 +99,6 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   set_num_threads(tc.threads);
-  fs::create_directories(opts.out_dir);
   const fs::path out(opts.out_dir), ckpt = out / "checkpoint", metrics_path = out / "metrics.jsonl";
 
   Dataset ds = prepare_dataset(cfg);
@@ -106,19 +106,22 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const bool dp = cfg.privacy.enabled;
   PrivacyUnits units;
   DpPlan plan;
+  std::optional<PoissonSampler> batches;
   ModelConfig model_cfg = mc;
   if (dp) {
     units = make_privacy_units(ds.train.tokens, mc.seq_len, cfg.privacy.unit, ds.tokenizer.bos_id());
     plan = plan_dp(cfg.privacy, units.n_units(), tc.steps);
+    batches = sampler_for(plan, tc.seed);
     if (!plan.aux_per_unit) model_cfg.aux_loss_weight = 0;
     std::fprintf(stderr,
                  "DP-SGD: %d units (%s), q %.4g (expected %.1f units a step), noise multiplier %.4f%s, clip %.4g "
-                 "(%s), delta %.3g; epsilon after %lld steps %.3f%s\n",
+                 "(%s), delta %.3g; epsilon after %lld steps %.3f | %s\n",
                  plan.n_units, plan.unit.c_str(), plan.q, plan.expected_batch(), plan.sigma,
                  plan.sigma_calibrated ? " (calibrated)" : "", plan.clip, plan.per_layer ? "per-layer" : "flat",
                  plan.delta, (long long)plan.budget_steps, plan.epsilon_after(plan.budget_steps),
-                 plan.seeded_noise ? " | SEEDED NOISE (tests only)" : "");
+                 plan.randomness().c_str());
   }
+  fs::create_directories(opts.out_dir);  // after the plan: a refused privacy section writes nothing
   LocalModel lm(model_cfg, tc, dp ? std::max(tc.batch_size, units.max_windows()) : 0, dp);
   if (dp) lm.model.set_aux_per_sequence(plan.aux_per_unit);
   ParamSet& params = lm.params;
@@ -165,8 +168,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
     if (dp) {
       us.lr = learning_rate(tc, step);
       NoiseSource noise = noise_for(plan, (uint64_t)step);
-      const ClippedBatch cb = dp_local_step(model, params, opt, noise, units,
-                                            plan, tc.seed, step, us.lr);
+      const ClippedBatch cb = dp_local_step(model, params, opt, noise, units, plan, *batches, step, us.lr);
       last = cb.loss;
       us.grad_norm = cb.mean_norm;
       tokens_done += (int64_t)cb.windows * mc.seq_len;

@@ -97,6 +97,17 @@ expect_error(["--sigma", "1.5", "--q", "0.04", "--delta", "1e-5"], "missing --st
 expect_error(["--sigma", "1.5", "--q", "0.04", "--steps", "2250"], "missing --delta", "missing --delta")
 expect_error(["--sigma", "1.5", *PUBLISHED, "--delta"], "--delta needs a value", "flag without value")
 expect_error(["--sigma", "1.5", *PUBLISHED, "--bogus", "1"], "unknown argument '--bogus'", "unknown argument")
+# Given N units, delta follows a run's rule: 1/(10N) by default (N = 10^4: the published 1e-5
+# and its epsilon), a delta >= 1/N refused unless --allow-weak-delta.
+code, out, _ = run("dp-budget", "--sigma", "1.5", "--q", "0.04", "--steps", "2250", "--units", "10000", "--json")
+r = json.loads(out) if code == 0 else {}
+check(code == 0 and r["delta"] == 1e-5 and r["units"] == 10000 and close(r["improved"]["epsilon"], 7.3291111714),
+      f"--units 10000: delta 1/(10N) = 1e-5, epsilon 7.3291111714 ({r.get('improved')})")
+WEAK = ["--sigma", "1.5", "--q", "0.04", "--steps", "2250", "--units", "10000", "--delta", "1e-4"]
+expect_error(WEAK, "--allow-weak-delta", "delta 1/N with --units", want_code=1)
+code, out, _ = run("dp-budget", *WEAK, "--allow-weak-delta", "--json")
+check(code == 0 and json.loads(out)["delta"] == 1e-4, "--allow-weak-delta accepts delta 1/N")
+expect_error(["--sigma", "1.5", "--q", "0.04", "--steps", "2250", "--units", "0"], "--units must be at least 1", "units 0")
 # With orders up to 63, no noise gets epsilon below about 0.103 at delta 1e-5: a runtime error.
 expect_error(["--epsilon", "0.05", *PUBLISHED], "out of reach", "unreachable target epsilon", want_code=1)
 finish()
