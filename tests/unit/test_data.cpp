@@ -361,14 +361,25 @@ Corpus generated_corpus() {
   return corpus;
 }
 
-TEST(DataTokenizer, TrainRoundTripAndCache) {
-  TempDir dir;
-  const Corpus corpus = generated_corpus();
+std::vector<size_t> every_document(const Corpus& corpus) {
   std::vector<size_t> docs(corpus.docs.size());
   for (size_t i = 0; i < docs.size(); ++i) docs[i] = i;
+  return docs;
+}
+
+// A 300-piece tokenizer cached under dir/cache.
+DataConfig small_tokenizer_config(const TempDir& dir) {
   DataConfig cfg;
   cfg.vocab_size = 300;
   cfg.cache_dir = (dir.path() / "cache").string();
+  return cfg;
+}
+
+TEST(DataTokenizer, TrainRoundTripAndCache) {
+  TempDir dir;
+  const Corpus corpus = generated_corpus();
+  const std::vector<size_t> docs = every_document(corpus);
+  const DataConfig cfg = small_tokenizer_config(dir);
 
   testing::internal::CaptureStderr();
   const Tokenizer tok = Tokenizer::train_or_load(corpus, docs, cfg);
@@ -426,11 +437,8 @@ TEST(DataTokenizer, TrainRoundTripAndCache) {
 TEST(DataTokenizer, EncodesAnyBytes) {
   TempDir dir;
   const Corpus corpus = generated_corpus();
-  std::vector<size_t> docs(corpus.docs.size());
-  for (size_t i = 0; i < docs.size(); ++i) docs[i] = i;
-  DataConfig cfg;
-  cfg.vocab_size = 300;
-  cfg.cache_dir = (dir.path() / "cache").string();
+  const std::vector<size_t> docs = every_document(corpus);
+  const DataConfig cfg = small_tokenizer_config(dir);
   testing::internal::CaptureStderr();
   const Tokenizer tok = Tokenizer::train_or_load(corpus, docs, cfg);
   testing::internal::GetCapturedStderr();
