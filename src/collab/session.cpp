@@ -4,7 +4,6 @@
 #include <stdexcept>
 #include <unordered_map>
 
-#include "tensor/rng.h"
 #include "train/step.h"
 
 namespace pcmoe {
@@ -88,14 +87,6 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
   }
   ++me.turns;
   return r;
-}
-
-std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round) {
-  std::vector<int> order(n_parties);
-  for (int i = 0; i < n_parties; ++i) order[i] = i;
-  Rng rng(splitmix64(seed ^ 0x70636d6f65ULL) + (uint64_t)round * 0x9e3779b97f4a7c15ULL);
-  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.next_u64() % i]);
-  return order;
 }
 
 TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,

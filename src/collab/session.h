@@ -8,6 +8,7 @@
 
 #include "collab/expert_host.h"
 #include "collab/remote_experts.h"
+#include "collab/schedule.h"
 #include "collab/transport.h"
 #include "model/model.h"
 #include "privacy/dp_sgd.h"
@@ -69,10 +70,6 @@ struct DpTurnResult {
 DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
                          const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
                          uint64_t noise_stream);
-
-// The order in which n parties take their turns in round r: a permutation drawn from the seed
-// and r alone (the seeded, randomised round-robin).
-std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round);
 
 class PcMoeSession {
  public:

@@ -108,13 +108,6 @@ void drop_checkpoints_but(const fs::path& root, int64_t keep) {
   for (const fs::path& p : others) fs::remove_all(p);
 }
 
-// This party's first turn at or after `from`, or `end` if it has none before it.
-int64_t next_own_turn(uint64_t seed, int n, int me, int64_t from, int64_t end) {
-  for (int64_t t = from; t < end; ++t)
-    if (round_order(seed, n, t / n)[t % n] == me) return t;
-  return end;
-}
-
 // Keeps the lines of a resumed party's metrics for turns before `first`: the turns from there
 // on are trained again.
 void keep_metrics_before(const fs::path& path, int64_t first) {
@@ -277,7 +270,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     double busy = 0;
     int64_t trained = 0;  // turns of this run (a resumed party's earlier ones are in party.turns)
     for (int64_t from = first_turn;;) {
-      const int64_t mine = next_own_turn(cfg.train.seed, n, me, from, end_turn);
+      const int64_t mine = next_turn_of(cfg.train.seed, n, me, from, end_turn);
       for (int64_t stop; (stop = std::min(next_checkpoint, next_view)) < end_turn && stop <= mine;) {
         if (stop == next_view) {
           save_view(stop);
