@@ -3,6 +3,7 @@
 // other parties are answered by a stateless stub, so the process holds party p's memory alone.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -117,9 +118,13 @@ int measure(const std::string& config_path, int n, int p) {
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * row);
   Rng rng(tc.seed);
   const TurnPlan plan(mc, n);
-  for (int turn = 0; turn < 2; ++turn) {  // two, so that AdamW's state has been written
+  // Two of p's turns, so that AdamW's state has been written. The stub plays no other party's
+  // turns, so p's host starts at each of p's own.
+  for (int64_t k = 0, turn = -1; k < 2; ++k) {
+    turn = next_turn_of(tc.seed, n, p, turn + 1, INT64_MAX);
     for (int32_t& id : windows) id = (int32_t)(rng.next_u64() % (uint64_t)mc.vocab_size);
-    run_turn(party, transport, tc, plan, windows.data());
+    party.host.start_at((uint64_t)turn);
+    run_turn(party, transport, tc, plan, turn, windows.data());
   }
 
   const size_t total = layout_numel(param_layout(mc, ParamSelection{}));

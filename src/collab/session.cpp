@@ -8,9 +8,18 @@
 
 namespace pcmoe {
 namespace {
-Bytes control_message(ControlOp op) {
+// Sends a control order to every host; each answers with nothing.
+void order_all(Transport& transport, int p, int n, const Bytes& message) {
+  for (int h = 0; h < n; ++h) {
+    const Bytes reply = transport.call(p, h, MsgKind::kControl, message);
+    Reader(reply).expect_end();
+  }
+}
+
+Bytes begin_message(int64_t turn) {
   Writer w;
-  w.u32(static_cast<uint32_t>(op));
+  w.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
+  w.u64((uint64_t)turn);
   return w.take();
 }
 }  // namespace
@@ -62,11 +71,15 @@ PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_
   }
 }
 
+void PcMoeSession::start_at(int64_t turn) {
+  for (auto& p : parties_) p->host.start_at((uint64_t)turn);
+}
+
 DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
-                         const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
+                         int64_t turn, const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
                          uint64_t noise_stream) {
   const int p = me.id, n = (int)plan.host_tensors.size();
-  for (int h = 0; h < n; ++h) transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kBeginTurn));
+  order_all(transport, p, n, begin_message(turn));
   me.backbone.zero_grads();
   DpTurnResult r;
   r.batch = accumulate_clipped(me.model, units, sampled, dp);
@@ -76,23 +89,21 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
   NoiseSource noise = noise_for(dp, noise_stream * 1024 + 1023);  // hosts use ids 0..1022
   privatise_gradients(me.backbone, noise, dp);
   me.optimizer.step(me.backbone, r.turn.lr);
-  for (int h = 0; h < n; ++h) {
-    Writer w;
-    w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
-    w.f32((float)dp.noise_std());
-    w.f32(dp.average_scale());
-    w.f32(r.turn.lr);
-    w.u64(noise_stream);
-    transport.call(p, h, MsgKind::kControl, w.take());
-  }
+  Writer w;
+  w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
+  w.f32((float)dp.noise_std());
+  w.f32(dp.average_scale());
+  w.f32(r.turn.lr);
+  w.u64(noise_stream);
+  order_all(transport, p, n, w.take());
   ++me.turns;
   return r;
 }
 
-TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
+TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan, int64_t turn,
                     const int32_t* windows) {
   const int p = me.id, n = (int)plan.host_tensors.size();
-  for (int h = 0; h < n; ++h) transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kBeginTurn));
+  order_all(transport, p, n, begin_message(turn));
   TurnResult r;
   r.loss = accumulate_gradients(me.model, me.backbone, windows, tc.batch_size, tc.grad_accum);
 
@@ -100,8 +111,11 @@ TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc
   std::unordered_map<std::string, double> sums;
   const std::vector<double> own = grad_sq_sums(me.backbone);
   for (size_t i = 0; i < own.size(); ++i) sums[me.backbone.tensors()[i].name] = own[i];
+  Writer ask;
+  ask.u32(static_cast<uint32_t>(ControlOp::kGradSqSums));
+  const Bytes sums_message = ask.take();
   for (int h = 0; h < n; ++h) {
-    const Bytes reply = transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kGradSqSums));
+    const Bytes reply = transport.call(p, h, MsgKind::kControl, sums_message);
     Reader rd(reply);
     for (const std::string& name : plan.host_tensors[h]) sums[name] = rd.f64();
     rd.expect_end();
@@ -114,13 +128,11 @@ TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc
 
   scale_grads(me.backbone, coef);
   me.optimizer.step(me.backbone, r.lr);
-  for (int h = 0; h < n; ++h) {
-    Writer w;
-    w.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
-    w.f32(coef);
-    w.f32(r.lr);
-    transport.call(p, h, MsgKind::kControl, w.take());
-  }
+  Writer w;
+  w.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
+  w.f32(coef);
+  w.f32(r.lr);
+  order_all(transport, p, n, w.take());
   ++me.turns;
   return r;
 }
