@@ -1,5 +1,6 @@
 #include "collab/expert_host.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -25,8 +26,12 @@ ExpertHost::ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party,
                        const HostPrivacy& privacy, WireDtype wire)
     : cfg_(cfg), party_(party), n_parties_(n_parties), seed_(tc.seed), wire_(wire),
       local_(hosted_experts(cfg.n_experts, party, n_parties)), shard_(cfg, shard_selection(party, n_parties)),
-      compute_(cfg, shard_, max_rows, privacy.per_unit), opt_(shard_, tc), layers_(cfg.n_layers), privacy_(privacy) {
+      compute_(cfg, shard_, max_rows, privacy.per_unit, /*keep_inputs=*/wire != WireDtype::kF32), opt_(shard_, tc),
+      layers_(cfg.n_layers), privacy_(privacy) {
   shard_.init(tc.seed);
+  // An fp32 reply always encodes; a narrower one fails on overflow after its backward has added
+  // the gradients, which undo_ then restores (keep_inputs keeps the forward that backward used).
+  if (wire != WireDtype::kF32) undo_.resize(local_.size() * 3 * (size_t)cfg.d_model * cfg.d_ff);
 }
 
 void ExpertHost::start_at(uint64_t turn) {
@@ -86,6 +91,18 @@ void ExpertHost::require_layers_idle(const std::string& what) const {
                                                                       : "per-unit backward awaits its clip factors"));
 }
 
+void ExpertHost::keep_grads(int layer, bool restore) {
+  float* at = undo_.data();
+  for (int e : local_)
+    for (const char* w : {"w1", "w3", "w2"}) {
+      const ParamTensor& t = shard_.info(expert_param(layer, e, w));
+      float* g = shard_.grads() + t.offset;
+      if (restore) std::copy_n(at, t.numel, g);
+      else std::copy_n(g, t.numel, at);
+      at += t.numel;
+    }
+}
+
 Bytes ExpertHost::expert_call(Call call, MsgKind kind, int from, const Bytes& request) {
   // With no turn open a forward is an evaluation: any party's, kept for no backward.
   const bool evaluation = call == Call::kForward && holder_ < 0;
@@ -103,6 +120,8 @@ Bytes ExpertHost::expert_call(Call call, MsgKind kind, int from, const Bytes& re
   const size_t total = (size_t)in_.n_rows() * cfg_.d_model;
   out_.resize(total);
   std::vector<double> sq((size_t)in_.n_units, 0.0);
+  const bool undo = call == Call::kBackward && !undo_.empty();
+  if (undo) keep_grads(layer, false);
   switch (call) {
     case Call::kForward: compute_.forward(layer, offsets.data(), in_.rows.data(), out_.data()); break;
     case Call::kBackward: compute_.backward(layer, offsets.data(), in_.rows.data(), out_.data()); break;
@@ -111,9 +130,15 @@ Bytes ExpertHost::expert_call(Call call, MsgKind kind, int from, const Bytes& re
                                    sq.data());
       break;
   }
-  // A reply that cannot be encoded (fp16 overflow) fails the call; a layer's stage moves only
-  // once its reply exists.
-  Bytes reply = encode_expert_reply(out_.data(), total, sq.data(), in_.n_units, wire_);
+  // A reply that cannot be encoded (fp16 overflow) fails the call: the layer keeps its stage (a
+  // forward's saved rows are used by no backward) and a backward's gradients are restored.
+  Bytes reply;
+  try {
+    reply = encode_expert_reply(out_.data(), total, sq.data(), in_.n_units, wire_);
+  } catch (const std::runtime_error&) {
+    if (undo) keep_grads(layer, true);
+    throw;
+  }
   if (evaluation) return reply;
   switch (call) {
     case Call::kForward:

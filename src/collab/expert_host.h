@@ -55,7 +55,7 @@ class ExpertHost {
   // order of ControlOp; with no turn open, a forward is an evaluation (served to any party, kept
   // for no backward) and kBeginTurn opens the next turn. Throws std::runtime_error naming
   // `from` on a malformed, out-of-turn or out-of-order call or a non-finite value, with no
-  // state change.
+  // state change; a call whose reply fails to encode changes nothing either.
   Bytes handle(MsgKind kind, int from, const Bytes& request);
   // Serve turns from `turn` on: a resumed host continues at its checkpoint's turn. Ends an open
   // turn.
@@ -70,6 +70,8 @@ class ExpertHost {
   const AdamW& optimizer() const { return opt_; }
   AdamW& optimizer() { return opt_; }  // to restore a checkpoint
   size_t activation_bytes() const { return compute_.activation_bytes(); }
+  // The undo copy of one layer's gradients (a narrow wire's backward reply may fail: handle).
+  size_t scratch_bytes() const { return undo_.size() * sizeof(float); }
 
  private:
   enum class Call { kForward, kBackward, kBackwardUnits };
@@ -89,6 +91,8 @@ class ExpertHost {
   void require_layers_idle(const std::string& what) const;
   void end_turn();
   void add_noise(float std, uint64_t stream);
+  // Copies (restore: back) the hosted experts' gradients of `layer` into undo_.
+  void keep_grads(int layer, bool restore);
 
   ModelConfig cfg_;
   int party_, n_parties_;
@@ -104,6 +108,7 @@ class ExpertHost {
   std::vector<Layer> layers_;  // per layer, in the open turn
   ExpertRequest in_;  // the last expert call (its buffers reused)
   std::vector<float> out_;  // its results in fp32, before they are encoded for the wire
+  std::vector<float> undo_;  // one layer's hosted gradients; empty when replies always encode
   HostPrivacy privacy_;
   std::unique_ptr<NoiseSource> noise_;  // the secure source, when not seeded
 };

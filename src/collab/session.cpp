@@ -38,7 +38,7 @@ nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes) {
                       {"gradients", bb + sh},
                       {"optimizer", p.optimizer.state_bytes() + p.host.optimizer().state_bytes()},
                       {"activations", p.model.activation_bytes() + p.host.activation_bytes()},
-                      {"scratch", p.model.scratch_bytes()},
+                      {"scratch", p.model.scratch_bytes() + p.host.scratch_bytes()},
                       {"transport", transport_bytes},
                       {"backbone_parameters", bb},
                       {"expert_parameters", sh}};

@@ -218,6 +218,24 @@ TEST_F(HostTurns, NonFiniteClipFactorsAreRefused) {
   EXPECT_EQ(test::first_difference(test::HostState(*host), test::HostState(*twin)), "");
 }
 
+// fp16 replies can fail after the host computed them: a backward's gradients are restored and its
+// forward still stands; a forward whose reply fails leaves no forward for a backward.
+TEST_F(HostTurns, AReplyThatOverflowsFp16ChangesNothing) {
+  make({}, WireDtype::kF16);
+  const auto fp16 = [&](MsgKind kind, float scale) { return expert(kind, 0, scale, WireDtype::kF16); };
+  both(MsgKind::kControl, 0, test::begin_message(turn));
+  refused(MsgKind::kExpertForward, 0, fp16(MsgKind::kExpertForward, 60000.0f), "beyond its range (65504)");
+  refused(MsgKind::kExpertBackward, 0, fp16(MsgKind::kExpertBackward, 1.0f), "no forward awaiting it");
+  both(MsgKind::kExpertForward, 0, fp16(MsgKind::kExpertForward, 8000.0f));
+  refused(MsgKind::kExpertBackward, 0, fp16(MsgKind::kExpertBackward, 60000.0f), "beyond its range (65504)");
+  const test::HostState before(*host);
+  both(MsgKind::kExpertBackward, 0, fp16(MsgKind::kExpertBackward, 1.0f));
+  EXPECT_NE(test::HostState(*host).grads, before.grads) << "the accepted backward added gradients";
+  both(MsgKind::kControl, 0, control(ControlOp::kGradSqSums));
+  both(MsgKind::kControl, 0, update(0.5f, 0.01f));
+  EXPECT_EQ(test::first_difference(test::HostState(*host), test::HostState(*twin)), "");
+}
+
 // With no turn open a forward is an evaluation: served to any party, and nothing is kept (no
 // backward may follow it).
 TEST_F(HostTurns, EvaluationForwardsBetweenTurnsKeepNothing) {
