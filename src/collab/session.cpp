@@ -117,7 +117,13 @@ TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc
   for (int h = 0; h < n; ++h) {
     const Bytes reply = transport.call(p, h, MsgKind::kControl, sums_message);
     Reader rd(reply);
-    for (const std::string& name : plan.host_tensors[h]) sums[name] = rd.f64();
+    for (const std::string& name : plan.host_tensors[h]) {
+      const double v = rd.f64();
+      if (!(v >= 0) || !std::isfinite(v))
+        throw std::runtime_error("party " + std::to_string(h) + " answered the gradient sum of " + name + " with " +
+                                 std::to_string(v) + ": must be finite and >= 0");
+      sums[name] = v;
+    }
     rd.expect_end();
   }
   double total = 0;

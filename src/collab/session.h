@@ -54,7 +54,8 @@ struct TurnPlan {
 // Party `me` trains one step, global turn `turn` (which it holds), on windows[grad_accum *
 // batch_size, T+1]: every host opens the turn and zeroes its gradients; forward and backward
 // through the hosts; the global gradient norm from the backbone's and every host's per-tensor
-// sums; one clipped update of the backbone here and of every expert on its host.
+// sums; one clipped update of the backbone here and of every expert on its host. A host's reply
+// that is malformed or not finite throws before the backbone changes.
 TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan, int64_t turn,
                     const int32_t* windows);
 

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 
@@ -218,6 +220,18 @@ TEST_F(HostTurns, NonFiniteClipFactorsAreRefused) {
   EXPECT_EQ(test::first_difference(test::HostState(*host), test::HostState(*twin)), "");
 }
 
+TEST_F(HostTurns, NonFiniteRowsAreRefused) {
+  make();
+  both(MsgKind::kControl, 0, test::begin_message(turn));
+  for (float bad : {kNaN, kInf}) {
+    Bytes fwd = expert(MsgKind::kExpertForward, 0, 1.0f);
+    std::memcpy(fwd.data() + fwd.size() - 4, &bad, 4);
+    refused(MsgKind::kExpertForward, 0, fwd, "rows must be finite");
+  }
+  both(MsgKind::kExpertForward, 0, expert(MsgKind::kExpertForward, 0, 1.0f));
+  finish_turn();
+}
+
 // fp16 replies can fail after the host computed them: a backward's gradients are restored and its
 // forward still stands; a forward whose reply fails leaves no forward for a backward.
 TEST_F(HostTurns, AReplyThatOverflowsFp16ChangesNothing) {
@@ -248,6 +262,65 @@ TEST_F(HostTurns, EvaluationForwardsBetweenTurnsKeepNothing) {
   refused(MsgKind::kExpertBackward, 0, expert(MsgKind::kExpertBackward, 0, 1.0f), "no forward awaiting it");
   EXPECT_EQ(both(MsgKind::kExpertForward, 0, expert(MsgKind::kExpertForward, 0, 1.0f)), y) << "the same experts' outputs";
   finish_turn();
+}
+
+// Hands calls on to `inner` and spoils host `bad`'s non-empty answers of kind `kind`.
+class SpoilingTransport final : public Transport {
+ public:
+  SpoilingTransport(Transport& inner, int bad, MsgKind kind, std::function<void(Bytes&)> spoil)
+      : inner_(inner), bad_(bad), kind_(kind), spoil_(std::move(spoil)) {}
+  void serve(int party, Handler handler) override { inner_.serve(party, std::move(handler)); }
+  Bytes call(int from, int to, MsgKind kind, const Bytes& request) override {
+    Bytes reply = inner_.call(from, to, kind, request);
+    if (to == bad_ && kind == kind_ && !reply.empty()) spoil_(reply);
+    return reply;
+  }
+
+ private:
+  Transport& inner_;
+  int bad_;
+  MsgKind kind_;
+  std::function<void(Bytes&)> spoil_;
+};
+
+// A party checks the hosts' answers: a NaN expert output or gradient sum, or a negative sum,
+// stops its turn with an error before its backbone or optimizer moves.
+TEST(PartyChecks, NonFiniteAnswersOfAHostStopTheTurnBeforeTheBackboneMoves) {
+  const ModelConfig m = tiny::model();
+  const TrainConfig t = tiny::train();
+  std::vector<int32_t> w((size_t)t.batch_size * (m.seq_len + 1));
+  for (size_t i = 0; i < w.size(); ++i) w[i] = (int32_t)((i * 7 + 3) % m.vocab_size);
+  const auto set_first = [](auto value) {
+    return [value](Bytes& b) { std::memcpy(b.data(), &value, sizeof value); };
+  };
+  const struct {
+    MsgKind kind;
+    std::function<void(Bytes&)> spoil;
+    std::string needle;
+  } cases[] = {
+      {MsgKind::kExpertForward, set_first(kNaN), "rows must be finite"},
+      {MsgKind::kExpertBackward, set_first(-kInf), "rows must be finite"},
+      {MsgKind::kControl, set_first(std::numeric_limits<double>::quiet_NaN()), "party 1 answered the gradient sum of"},
+      {MsgKind::kControl, set_first(-1.0), "with -1.000000: must be finite and >= 0"},
+  };
+  for (const auto& c : cases) {
+    InProcessTransport inner;
+    SpoilingTransport net(inner, 1, c.kind, c.spoil);
+    PcMoeSession s(m, t, 2, net);
+    const CollabParty& p = s.party(0);
+    const auto values = test::HostState::bits(p.backbone.values(), p.backbone.numel());
+    const auto moments = test::HostState::bits(p.optimizer.m(), p.backbone.numel());
+    try {
+      s.train_turn(test::start_at_turn_of(s, t.seed, 0), w.data());
+      ADD_FAILURE() << "the turn went on; expected: " << c.needle;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.needle), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(test::HostState::bits(p.backbone.values(), p.backbone.numel()), values) << c.needle;
+    EXPECT_EQ(test::HostState::bits(p.optimizer.m(), p.backbone.numel()), moments) << c.needle;
+    EXPECT_EQ(p.optimizer.steps_done(), 0);
+    EXPECT_EQ(p.turns, 0);
+  }
 }
 
 }  // namespace
