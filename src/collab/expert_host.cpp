@@ -51,7 +51,7 @@ Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
   try {
     return serve(kind, from, request);
   } catch (const std::runtime_error& e) {
-    throw std::runtime_error("party " + std::to_string(party_) + " refused a " + to_string(kind) + " call from party " +
+    throw std::runtime_error("party " + std::to_string(party_) + " refused " + to_string(kind) + " from party " +
                              std::to_string(from) + ": " + e.what());
   }
 }

@@ -429,7 +429,7 @@ TEST_F(HostOverGrpc, TurnsAreTheHostsNotTheStepLabels) {
   const test::HostState mid_turn(*host_);
   const std::string turn = std::to_string(first_turn_);
   expect_refused(MsgKind::kExpertBackward, expert_call(0, 5, 5 * C),
-                 "party 1 refused a expert_backward call from party 2: expert_backward during turn " + turn +
+                 "party 1 refused expert_backward from party 2: expert_backward during turn " + turn +
                      ", which is party 0's",
                  &party2);
   expect_refused(MsgKind::kControl, test::begin_message(first_turn_ + 1), "begin of turn " + std::to_string(first_turn_ + 1) +
@@ -448,7 +448,7 @@ TEST_F(HostOverGrpc, TurnsAreTheHostsNotTheStepLabels) {
   EXPECT_EQ(after_turn.turn, first_turn_ + 1);
   EXPECT_EQ(after_turn.holder, -1);
   expect_refused(MsgKind::kControl, test::begin_message(UINT64_MAX),
-                 "party 1 refused a control call from party 0: begin of turn 18446744073709551615, but turn " +
+                 "party 1 refused control from party 0: begin of turn 18446744073709551615, but turn " +
                      std::to_string(first_turn_ + 1) + " is next");
   EXPECT_EQ(changed_since(after_turn), "");
   // Between turns a forward is an evaluation, any party's: served, nothing kept.

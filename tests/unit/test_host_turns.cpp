@@ -30,12 +30,13 @@ Bytes control(ControlOp op, std::initializer_list<float> floats = {}) {
 }
 Bytes update(float coef, float lr) { return control(ControlOp::kApplyUpdate, {coef, lr}); }
 Bytes noisy_update(float std, float scale, float lr) {
-  Bytes b = control(ControlOp::kApplyNoisyUpdate, {std, scale, lr});
-  Writer stream;
-  stream.u64(3);
-  const Bytes s = stream.take();
-  b.insert(b.end(), s.begin(), s.end());
-  return b;
+  Writer w;
+  w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
+  w.f32(std);
+  w.f32(scale);
+  w.f32(lr);
+  w.u64(3);  // noise stream
+  return w.take();
 }
 Bytes clip_factors(uint32_t layer, std::vector<float> factors) {
   Writer w;
@@ -89,7 +90,7 @@ class HostTurns : public ::testing::Test {
       ADD_FAILURE() << "accepted; expected: " << needle;
     } catch (const std::runtime_error& e) {
       const std::string what = e.what();
-      EXPECT_NE(what.find("party 1 refused a " + std::string(to_string(kind)) + " call from party " + std::to_string(from)),
+      EXPECT_NE(what.find("party 1 refused " + std::string(to_string(kind)) + " from party " + std::to_string(from)),
                 std::string::npos)
           << what;
       EXPECT_NE(what.find(needle), std::string::npos) << what;
@@ -99,10 +100,10 @@ class HostTurns : public ::testing::Test {
 
   // The rest of party 0's plain turn on both, from an open turn with layer 0 forwarded; then
   // the two must still be alike, and the turn over.
-  void finish_turn(float lr = 0.01f) {
+  void finish_turn() {
     both(MsgKind::kExpertBackward, 0, expert(MsgKind::kExpertBackward, 0, 1.0f));
     both(MsgKind::kControl, 0, control(ControlOp::kGradSqSums));
-    both(MsgKind::kControl, 0, update(0.5f, lr));
+    both(MsgKind::kControl, 0, update(0.5f, 0.01f));
     const test::HostState after(*host);
     EXPECT_EQ(test::first_difference(after, test::HostState(*twin)), "");
     EXPECT_EQ(after.turn, turn + 1);
