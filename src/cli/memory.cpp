@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "collab/expert_host.h"
+#include "collab/schedule.h"
 #include "collab/session.h"
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
@@ -53,7 +55,7 @@ enum class Frame : uint8_t { kCall, kReply, kError, kTurn, kDone, kQuit };
 struct Header {
   Frame type;
   MsgKind kind;
-  int32_t from, to;  // kCall: caller and callee; kTurn: `to` is the party whose turn it is
+  int32_t from, to;  // kCall: caller and callee; kTurn: global turn `from` is party `to`'s
   uint64_t size;
 };
 
@@ -165,14 +167,16 @@ std::vector<std::unique_ptr<CollabParty>> build_parties(const RunConfig& cfg, Sp
   return parties;
 }
 
-// A turn of `party` on random tokens (a stream of its own, whichever process runs it).
-void random_turn(CollabParty& party, SplitTransport& transport, const RunConfig& cfg, const TurnPlan& plan) {
+// Global turn `turn` of its holder `party` on random tokens (a stream of its own, whichever
+// process runs it).
+void random_turn(CollabParty& party, SplitTransport& transport, const RunConfig& cfg, const TurnPlan& plan,
+                 int64_t turn) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
   Rng rng(splitmix64(tc.seed ^ (uint64_t)party.id) + (uint64_t)party.turns * windows.size());
   for (int32_t& id : windows) id = (int32_t)(rng.next_u64() % (uint64_t)mc.vocab_size);
-  run_turn(party, transport, tc, plan, windows.data());
+  run_turn(party, transport, tc, plan, turn, windows.data());
 }
 
 constexpr int kRounds = 2;  // every party twice, so that every AdamW state has been written
@@ -191,7 +195,7 @@ constexpr int kRounds = 2;  // every party twice, so that every AdamW state has 
       transport.serve_until_command(h);
       if (h.type == Frame::kQuit) ::_exit(0);
       if (h.type != Frame::kTurn || h.to < 0 || h.to >= n || !here[h.to]) throw std::runtime_error("unexpected command");
-      random_turn(*parties[h.to], transport, cfg, plan);
+      random_turn(*parties[h.to], transport, cfg, plan, h.from);
       transport.send({Frame::kDone, MsgKind::kControl, 0, h.to, 0});
     }
   } catch (const std::exception& e) {
@@ -231,17 +235,17 @@ int measure(const std::string& config_path, int n, int p) {
   std::vector<std::unique_ptr<CollabParty>> parties = build_parties(cfg, transport, n, here);
   CollabParty& party = *parties[p];
   const TurnPlan plan(mc, n);
-  for (int64_t round = 0; round < kRounds; ++round)
-    for (int q : round_order(cfg.train.seed, n, round)) {
-      if (q == p) {
-        random_turn(party, transport, cfg, plan);
-        continue;
-      }
-      transport.send({Frame::kTurn, MsgKind::kControl, 0, q, 0});
-      Header h;
-      transport.serve_until_command(h);
-      if (h.type != Frame::kDone) throw std::runtime_error("the other parties' process answered a turn out of order");
+  for (int64_t turn = 0; turn < kRounds * n; ++turn) {
+    const int q = turn_holder(cfg.train.seed, n, turn);
+    if (q == p) {
+      random_turn(party, transport, cfg, plan, turn);
+      continue;
     }
+    transport.send({Frame::kTurn, MsgKind::kControl, (int32_t)turn, q, 0});
+    Header h;
+    transport.serve_until_command(h);
+    if (h.type != Frame::kDone) throw std::runtime_error("the other parties' process answered a turn out of order");
+  }
   if (n > 1) {
     transport.send({Frame::kQuit, MsgKind::kControl, 0, 0, 0});
     int status = 0;

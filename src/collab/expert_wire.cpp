@@ -96,14 +96,18 @@ void put_rows(WireDtype dtype, const float* src, size_t n, std::byte* dst) {
 void get_rows(WireDtype dtype, const std::byte* src, size_t n, float* dst) {
   if (dtype == WireDtype::kF32) {
     if (n) std::memcpy(dst, src, n * 4);
-    return;
+  } else {
+    const bool bf = dtype == WireDtype::kBF16;
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      dst[i] = bf ? bf16_to_float(h) : fp16_to_float(h);
+    }
   }
-  const bool bf = dtype == WireDtype::kBF16;
-  for (size_t i = 0; i < n; ++i) {
-    uint16_t h;
-    std::memcpy(&h, src + 2 * i, 2);
-    dst[i] = bf ? bf16_to_float(h) : fp16_to_float(h);
-  }
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(dst[i]))
+      throw std::runtime_error("value " + std::to_string(i) + " of the rows is " + std::to_string(dst[i]) +
+                               ": rows must be finite");
 }
 
 namespace {
@@ -207,17 +211,18 @@ void decode_expert_reply(const Bytes& reply, const ModelConfig& cfg, const std::
   for (int e : hosted) floats += (offsets[e + 1] - offsets[e]) * C;
   const size_t fb = floats * wire_float_bytes(dtype);
   expect_size(reply, fb + (size_t)n_units * sizeof(double));
+  std::vector<double> sq(n_units);
+  if (n_units) std::memcpy(sq.data(), reply.data() + fb, (size_t)n_units * sizeof(double));
+  for (double s : sq)
+    if (!(s >= 0) || !std::isfinite(s))
+      throw std::runtime_error("a unit's squared gradient norm is " + std::to_string(s) + ": must be finite and >= 0");
   size_t at = 0;
   for (int e : hosted) {
     const size_t n = (offsets[e + 1] - offsets[e]) * C;
     get_rows(dtype, reply.data() + at, n, out + offsets[e] * C);
     at += n * wire_float_bytes(dtype);
   }
-  for (int u = 0; u < n_units; ++u) {
-    double s;
-    std::memcpy(&s, reply.data() + fb + (size_t)u * sizeof(double), sizeof(double));
-    unit_sq[u] += s;
-  }
+  for (int u = 0; u < n_units; ++u) unit_sq[u] += sq[u];
 }
 
 }  // namespace pcmoe

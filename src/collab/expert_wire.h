@@ -31,6 +31,7 @@ float fp16_to_float(uint16_t h);
 // would become ±inf (fp16 beyond ±65504, bf16 beyond ±3.39e38) throws: a run would otherwise go
 // on with infinities and NaN losses; bf16 (fp32's range) is the remedy for fp16 overflow.
 void put_rows(WireDtype dtype, const float* src, size_t n, std::byte* dst);
+// Reads what put_rows wrote; throws on NaN or ±inf, which no peer's state may receive.
 void get_rows(WireDtype dtype, const std::byte* src, size_t n, float* dst);
 
 // One expert call as a host receives it.
@@ -53,7 +54,7 @@ Bytes encode_expert_request(MsgKind kind, const ModelConfig& cfg, int layer, con
 // Reads a request to the host holding `hosted` into `out` (its buffers are reused; rows back in
 // fp32). Throws std::runtime_error on a malformed one: a layer that is not MoE, another expert
 // count, more rows than `max_rows`, units out of range or not ascending within an expert, wrong
-// length for `dtype`.
+// length for `dtype`, a row value that is not finite.
 void decode_expert_request(MsgKind kind, const Bytes& request, const ModelConfig& cfg,
                            const std::vector<int>& hosted, int max_rows, ExpertRequest& out,
                            WireDtype dtype = WireDtype::kF32);
@@ -61,7 +62,8 @@ void decode_expert_request(MsgKind kind, const Bytes& request, const ModelConfig
 // The host's reply: n_floats result rows in `dtype`, then (kExpertBackwardUnits) n_units f64.
 Bytes encode_expert_reply(const float* rows, size_t n_floats, const double* unit_sq, int n_units, WireDtype dtype);
 // Reads a reply into the grouped rows of `out` (the hosted experts' ranges of `offsets`) and adds
-// the units' squared norms to unit_sq (when n_units > 0). Throws on a wrong length.
+// the units' squared norms to unit_sq (when n_units > 0). Throws on a wrong length, a row value
+// that is not finite or a norm that is not finite and >= 0 (unit_sq is then unchanged).
 void decode_expert_reply(const Bytes& reply, const ModelConfig& cfg, const std::vector<int>& hosted, const int* offsets,
                          float* out, double* unit_sq, int n_units, WireDtype dtype);
 

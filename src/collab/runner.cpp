@@ -151,19 +151,20 @@ nlohmann::json run_pcmoe(Shared& sh) {
                         sh.tokenizer_model);
       }
     }
-    for (int p : round_order(cfg.train.seed, n, round)) {
+    for (int64_t turn = round * n; turn < (round + 1) * n; ++turn) {
+      const int p = session.holder(turn);
       nlohmann::json line = {{"mode", "pc-moe"}, {"round", round}, {"party", p}};
       TurnResult r;
       if (dp) {
         const std::vector<int> sampled = sh.batches[p].sample(round, sh.units[p].n_units(), sh.plans[p].q);
-        const DpTurnResult d = session.train_dp_turn(p, sh.units[p], sh.plans[p], sampled, noise_stream(p, round));
+        const DpTurnResult d = session.train_dp_turn(turn, sh.units[p], sh.plans[p], sampled, noise_stream(p, round));
         r = d.turn;
         tokens[p] += (double)d.batch.windows * cfg.model.seq_len;
         line["units"] = d.batch.units;
         line["epsilon"] = sh.plans[p].epsilon_after(round + 1);
       } else {
         fill_turn(sh, p, round, windows.data());
-        r = session.train_turn(p, windows.data());
+        r = session.train_turn(turn, windows.data());
         tokens[p] += (double)sh.tokens_per_turn;
       }
       line.update({{"loss", r.loss.total}, {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}});

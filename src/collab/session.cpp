@@ -4,14 +4,22 @@
 #include <stdexcept>
 #include <unordered_map>
 
-#include "tensor/rng.h"
 #include "train/step.h"
 
 namespace pcmoe {
 namespace {
-Bytes control_message(ControlOp op) {
+// Sends a control order to every host; each answers with nothing.
+void order_all(Transport& transport, int p, int n, const Bytes& message) {
+  for (int h = 0; h < n; ++h) {
+    const Bytes reply = transport.call(p, h, MsgKind::kControl, message);
+    Reader(reply).expect_end();
+  }
+}
+
+Bytes begin_message(int64_t turn) {
   Writer w;
-  w.u32(static_cast<uint32_t>(op));
+  w.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
+  w.u64((uint64_t)turn);
   return w.take();
 }
 }  // namespace
@@ -30,7 +38,7 @@ nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes) {
                       {"gradients", bb + sh},
                       {"optimizer", p.optimizer.state_bytes() + p.host.optimizer().state_bytes()},
                       {"activations", p.model.activation_bytes() + p.host.activation_bytes()},
-                      {"scratch", p.model.scratch_bytes()},
+                      {"scratch", p.model.scratch_bytes() + p.host.scratch_bytes()},
                       {"transport", transport_bytes},
                       {"backbone_parameters", bb},
                       {"expert_parameters", sh}};
@@ -63,11 +71,15 @@ PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_
   }
 }
 
+void PcMoeSession::start_at(int64_t turn) {
+  for (auto& p : parties_) p->host.start_at((uint64_t)turn);
+}
+
 DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
-                         const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
+                         int64_t turn, const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
                          uint64_t noise_stream) {
   const int p = me.id, n = (int)plan.host_tensors.size();
-  for (int h = 0; h < n; ++h) transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kBeginTurn));
+  order_all(transport, p, n, begin_message(turn));
   me.backbone.zero_grads();
   DpTurnResult r;
   r.batch = accumulate_clipped(me.model, units, sampled, dp);
@@ -77,31 +89,21 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
   NoiseSource noise = noise_for(dp, noise_stream * 1024 + 1023);  // hosts use ids 0..1022
   privatise_gradients(me.backbone, noise, dp);
   me.optimizer.step(me.backbone, r.turn.lr);
-  for (int h = 0; h < n; ++h) {
-    Writer w;
-    w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
-    w.f32((float)dp.noise_std());
-    w.f32(dp.average_scale());
-    w.f32(r.turn.lr);
-    w.u64(noise_stream);
-    transport.call(p, h, MsgKind::kControl, w.take());
-  }
+  Writer w;
+  w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
+  w.f32((float)dp.noise_std());
+  w.f32(dp.average_scale());
+  w.f32(r.turn.lr);
+  w.u64(noise_stream);
+  order_all(transport, p, n, w.take());
   ++me.turns;
   return r;
 }
 
-std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round) {
-  std::vector<int> order(n_parties);
-  for (int i = 0; i < n_parties; ++i) order[i] = i;
-  Rng rng(splitmix64(seed ^ 0x70636d6f65ULL) + (uint64_t)round * 0x9e3779b97f4a7c15ULL);
-  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.next_u64() % i]);
-  return order;
-}
-
-TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
+TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan, int64_t turn,
                     const int32_t* windows) {
   const int p = me.id, n = (int)plan.host_tensors.size();
-  for (int h = 0; h < n; ++h) transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kBeginTurn));
+  order_all(transport, p, n, begin_message(turn));
   TurnResult r;
   r.loss = accumulate_gradients(me.model, me.backbone, windows, tc.batch_size, tc.grad_accum);
 
@@ -109,10 +111,19 @@ TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc
   std::unordered_map<std::string, double> sums;
   const std::vector<double> own = grad_sq_sums(me.backbone);
   for (size_t i = 0; i < own.size(); ++i) sums[me.backbone.tensors()[i].name] = own[i];
+  Writer ask;
+  ask.u32(static_cast<uint32_t>(ControlOp::kGradSqSums));
+  const Bytes sums_message = ask.take();
   for (int h = 0; h < n; ++h) {
-    const Bytes reply = transport.call(p, h, MsgKind::kControl, control_message(ControlOp::kGradSqSums));
+    const Bytes reply = transport.call(p, h, MsgKind::kControl, sums_message);
     Reader rd(reply);
-    for (const std::string& name : plan.host_tensors[h]) sums[name] = rd.f64();
+    for (const std::string& name : plan.host_tensors[h]) {
+      const double v = rd.f64();
+      if (!(v >= 0) || !std::isfinite(v))
+        throw std::runtime_error("party " + std::to_string(h) + " answered the gradient sum of " + name + " with " +
+                                 std::to_string(v) + ": must be finite and >= 0");
+      sums[name] = v;
+    }
     rd.expect_end();
   }
   double total = 0;
@@ -123,13 +134,11 @@ TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc
 
   scale_grads(me.backbone, coef);
   me.optimizer.step(me.backbone, r.lr);
-  for (int h = 0; h < n; ++h) {
-    Writer w;
-    w.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
-    w.f32(coef);
-    w.f32(r.lr);
-    transport.call(p, h, MsgKind::kControl, w.take());
-  }
+  Writer w;
+  w.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
+  w.f32(coef);
+  w.f32(r.lr);
+  order_all(transport, p, n, w.take());
   ++me.turns;
   return r;
 }

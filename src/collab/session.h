@@ -8,6 +8,7 @@
 
 #include "collab/expert_host.h"
 #include "collab/remote_experts.h"
+#include "collab/schedule.h"
 #include "collab/transport.h"
 #include "model/model.h"
 #include "privacy/dp_sgd.h"
@@ -50,11 +51,12 @@ struct TurnPlan {
   std::vector<std::vector<std::string>> host_tensors;
 };
 
-// Party `me` trains one step on windows[grad_accum * batch_size, T+1]: every host zeroes its
-// gradients; forward and backward through the hosts; the global gradient norm from the
-// backbone's and every host's per-tensor sums; one clipped update of the backbone here and of
-// every expert on its host.
-TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
+// Party `me` trains one step, global turn `turn` (which it holds), on windows[grad_accum *
+// batch_size, T+1]: every host opens the turn and zeroes its gradients; forward and backward
+// through the hosts; the global gradient norm from the backbone's and every host's per-tensor
+// sums; one clipped update of the backbone here and of every expert on its host. A host's reply
+// that is malformed or not finite throws before the backbone changes.
+TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan, int64_t turn,
                     const int32_t* windows);
 
 // A DP-SGD turn (docs/privacy.md): party `me` clips each of its sampled units' gradients
@@ -67,12 +69,8 @@ struct DpTurnResult {
   ClippedBatch batch;
 };
 DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan,
-                         const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
+                         int64_t turn, const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
                          uint64_t noise_stream);
-
-// The order in which n parties take their turns in round r: a permutation drawn from the seed
-// and r alone (the seeded, randomised round-robin).
-std::vector<int> round_order(uint64_t seed, int n_parties, int64_t round);
 
 class PcMoeSession {
  public:
@@ -80,13 +78,20 @@ class PcMoeSession {
                const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32);
   int n_parties() const { return (int)parties_.size(); }
   CollabParty& party(int p) { return *parties_[p]; }
+  // The party that holds global turn `turn` (turn_holder).
+  int holder(int64_t turn) const { return turn_holder(tc_.seed, n_parties(), turn); }
+  // Every host serves turns from `turn` on (ExpertHost::start_at): a session that starts
+  // mid-schedule, as a test of one party's turn does.
+  void start_at(int64_t turn);
 
-  // Party p's turn (run_turn) on windows[grad_accum * batch_size, T+1].
-  TurnResult train_turn(int p, const int32_t* windows) { return run_turn(party(p), transport_, tc_, plan_, windows); }
-  // Party p's DP-SGD turn (run_dp_turn).
-  DpTurnResult train_dp_turn(int p, const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
+  // Global turn `turn`, its holder's (run_turn), on windows[grad_accum * batch_size, T+1].
+  TurnResult train_turn(int64_t turn, const int32_t* windows) {
+    return run_turn(party(holder(turn)), transport_, tc_, plan_, turn, windows);
+  }
+  // Global turn `turn` as its holder's DP-SGD turn (run_dp_turn).
+  DpTurnResult train_dp_turn(int64_t turn, const PrivacyUnits& units, const DpPlan& dp, const std::vector<int>& sampled,
                              uint64_t noise_stream) {
-    return run_dp_turn(party(p), transport_, tc_, plan_, units, dp, sampled, noise_stream);
+    return run_dp_turn(party(holder(turn)), transport_, tc_, plan_, turn, units, dp, sampled, noise_stream);
   }
 
  private:

@@ -160,14 +160,23 @@ void FedServer::add(const Bytes& response) {
                              std::to_string(8 + code_bytes + ae_bytes));
   Reader head(response);
   const double t = head.f64();
+  if (!(t > 0) || !std::isfinite(t))
+    throw std::runtime_error("party update weighs " + std::to_string(t) + " tokens: must be finite and > 0");
+  // Everything is read and checked before anything is added: a refused update leaves the sums.
   codec_->decode(slice(response, 8, code_bytes), decoded_.data(), n);
-  for (size_t i = 0; i < n; ++i) sum_[i] += t * decoded_[i];
   if (ae_bytes) {
     const Bytes tail = slice(response, 8 + code_bytes, ae_bytes);
     Reader r(tail);
     r.floats(ae_update_.data(), ae_update_.size());
-    for (size_t i = 0; i < ae_update_.size(); ++i) ae_sum_[i] += t * ae_update_[i];
   }
+  const auto finite = [](const std::vector<float>& v) {
+    return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
+  };
+  if (!finite(decoded_) || (ae_bytes && !finite(ae_update_)))
+    throw std::runtime_error("party update holds a value that is not finite");
+  for (size_t i = 0; i < n; ++i) sum_[i] += t * decoded_[i];
+  if (ae_bytes)
+    for (size_t i = 0; i < ae_update_.size(); ++i) ae_sum_[i] += t * ae_update_[i];
   tokens_ += t;
 }
 

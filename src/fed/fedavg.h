@@ -92,7 +92,9 @@ class FedServer {
   FedServer(const FedConfig& fc, const std::string& mode, std::vector<float> global,
             std::unique_ptr<BlockAutoencoder> ae);
   Bytes request() const;                  // this round's downlink
-  void add(const Bytes& response);        // one party's uplink
+  // One party's uplink; throws, adding nothing, unless its token count is finite and > 0 and
+  // every decoded value finite.
+  void add(const Bytes& response);
   const std::vector<float>& last_decoded() const { return decoded_; }  // the last add's update
   // Δ = the token-weighted mean of the added updates; "avg": global += Δ; "adam": FedAdam's step.
   void apply();

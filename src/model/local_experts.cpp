@@ -9,7 +9,7 @@
 
 namespace pcmoe {
 
-LocalExperts::LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows, bool per_unit)
+LocalExperts::LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows, bool per_unit, bool keep_inputs)
     : cfg_(cfg), params_(params), max_rows_(max_rows), per_unit_(per_unit), saved_(cfg.n_layers) {
   const size_t C = cfg.d_model, F = cfg.d_ff, R = max_rows;
   norm_scratch_floats_ = per_unit ? std::max(C * F, R * std::min(C, F)) : 0;
@@ -26,9 +26,11 @@ LocalExperts::LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_row
       }
     }
     act_ = a.take<float>(R * F);
-    if (per_unit) {
+    if (per_unit || keep_inputs) {
       dg_ = a.take<float>(R * F);
       du_ = a.take<float>(R * F);
+    }
+    if (per_unit) {
       dx_ = a.take<float>(R * C);
       norm_scratch_ = a.take<float>(norm_scratch_floats_);
     }
@@ -66,8 +68,8 @@ void LocalExperts::expert_backward(int layer, int e, const float* dy, float* dx,
   float* g = s.g + (size_t)r0 * F;
   float* u = s.u + (size_t)r0 * F;
   swiglu_backward(dx, params_.grad(expert_param(layer, e, "w1")), params_.grad(expert_param(layer, e, "w3")),
-                  params_.grad(expert_param(layer, e, "w2")), dy, g, u, act_, per_unit_ ? dg_ : g,
-                  per_unit_ ? du_ : u, s.x + (size_t)r0 * C, params_.value(expert_param(layer, e, "w1")),
+                  params_.grad(expert_param(layer, e, "w2")), dy, g, u, act_, dg_ ? dg_ : g, du_ ? du_ : u,
+                  s.x + (size_t)r0 * C, params_.value(expert_param(layer, e, "w1")),
                   params_.value(expert_param(layer, e, "w3")), params_.value(expert_param(layer, e, "w2")), n,
                   C, F, sink, adapters(layer, e));
 }

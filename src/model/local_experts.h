@@ -14,8 +14,11 @@ namespace pcmoe {
 class LocalExperts final : public ExpertBackend {
  public:
   // params must hold every expert of every MoE layer that will be called. per_unit plans what
-  // DP-SGD's two backward passes need (the experts' inputs stay intact through backward).
-  LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows, bool per_unit = false);
+  // DP-SGD's two backward passes need (the experts' inputs stay intact through backward);
+  // keep_inputs keeps them intact too (an expert host whose reply may still fail after a
+  // backward keeps the forward that backward needs).
+  LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows, bool per_unit = false,
+               bool keep_inputs = false);
   void forward(int layer, const int* offsets, const float* x, float* y) override;
   void backward(int layer, const int* offsets, const float* dy, float* dx) override;
   void backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit, int n_units,
@@ -48,7 +51,7 @@ class LocalExperts final : public ExpertBackend {
   const LoraAdapters* lora_ = nullptr;
   std::vector<Saved> saved_;  // indexed by layer (unused for dense layers)
   float* act_ = nullptr;      // [max_rows, F] scratch
-  float *dg_ = nullptr, *du_ = nullptr;  // [max_rows, F]; the saved g, u themselves unless per_unit
+  float *dg_ = nullptr, *du_ = nullptr;  // [max_rows, F]; null: backward overwrites the saved g, u
   float* dx_ = nullptr;                  // [max_rows, C] per_unit: the discarded dx of pass 2
   float* norm_scratch_ = nullptr;        // per_unit: GradSink scratch
   size_t norm_scratch_floats_ = 0;

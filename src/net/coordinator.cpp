@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "collab/session.h"
+#include "collab/schedule.h"
 
 namespace pcmoe::net {
 
@@ -108,8 +108,6 @@ void CoordinatorService::agree_first_turn() {
   std::fprintf(stderr, "coordinator: stopping the run: %s\n", reason_.c_str());
 }
 
-int CoordinatorService::holder(int64_t turn) const { return round_order(seed_, n_, turn / n_)[turn % n_]; }
-
 std::chrono::system_clock::time_point CoordinatorService::until(uint32_t wait_ms) const {
   return std::chrono::system_clock::now() + std::chrono::milliseconds(std::min(wait_ms, kMaxPollMs));
 }
@@ -156,7 +154,9 @@ grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire:
   if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::unique_lock<std::mutex> lock(mu_);
   if (turn_ < 0 && !stopped_) return {grpc::StatusCode::FAILED_PRECONDITION, "asked for a turn before every party joined"};
-  const auto ready = [&] { return stopped_ || turn_ >= end_turn_ || holder(turn_) == (int)req.party; };
+  const auto ready = [&] {
+    return stopped_ || turn_ >= end_turn_ || turn_holder(seed_, n_, turn_) == (int)req.party;
+  };
   cv_.wait_until(lock, until(req.wait_ms), ready);
   if (stopped_) {
     reply.poll = wire::STOPPED;
@@ -176,7 +176,8 @@ grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire:
 grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire::TurnDoneRequest& req, wire::Ack&) {
   if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
-  if (turn_ < 0 || (int64_t)req.turn != turn_ || turn_ >= end_turn_ || holder(turn_) != (int)req.party)
+  if (turn_ < 0 || (int64_t)req.turn != turn_ || turn_ >= end_turn_ ||
+      turn_holder(seed_, n_, turn_) != (int)req.party)
     return {grpc::StatusCode::FAILED_PRECONDITION,
             deploy_.parties[req.party].name + " reports turn " + std::to_string(req.turn) + ", which it does not hold"};
   std::fprintf(stderr, "coordinator: turn %lld of %lld (round %lld, %s) done, loss %.4f\n", (long long)turn_,

@@ -1,5 +1,6 @@
 // The Coordinator service of proto/pcmoe.proto (run by party 0) and its client: join with the
-// protocol version and config hash, one turn at a time in round_order, barriers, stop.
+// protocol version and config hash, one turn at a time in the schedule's order (turn_holder),
+// barriers, stop.
 #pragma once
 #include <condition_variable>
 #include <map>
@@ -39,7 +40,6 @@ class CoordinatorService final : public UnaryService {
   // Checks the caller and, with mu_ held, notes that it is alive.
   grpc::Status admit(grpc::ServerContext* ctx, uint32_t party);
   void watch();  // the watchdog thread: stops the run when a joined party falls silent
-  int holder(int64_t turn) const;
   void told(uint32_t party);  // with mu_ held: `party` has been answered STOPPED
   void agree_first_turn();    // with mu_ held, once all have joined: sets turn_ or stops the run
   std::chrono::system_clock::time_point until(uint32_t wait_ms) const;

@@ -12,8 +12,8 @@
 namespace pcmoe::net {
 
 // Bump on any change to proto/pcmoe.proto or to the payload encodings of docs/protocol.md.
-constexpr uint32_t kProtocolVersion = 4;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation;
-                                          // 4: FED_ROUND, FED_GLOBAL
+constexpr uint32_t kProtocolVersion = 5;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation;
+                                          // 4: FED_ROUND, FED_GLOBAL; 5: begin carries the turn
 
 struct PartyAddress {
   std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters

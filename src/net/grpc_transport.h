@@ -51,6 +51,7 @@ class GrpcTransport final : public Transport {
   ~GrpcTransport() override;
 
   // Only this party's own handler; calls to it from other parties are served one at a time.
+  // May come after start(): until then calls are answered UNAVAILABLE.
   void serve(int party, Handler handler) override;
   // Listens on this party's address with the Party service and `extra` (the coordinator on
   // party 0); throws if the address cannot be bound.
@@ -58,11 +59,10 @@ class GrpcTransport final : public Transport {
   void shutdown();
 
   Bytes call(int from, int to, MsgKind kind, const Bytes& request) override;
-  // The global turn index outgoing calls carry (CallRequest.step).
+  // The global turn index outgoing calls carry (CallRequest.step): a label for counting, which
+  // orders nothing (the host checks the turn of each call itself: ExpertHost).
   void set_step(uint64_t step) { step_ = step; }
   uint64_t step() const { return step_; }
-  // The turn index of the incoming call being served (for a tap: which round a request is of).
-  uint64_t serving_step() const { return serving_step_; }
   // Incoming calls of turn `end` or later (the evaluation after training) are served but not
   // counted: others may start evaluating before this party has read its training traffic.
   void count_turns_below(uint64_t end) { count_below_ = end; }
@@ -98,8 +98,6 @@ class GrpcTransport final : public Transport {
   mutable std::mutex stats_mu_;
   std::mutex host_mu_;  // one incoming call at a time reaches the handler
   uint64_t step_ = 0;
-  uint64_t latest_served_step_ = 0;
-  uint64_t serving_step_ = 0;
   uint64_t count_below_ = UINT64_MAX;
 };
 

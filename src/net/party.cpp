@@ -108,13 +108,6 @@ void drop_checkpoints_but(const fs::path& root, int64_t keep) {
   for (const fs::path& p : others) fs::remove_all(p);
 }
 
-// This party's first turn at or after `from`, or `end` if it has none before it.
-int64_t next_own_turn(uint64_t seed, int n, int me, int64_t from, int64_t end) {
-  for (int64_t t = from; t < end; ++t)
-    if (round_order(seed, n, t / n)[t % n] == me) return t;
-  return end;
-}
-
 // Keeps the lines of a resumed party's metrics for turns before `first`: the turns from there
 // on are trained again.
 void keep_metrics_before(const fs::path& path, int64_t first) {
@@ -199,7 +192,8 @@ nlohmann::json run_party(const PartyOptions& opts) {
     const Tap record = recorder ? recorder->tap() : Tap{};
     net.set_tap([&, record](MsgKind kind, int from, int to, bool is_response, const Bytes& payload) {
       std::lock_guard<std::mutex> lock(tap_mu);
-      const uint64_t step = to == me && !is_response ? net.serving_step() : net.step();
+      // A request to this party's host is of the host's turn (a peer's step label is not trusted).
+      const uint64_t step = to == me && !is_response ? party.host.turn() : net.step();
       const int64_t round = (int64_t)step / n;
       const bool recorded = round < cfg.train.steps && recorded_round(cfg.audit, cfg.train.steps, round);
       if (recorder) {
@@ -210,16 +204,11 @@ nlohmann::json run_party(const PartyOptions& opts) {
       }
     });
   }
-  const int threads = cfg.train.threads;
-  net.serve(me, [&party, threads](MsgKind kind, int from, const Bytes& req) {
-    set_num_threads(threads);  // a server thread: the host computes with the run's thread count
-    return party.host.handle(kind, from, req);
-  });
   std::unique_ptr<CoordinatorService> coordinator;
   if (me == 0)
     coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), hash, cfg.train.seed, end_turn);
   net.start(coordinator.get());
-  std::fprintf(stderr, "%s: serving experts on %s (%s) %.2f s after this process started (%.2f s of CPU), joining %s at %s\n",
+  std::fprintf(stderr, "%s: listening on %s (%s) %.2f s after this process started (%.2f s of CPU), joining %s at %s\n",
                name.c_str(), dr.deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
                seconds_since_process_start(), cpu_seconds(), dr.deploy.parties[0].name.c_str(),
                dr.deploy.parties[0].address.c_str());
@@ -240,6 +229,15 @@ nlohmann::json run_party(const PartyOptions& opts) {
       drop_checkpoints_but(ckpt, first_turn);
       keep_metrics_before(metrics_path, first_turn);
     }
+    // The host serves only once its state is the agreed turn's (until then calls are refused
+    // UNAVAILABLE), and every party's host does before any turn starts.
+    party.host.start_at((uint64_t)first_turn);
+    const int threads = cfg.train.threads;
+    net.serve(me, [&party, threads](MsgKind kind, int from, const Bytes& req) {
+      set_num_threads(threads);  // a server thread: the host computes with the run's thread count
+      return party.host.handle(kind, from, req);
+    });
+    coord.barrier("serving");
     std::fprintf(stderr, "%s: all %d parties joined, %.2f s after this process started; training turns %lld..%lld\n",
                  name.c_str(), n, report["started_to_joined_s"].get<double>(), (long long)first_turn, (long long)end_turn - 1);
     std::ofstream metrics(metrics_path, first_turn > 0 ? std::ios::app : std::ios::trunc);
@@ -277,7 +275,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     double busy = 0;
     int64_t trained = 0;  // turns of this run (a resumed party's earlier ones are in party.turns)
     for (int64_t from = first_turn;;) {
-      const int64_t mine = next_own_turn(cfg.train.seed, n, me, from, end_turn);
+      const int64_t mine = next_turn_of(cfg.train.seed, n, me, from, end_turn);
       for (int64_t stop; (stop = std::min(next_checkpoint, next_view)) < end_turn && stop <= mine;) {
         if (stop == next_view) {
           save_view(stop);
@@ -296,7 +294,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
       const auto t_turn = clock_type::now();
       fill_turn(cfg, own, (int64_t)t.round, windows.data());
       net.set_step(t.turn);
-      const TurnResult r = run_turn(party, net, cfg.train, plan, windows.data());
+      const TurnResult r = run_turn(party, net, cfg.train, plan, (int64_t)t.turn, windows.data());
       busy += seconds_since(t_turn);
       ++trained;
       metrics << nlohmann::json{{"mode", "pc-moe"}, {"round", t.round}, {"party", me}, {"loss", r.loss.total},

@@ -2,9 +2,12 @@
 // src/net/wire.cpp, the chunk reassembly of streamed calls, the expert-call codec of
 // src/collab/expert_wire.cpp in every wire dtype, and an ExpertHost's handle(). 100,000 inputs
 // from a fixed seed (valid messages mutated: bit flips, random bytes, truncation, extension,
-// splices; and random bytes): each one must decode or be refused with std::runtime_error (or a
-// gRPC status), never crash, and a refused call must leave the host's weights, gradients and
-// AdamW state as they were. Build with -fsanitize=address,undefined to check memory safety too.
+// splices; and random bytes; the host's also from parties whose turn it is not): each one must
+// decode or be refused with std::runtime_error (or a gRPC status), never crash. A twin host is
+// handed only the inputs the host accepted: after every input the two are the same bit for bit
+// (weights, gradients, AdamW state and step, turn) and answer alike, so a refused input changed
+// nothing, its forward state included. Build with -fsanitize=address,undefined to check memory
+// safety too.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -15,6 +18,7 @@
 #include "net/grpc_transport.h"
 #include "net/wire.h"
 #include "tensor/rng.h"
+#include "../unit/hosts.h"
 
 using namespace pcmoe;
 using namespace pcmoe::net;
@@ -105,11 +109,9 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
   host_seeds.push_back({MsgKind::kExpertBackwardUnits,
                         string_of(encode_expert_request(MsgKind::kExpertBackwardUnits, m, 1, hosted, offsets.data(),
                                                         x.data(), units.data(), 2))});
-  for (uint32_t op : {1u, 2u}) {
-    Writer w;
-    w.u32(op);
-    host_seeds.push_back({MsgKind::kControl, string_of(w.take())});
-  }
+  Writer sums;
+  sums.u32(static_cast<uint32_t>(ControlOp::kGradSqSums));
+  host_seeds.push_back({MsgKind::kControl, string_of(sums.take())});
   Writer upd;
   upd.u32(3);
   upd.f32(0.5f);
@@ -122,6 +124,15 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
   clip.f32(0.5f);
   clip.f32(1.0f);
   host_seeds.push_back({MsgKind::kControl, string_of(clip.take())});
+  Writer noisy;
+  noisy.u32(5);
+  noisy.f32(0.1f);
+  noisy.f32(0.5f);
+  noisy.f32(1e-3f);
+  noisy.u64(3);
+  host_seeds.push_back({MsgKind::kControl, string_of(noisy.take())});
+  const size_t begin_seed = host_seeds.size();  // its turn is the host's next: written when drawn
+  host_seeds.push_back({MsgKind::kControl, string_of(test::begin_message(0))});
   std::vector<std::string> pool;
   for (const auto& [k, s] : host_seeds) pool.push_back(s);
   wire::CallRequest cr{1, 1, 7, host_seeds[0].second};
@@ -132,15 +143,7 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
   for (const std::string& s : {wire::encode(cr), wire::encode(cc), wire::encode(jr), wire::encode(tr), wire::encode(td)})
     pool.push_back(s);
 
-  ExpertHost host(m, t, 1, 2, max_rows);
-  auto snapshot = [&host]() {
-    const ParamSet& p = host.params();
-    std::vector<float> s(p.values(), p.values() + p.numel());
-    s.insert(s.end(), p.grads(), p.grads() + p.numel());
-    s.insert(s.end(), host.optimizer().m(), host.optimizer().m() + p.numel());
-    s.insert(s.end(), host.optimizer().v(), host.optimizer().v() + p.numel());
-    return s;
-  };
+  ExpertHost host(m, t, 1, 2, max_rows, HostPrivacy{true, true, 7}), twin(m, t, 1, 2, max_rows, HostPrivacy{true, true, 7});
 
   Rng rng(20261126);
   const int n = 100000;
@@ -201,16 +204,20 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
         });
         break;
       }
-      default: {  // the host itself
-        const auto& [kind, s] = host_seeds[rng.next_u64() % host_seeds.size()];
-        const std::string msg = rng.next_u64() % 8 ? mutate(rng, s, pool) : s;
-        const std::vector<float> before = snapshot();
-        ok = accepts([&] { host.handle(kind, 0, bytes_of(msg)); });
-        if (!ok) {
-          const std::vector<float> after = snapshot();
-          ASSERT_EQ(std::memcmp(before.data(), after.data(), before.size() * sizeof(float)), 0)
-              << "input " << i << " was refused but changed the host's state";
+      default: {  // the host itself, mostly from the party whose turn it is (or is next)
+        const size_t which = rng.next_u64() % host_seeds.size();
+        const MsgKind kind = host_seeds[which].first;
+        const std::string s = which == begin_seed ? string_of(test::begin_message(host.turn())) : host_seeds[which].second;
+        const std::string msg = rng.next_u64() % 4 ? mutate(rng, s, pool) : s;
+        const int holder = host.holder() >= 0 ? host.holder() : turn_holder(t.seed, 2, (int64_t)host.turn());
+        const int from = rng.next_u64() % 8 ? holder : (int)(rng.next_u64() % 3);
+        Bytes reply;
+        ok = accepts([&] { reply = host.handle(kind, from, bytes_of(msg)); });
+        if (ok) {
+          EXPECT_EQ(twin.handle(kind, from, bytes_of(msg)), reply) << "input " << i;
         }
+        ASSERT_EQ(test::first_difference(test::HostState(host), test::HostState(twin)), "")
+            << "input " << i << (ok ? ", accepted," : ", refused,") << " left the host unlike its twin";
         (ok ? host_accepted : host_refused)++;
       }
     }
@@ -220,8 +227,9 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
   // The mutations reach both sides of every check: the host served and refused many calls.
   EXPECT_GT(host_accepted, 1000);
   EXPECT_GT(host_refused, 1000);
-  std::printf("fuzz: %d inputs, %d accepted everywhere, %d refused somewhere; host: %d served, %d refused\n", n,
-              accepted, refused, host_accepted, host_refused);
+  EXPECT_GT(host.turn(), 100u) << "whole turns, their updates included, are served between the refusals";
+  std::printf("fuzz: %d inputs, %d accepted everywhere, %d refused somewhere; host: %d served, %d refused, %llu turns ended\n",
+              n, accepted, refused, host_accepted, host_refused, (unsigned long long)host.turn());
 }
 
 }  // namespace

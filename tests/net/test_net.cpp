@@ -19,6 +19,7 @@
 #include "net/grpc_transport.h"
 #include "net/rpc.h"
 #include "net/wire.h"
+#include "../unit/hosts.h"
 
 namespace fs = std::filesystem;
 using namespace pcmoe;
@@ -128,6 +129,11 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
+Bytes to_bytes(const std::string& s) {
+  return Bytes(reinterpret_cast<const std::byte*>(s.data()), reinterpret_cast<const std::byte*>(s.data()) + s.size());
+}
+std::string to_string(const Bytes& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+
 // Party 1 of 3 serves its expert host over mutual TLS; party 0 calls it.
 class HostOverGrpc : public ::testing::Test {
  protected:
@@ -155,6 +161,7 @@ class HostOverGrpc : public ::testing::Test {
     dir_ = (fs::temp_directory_path() / ("pcmoe-net-test-" + std::to_string(getpid()))).string();
     make_certs(d_, dir_);
     host_ = std::make_unique<ExpertHost>(m_, t_, 1, 3, t_.batch_size * m_.seq_len * m_.top_k);
+    host_->start_at(first_turn_);
     server_ = std::make_unique<GrpcTransport>(d_, 1, read_tls_files(dir_, "party1"));
     server_->serve(1, [this](MsgKind k, int from, const Bytes& req) { return host_->handle(k, from, req); });
     server_->start();
@@ -186,23 +193,22 @@ class HostOverGrpc : public ::testing::Test {
     auto channel = grpc::CreateCustomChannel(d_.parties[1].address, grpc::SslCredentials(opts), args);
     wire::CallRequest req;
     req.kind = wire::CONTROL;
-    req.payload = std::string("\x01\0\0\0", 4);  // begin turn
+    req.payload = to_string(test::begin_message(first_turn_));
     wire::CallReply reply;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     return unary_call(*channel, wire::kPartyCall, ctx, req, reply);
   }
 
-  std::vector<float> state() const {
-    const ParamSet& p = host_->params();
-    std::vector<float> s(p.values(), p.values() + p.numel());
-    s.insert(s.end(), p.grads(), p.grads() + p.numel());
-    return s;
+  // "" when the host's whole state is `before`'s, bit for bit.
+  std::string changed_since(const test::HostState& before) const {
+    return test::first_difference(before, test::HostState(*host_));
   }
 
-  void expect_refused(MsgKind kind, const Bytes& payload, const std::string& needle) {
+  void expect_refused(MsgKind kind, const Bytes& payload, const std::string& needle, GrpcTransport* caller = nullptr) {
+    GrpcTransport& c = caller ? *caller : *client_;
     try {
-      client_->call(0, 1, kind, payload);
+      c.call(c.me(), 1, kind, payload);
       ADD_FAILURE() << "the host accepted a bad call; expected: " << needle;
     } catch (const std::runtime_error& e) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
@@ -247,6 +253,7 @@ class HostOverGrpc : public ::testing::Test {
 
   ModelConfig m_;
   TrainConfig t_;
+  const uint64_t first_turn_ = (uint64_t)next_turn_of(t_.seed, 3, 0, 0, 3);  // party 0's: the host starts there
   DeployConfig d_;
   std::string dir_;
   std::unique_ptr<ExpertHost> host_;
@@ -255,12 +262,10 @@ class HostOverGrpc : public ::testing::Test {
 
 TEST_F(HostOverGrpc, BadCallsAreRefusedWithoutStateChange) {
   const size_t C = m_.d_model;
-  Writer begin;
-  begin.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
-  EXPECT_TRUE(client_->call(0, 1, MsgKind::kControl, begin.take()).empty());
+  EXPECT_TRUE(client_->call(0, 1, MsgKind::kControl, test::begin_message(first_turn_)).empty());
   const Bytes out = client_->call(0, 1, MsgKind::kExpertForward, expert_call(0, 5, 5 * C));
   EXPECT_EQ(out.size(), 5 * C * sizeof(float));
-  const std::vector<float> before = state();
+  const test::HostState before(*host_);
 
   expect_refused(MsgKind::kExpertForward, expert_call(0, 5, 4 * C), "truncated message");
   expect_refused(MsgKind::kExpertForward, expert_call(0, 5, 5 * C, 4), "4 unexpected trailing bytes");
@@ -299,10 +304,10 @@ TEST_F(HostOverGrpc, BadCallsAreRefusedWithoutStateChange) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("malformed CallRequest"), std::string::npos) << s.error_message();
 
-  EXPECT_EQ(state(), before) << "a refused call changed the host's weights or gradients";
+  EXPECT_EQ(changed_since(before), "") << "a refused call changed the host's state";
   // The forward of before still stands: its backward is accepted and adds weight gradients.
   EXPECT_EQ(client_->call(0, 1, MsgKind::kExpertBackward, expert_call(0, 5, 5 * C)).size(), 5 * C * sizeof(float));
-  EXPECT_NE(state(), before);
+  EXPECT_NE(changed_since(before), "");
 
   // Only accepted calls are counted, as payload bytes in each direction.
   const TrafficStats st = client_->traffic();
@@ -411,25 +416,45 @@ TEST_F(HostOverGrpc, ExpiredCertificatesAreRefused) {
   fs::remove_all(expired);
 }
 
-TEST_F(HostOverGrpc, StaleStepsAreRefused) {
-  Writer begin;
-  begin.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
-  const Bytes msg = begin.take();
-  client_->set_step(5);
-  client_->call(0, 1, MsgKind::kControl, msg);
-  client_->set_step(4);
-  try {
-    client_->call(0, 1, MsgKind::kControl, msg);
-    ADD_FAILURE() << "a call of an earlier turn was served";
-  } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("FAILED_PRECONDITION"), std::string::npos) << e.what();
-  }
-}
+// The host orders turns itself, by the turn inside each begin and the schedule: the step label
+// of a call orders nothing, so a label of 2^64-1 shuts no one out. A call from a party whose turn
+// it is not, and a begin of turn 2^64-1, are refused naming the caller, with no state change.
+TEST_F(HostOverGrpc, TurnsAreTheHostsNotTheStepLabels) {
+  const size_t C = m_.d_model;
+  GrpcTransport party2(d_, 2, read_tls_files(dir_, "party2"));
+  client_->set_step(UINT64_MAX);
+  EXPECT_TRUE(client_->call(0, 1, MsgKind::kControl, test::begin_message(first_turn_)).empty());
+  client_->set_step(0);
+  EXPECT_EQ(client_->call(0, 1, MsgKind::kExpertForward, expert_call(0, 5, 5 * C)).size(), 5 * C * sizeof(float));
+  const test::HostState mid_turn(*host_);
+  const std::string turn = std::to_string(first_turn_);
+  expect_refused(MsgKind::kExpertBackward, expert_call(0, 5, 5 * C),
+                 "party 1 refused expert_backward from party 2: expert_backward during turn " + turn +
+                     ", which is party 0's",
+                 &party2);
+  expect_refused(MsgKind::kControl, test::begin_message(first_turn_ + 1), "begin of turn " + std::to_string(first_turn_ + 1) +
+                                                                           " while turn " + turn + " (party 0's) is open");
+  EXPECT_EQ(changed_since(mid_turn), "");
 
-Bytes to_bytes(const std::string& s) {
-  return Bytes(reinterpret_cast<const std::byte*>(s.data()), reinterpret_cast<const std::byte*>(s.data()) + s.size());
+  client_->call(0, 1, MsgKind::kExpertBackward, expert_call(0, 5, 5 * C));
+  Writer sums, update;
+  sums.u32(static_cast<uint32_t>(ControlOp::kGradSqSums));
+  client_->call(0, 1, MsgKind::kControl, sums.take());
+  update.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
+  update.f32(1.0f);
+  update.f32(0.01f);
+  EXPECT_TRUE(client_->call(0, 1, MsgKind::kControl, update.take()).empty());
+  const test::HostState after_turn(*host_);
+  EXPECT_EQ(after_turn.turn, first_turn_ + 1);
+  EXPECT_EQ(after_turn.holder, -1);
+  expect_refused(MsgKind::kControl, test::begin_message(UINT64_MAX),
+                 "party 1 refused control from party 0: begin of turn 18446744073709551615, but turn " +
+                     std::to_string(first_turn_ + 1) + " is next");
+  EXPECT_EQ(changed_since(after_turn), "");
+  // Between turns a forward is an evaluation, any party's: served, nothing kept.
+  EXPECT_EQ(party2.call(2, 1, MsgKind::kExpertForward, expert_call(0, 5, 5 * C)).size(), 5 * C * sizeof(float));
+  EXPECT_EQ(changed_since(after_turn), "");
 }
-std::string to_string(const Bytes& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
 
 // A call of the host's largest batch is above the per-message bound: it goes as a stream of
 // chunks both ways and gives exactly what the same host computes in process. Streams that are
@@ -437,9 +462,8 @@ std::string to_string(const Bytes& b) { return std::string(reinterpret_cast<cons
 TEST_F(HostOverGrpc, LargeCallsStreamInChunksAndBadStreamsAreRefused) {
   const size_t C = m_.d_model, rows = 32;
   ExpertHost reference(m_, t_, 1, 3, (int)rows);
-  Writer begin;
-  begin.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
-  const Bytes b = begin.take();
+  reference.start_at(first_turn_);
+  const Bytes b = test::begin_message(first_turn_);
   reference.handle(MsgKind::kControl, 0, b);
   client_->call(0, 1, MsgKind::kControl, b);
   const Bytes fwd = expert_call(0, rows, rows * C);
@@ -450,7 +474,7 @@ TEST_F(HostOverGrpc, LargeCallsStreamInChunksAndBadStreamsAreRefused) {
   EXPECT_EQ(raw(unary).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << "too large for one message";
   const Bytes y = client_->call(0, 1, MsgKind::kExpertForward, fwd);
   EXPECT_EQ(y, reference.handle(MsgKind::kExpertForward, 0, fwd)) << "streamed forward = in-process forward";
-  const std::vector<float> before = state();
+  const test::HostState before(*host_);
 
   const Bytes bwd = expert_call(0, rows, rows * C);
   const std::string p = to_string(bwd);  // 2,060 bytes: chunks of 1,024, 1,024, 12
@@ -481,7 +505,7 @@ TEST_F(HostOverGrpc, LargeCallsStreamInChunksAndBadStreamsAreRefused) {
     EXPECT_EQ(s.error_code(), x.code) << x.needle << ": " << s.error_message();
     EXPECT_NE(s.error_message().find(x.needle), std::string::npos) << s.error_message();
   }
-  EXPECT_EQ(state(), before) << "a refused stream changed the host's weights or gradients";
+  EXPECT_EQ(changed_since(before), "") << "a refused stream changed the host's state";
 
   // The complete stream, written by hand, is served: the reply (2,048 bytes) comes back in chunks.
   std::string reply;

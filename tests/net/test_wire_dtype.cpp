@@ -15,6 +15,7 @@
 #include "collab/expert_wire.h"
 #include "collab/session.h"
 #include "tensor/rng.h"
+#include "../unit/hosts.h"
 
 namespace fs = std::filesystem;
 using namespace pcmoe;
@@ -199,7 +200,7 @@ TEST(WireDtype, SessionTrafficHalves) {
   for (WireDtype d : {WireDtype::kF32, WireDtype::kBF16, WireDtype::kF16}) {
     InProcessTransport net;
     PcMoeSession s(m, t, 2, net, 0, {}, d);
-    const TurnResult r = s.train_turn(0, w.data());
+    const TurnResult r = s.train_turn(test::start_at_turn_of(s, t.seed, 0), w.data());
     const TrafficCount req = net.stats().by_kind_pair.at({MsgKind::kExpertForward, 0, 1});
     const TrafficCount rep = net.stats().by_kind_pair.at({MsgKind::kExpertForward, 1, 0});
     const TrafficCount breq = net.stats().by_kind_pair.at({MsgKind::kExpertBackward, 0, 1});

@@ -101,10 +101,11 @@ TEST(AuditTap, RecordsExactlyWhatTheObserverReceives) {
       rec.set_round(round, record);
       spy.recording = record;
       spy.round = round;
-      for (int p : round_order(t.seed, n, round)) {
+      for (int64_t turn = round * n; turn < (round + 1) * n; ++turn) {
+        const int p = session.holder(turn);
         auto& w = batches[{round, p}];
         w = random_tokens((size_t)t.batch_size * (T + 1), m.vocab_size, 100 * round + p);
-        session.train_turn(p, w.data());
+        session.train_turn(turn, w.data());
       }
     }
   }

@@ -13,6 +13,7 @@
 #include "tensor/rng.h"
 #include "train/local_model.h"
 #include "train/step.h"
+#include "hosts.h"
 #include "tiny.h"
 
 using namespace pcmoe;
@@ -99,7 +100,7 @@ TEST(Collab, RemoteExpertsStepEqualsAllLocalStep) {
   PcMoeSession s(m, t, 3, net);
   const auto w = random_windows(m, t, 5);
   // Party 1 trains: experts 1 and 4 are its own, the rest live on parties 0 and 2.
-  const TurnResult a = s.train_turn(1, w.data());
+  const TurnResult a = s.train_turn(test::start_at_turn_of(s, t.seed, 1), w.data());
   const TurnResult b = c.step(t, w.data(), 0);
   EXPECT_EQ(a.loss.total, b.loss.total);
   EXPECT_EQ(a.loss.ce, b.loss.ce);
@@ -120,7 +121,7 @@ TEST(Collab, OnePartyReproducesCentralisedTrainingExactly) {
   PcMoeSession s(m, t, 1, net);
   for (int step = 0; step < 5; ++step) {
     const auto w = random_windows(m, t, 100 + step);
-    const TurnResult a = s.train_turn(0, w.data());
+    const TurnResult a = s.train_turn(step, w.data());
     const TurnResult b = c.step(t, w.data(), step);
     ASSERT_EQ(a.loss.total, b.loss.total) << "step " << step;
     ASSERT_EQ(a.lr, b.lr);
@@ -143,7 +144,7 @@ TEST(Collab, SkewedRoutingAndIdleHostsMatchTheReference) {
     std::memset(s.party(2).backbone.value(layer_param(l, "router")), 0, sizeof(float) * m.n_experts * m.d_model);
   }
   const auto w = random_windows(m, t, 9);
-  const TurnResult a = s.train_turn(2, w.data());
+  const TurnResult a = s.train_turn(test::start_at_turn_of(s, t.seed, 2), w.data());
   const TurnResult b = c.step(t, w.data(), 0);
   EXPECT_EQ(a.loss.total, b.loss.total);
   const MoeSaved& routing = s.party(2).model.moe_saved(0);
@@ -175,7 +176,7 @@ TEST(Collab, OnlyRoutedHiddenStatesTheirGradientsAndControlCross) {
   const auto w = random_windows(m, t, 21);
   const ParamSet& bb = s.party(0).backbone;
   const std::vector<float> bb_before(bb.values(), bb.values() + bb.numel());
-  s.train_turn(0, w.data());
+  s.train_turn(test::start_at_turn_of(s, t.seed, 0), w.data());
 
   // A centralised twin with the same initial weights, recording what reaches its experts.
   struct Recording final : ExpertBackend {
@@ -224,7 +225,7 @@ TEST(Collab, OnlyRoutedHiddenStatesTheirGradientsAndControlCross) {
     pairs.insert({x.from, x.to});
     if (x.kind == MsgKind::kControl) {
       control_bytes += x.payload.size();
-      // begin (4 bytes), grad-norm sums (4 bytes; reply 8 bytes per hosted tensor), update (12 bytes)
+      // begin (12 bytes), grad-norm sums (4 bytes; reply 8 bytes per hosted tensor), update (12 bytes)
       EXPECT_TRUE(x.payload.size() == 4 || x.payload.size() == 12 || x.payload.size() == 0 ||
                   x.payload.size() == 8 * s.party(1).host.params().tensors().size())
           << x.payload.size();

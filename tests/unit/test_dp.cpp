@@ -11,6 +11,7 @@
 #include "tensor/gemm.h"
 #include "tensor/rng.h"
 #include "train/local_model.h"
+#include "hosts.h"
 #include "tiny.h"
 
 using namespace pcmoe;
@@ -231,7 +232,7 @@ TEST(DpPcMoe, ClippedSumsEqualCentralisedAndBytesMatchTheFormat) {
     const int me = n - 1;
     CollabParty& party = s.party(me);
     party.model.set_aux_per_sequence(true);
-    for (int h = 0; h < n; ++h) s.party(h).host.params().zero_grads();
+    test::open_turn_of(s, net, t.seed, me);  // the hosts zero their gradients
     party.backbone.zero_grads();
     const ClippedBatch pb = accumulate_clipped(party.model, units, sampled, plan);
     EXPECT_NEAR(pb.mean_norm, cb.mean_norm, 1e-5 * cb.mean_norm);
@@ -258,6 +259,7 @@ TEST(DpPcMoe, ClippedSumsEqualCentralisedAndBytesMatchTheFormat) {
     InProcessTransport net2;
     PcMoeSession s2(m, t, n, net2, cap, HostPrivacy{true, true, 9});
     s2.party(me).model.set_aux_per_sequence(true);
+    test::open_turn_of(s2, net2, t.seed, me);
     for (size_t i = 0; i < sampled.size();) {
       std::vector<int> mb;
       int windows = 0;
@@ -284,7 +286,7 @@ TEST(DpPcMoe, ClippedSumsEqualCentralisedAndBytesMatchTheFormat) {
     }
     EXPECT_EQ(got_req, want_req);
     EXPECT_EQ(got_resp, want_resp);
-    EXPECT_EQ(got_ctl, want_factors);
+    EXPECT_EQ(got_ctl, want_factors + 12 * (n - 1)) << "the clip factors, and the begin (12 bytes) to each other host";
   }
 }
 
@@ -321,7 +323,7 @@ TEST(DpPcMoe, TurnNoisesEveryExpertAndRepeatsWithASeed) {
       EXPECT_EQ(r.u32(), 1u);
       for (uint32_t i = 0; i < rows; ++i) EXPECT_EQ(r.u32(), 0u);
     });
-    s.train_dp_turn(0, units, plan, sampled, 77);
+    s.train_dp_turn(test::start_at_turn_of(s, t.seed, 0), units, plan, sampled, 77);
     // What crosses in a DP turn: routed states, per-unit backward calls and control messages only.
     EXPECT_EQ(kinds.count(MsgKind::kExpertBackward), 0u);
     EXPECT_GT(kinds[MsgKind::kExpertBackwardUnits], 0);
@@ -349,6 +351,11 @@ TEST(DpPcMoe, HostRejectsMalformedPerUnitMessagesWithoutStateChange) {
   const TrainConfig t = tiny_train();
   ExpertHost host(m, t, 0, 2, 64, HostPrivacy{true, true, 1});
   ExpertHost plain(m, t, 0, 2, 64);
+  const uint64_t turn = next_turn_of(t.seed, 2, 1, 0, 2);  // party 1's calls
+  for (ExpertHost* h : {&host, &plain}) {
+    h->start_at(turn);
+    h->handle(MsgKind::kControl, 1, test::begin_message(turn));
+  }
   const std::vector<int> ex = hosted_experts(m.n_experts, 0, 2);
   auto call = [&](bool backward_units, const std::vector<uint32_t>& units, uint32_t n_units) {
     Writer w;

@@ -159,6 +159,36 @@ TEST(Fed, ServerAddsTheTokenWeightedMeanOfTheUpdates) {
   EXPECT_GT(gap, 100 * worst);  // the weighting matters at this resolution
 }
 
+// A party's uplink weighs its update by its token count: a count that is not finite and > 0,
+// or an update with a NaN or infinity, is refused and adds nothing (the round's mean is that of
+// the accepted updates, bit for bit as a server that never saw the refused ones).
+TEST(Fed, ServerRefusesNonFiniteTokenCountsAndUpdates) {
+  const std::vector<float> g0 = initial_state(tiny_model(), tiny_train());
+  const size_t n = g0.size();
+  FedServer server(tiny_fed(), "fedavg", g0, nullptr), twin(tiny_fed(), "fedavg", g0, nullptr);
+  const auto uplink = [n](double tokens, float poison) {
+    std::vector<float> u(n);
+    for (size_t i = 0; i < n; ++i) u[i] = 1e-3f * float(i % 7) - 2e-3f;
+    u[n / 2] += poison;
+    Writer w;
+    w.f64(tokens);
+    w.floats(u.data(), n);
+    return w.take();
+  };
+  const Bytes good = uplink(96, 0);
+  server.add(good);
+  twin.add(good);
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  for (const double tokens : {nan, inf, -96.0, 0.0})
+    EXPECT_THROW(server.add(uplink(tokens, 0)), std::runtime_error) << tokens;
+  for (const float poison : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()})
+    EXPECT_THROW(server.add(uplink(96, poison)), std::runtime_error) << poison;
+  server.apply();
+  twin.apply();
+  EXPECT_EQ(std::memcmp(server.global().data(), twin.global().data(), n * sizeof(float)), 0);
+  EXPECT_NE(std::memcmp(server.global().data(), g0.data(), n * sizeof(float)), 0) << "the accepted update applied";
+}
+
 TEST(Fed, BytesPerRoundFollowFromShapesAndWireType) {
   set_num_threads(1);
   const ModelConfig m = tiny_model();
