@@ -324,6 +324,11 @@ class Context final : public CollabContext {
 
 }  // namespace
 
+std::string shared_tokenizer_file(const RunConfig& cfg) {
+  if (!cfg.collab.init_from.empty()) return (fs::path(resolve_checkpoint(cfg.collab.init_from)) / "tokenizer.model").string();
+  return cfg.data.tokenizer;
+}
+
 CollabData load_collab_data(const RunConfig& cfg, int only_party) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
@@ -334,16 +339,14 @@ CollabData load_collab_data(const RunConfig& cfg, int only_party) {
   out.assignment = data::assign_parties(out.corpus, out.split, cfg.parties);
   const data::Corpus& corpus = out.corpus;
   const std::vector<data::PartyData>& assignment = out.assignment;
-  // One tokenizer for all: the starting checkpoint's, or one trained on the union of the
-  // parties' training documents (a shared vocabulary is part of the shared model; in a
-  // deployment it would come from public text).
+  // One tokenizer for all: a shared file, or one trained on the union of the parties' training
+  // documents (a shared vocabulary is part of the shared model).
   std::vector<size_t> union_train;
   for (const auto& pd : assignment) union_train.insert(union_train.end(), pd.train.begin(), pd.train.end());
   std::sort(union_train.begin(), union_train.end());
-  out.tokenizer =
-      cfg.collab.init_from.empty()
-          ? data::Tokenizer::train_or_load(corpus, union_train, cfg.data)
-          : data::Tokenizer::load((fs::path(resolve_checkpoint(cfg.collab.init_from)) / "tokenizer.model").string());
+  const std::string tokenizer_file = shared_tokenizer_file(cfg);
+  out.tokenizer = tokenizer_file.empty() ? data::Tokenizer::train_or_load(corpus, union_train, cfg.data)
+                                         : data::Tokenizer::load(tokenizer_file);
   const data::Tokenizer& tok = out.tokenizer;
   if (tok.vocab_size() != mc.vocab_size)
     throw std::runtime_error("tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but model.vocab_size is " +
