@@ -1,5 +1,7 @@
 #include "net/deploy.h"
 
+#include <arpa/inet.h>
+
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -16,6 +18,13 @@ bool valid_name(const std::string& s) {
   for (char c : s)
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
   return true;
+}
+
+// A certificate proves its DNS names to whoever connects by them; a party named like a loopback
+// host or an IP address would make its certificate good for that host too.
+bool reserved_name(const std::string& s) {
+  in_addr ip{};
+  return s == "localhost" || s == "ip6-localhost" || s == "ip6-loopback" || inet_aton(s.c_str(), &ip) != 0;
 }
 }  // namespace
 
@@ -106,11 +115,21 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
     if (!valid_name(a.name))
       throw std::runtime_error("config key 'deploy.parties': party name '" + a.name +
                                "' must be 1-63 characters of a-z, 0-9 and '-' (it is a certificate DNS name)");
+    if (reserved_name(a.name))
+      throw std::runtime_error("config key 'deploy.parties': party name '" + a.name +
+                               "' is reserved (a loopback host name or an IP address): its certificate would vouch "
+                               "for that host");
     address_host(a.address);
     if (!names.insert(a.name).second) throw std::runtime_error("config key 'deploy.parties': name '" + a.name + "' twice");
     if (!addresses.insert(a.address).second)
       throw std::runtime_error("config key 'deploy.parties': address '" + a.address + "' twice");
   }
+  // Each certificate names its party's address host too: no party may be named like another's host.
+  for (const PartyAddress& a : c.parties)
+    for (const PartyAddress& b : c.parties)
+      if (a.name != b.name && a.name == address_host(b.address))
+        throw std::runtime_error("config key 'deploy.parties': party name '" + a.name + "' is the host of " + b.name +
+                                 "'s address " + b.address + ", whose certificate names that host");
   if (!(c.call_timeout_s > 0) || !(c.join_timeout_s > 0) || !(c.dead_after_s >= 0.5))
     throw std::runtime_error("config keys 'deploy.call_timeout_s' and 'deploy.join_timeout_s' must be > 0, "
                              "'deploy.dead_after_s' at least 0.5");

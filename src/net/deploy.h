@@ -16,7 +16,8 @@ constexpr uint32_t kProtocolVersion = 4;  // 2: CallStream, collab.wire_dtype; 3
                                           // 4: FED_ROUND, FED_GLOBAL
 
 struct PartyAddress {
-  std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters
+  std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters;
+                        // not a loopback name, an IP address or another party's address host
   std::string address;  // host:port it listens on and is reached at
 };
 

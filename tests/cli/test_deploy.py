@@ -1,8 +1,8 @@
 """PC-MoE deployed as separate processes over gRPC with mutual TLS (`pcmoe launch`, `pcmoe party`,
 `pcmoe certs`): 4 party processes on loopback reproduce the in-process simulation's per-turn
 losses, validation losses and traffic exactly; peers with a certificate of another CA, without
-a certificate, with another party's certificate or with another config are refused with a
-clear error and a non-zero exit."""
+a certificate, with another party's certificate, with another config or named like a host are
+refused with a clear error and a non-zero exit."""
 import json
 import os
 import shutil
@@ -147,6 +147,14 @@ bad["deploy"]["parties"][1]["name"] = "Party_1"
 write_json(os.path.join(tmp, "bad.json"), bad)
 code, out, err = run("certs", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
 check(code != 0 and "party name 'Party_1'" in err, "an invalid party name is refused")
+
+# A party named "localhost" would have a certificate good for any connection to localhost.
+bad["deploy"]["parties"][1]["name"] = "localhost"
+write_json(os.path.join(tmp, "bad.json"), bad)
+for cmd in (["certs"], ["party", "--party", "1", "--certs", good]):
+    code, out, err = run(*cmd, "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "lh"))
+    check(code != 0 and err.count("\n") == 1 and "party name 'localhost' is reserved" in err and
+          not os.path.exists(os.path.join(tmp, "lh")), f"{cmd[0]}: the party name localhost is refused, nothing written")
 
 # collab.wire_dtype: strict names, fp32 only with DP-SGD, and part of what parties must agree on.
 for value, needle in (("fp8", "unknown dtype 'fp8' (expected fp32, bf16 or fp16)"),

@@ -2,10 +2,8 @@
 // expert host served over gRPC with mutual TLS refusing truncated, overlong, oversized,
 // malformed and impersonating calls with an error and no change of its state.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -19,6 +17,7 @@
 #include "net/grpc_transport.h"
 #include "net/rpc.h"
 #include "net/wire.h"
+#include "free_port.h"
 
 namespace fs = std::filesystem;
 using namespace pcmoe;
@@ -114,18 +113,6 @@ TEST(Wire, MalformedMessagesAreRejected) {
   rejects(std::string("\x00\x01", 2), "invalid field number");
   wire::decode(std::string("\x50\x07\x10\x03", 4), m);  // an unknown field 10 is skipped
   EXPECT_EQ(m.from, 3u);
-}
-
-int free_port() {
-  const int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  close(s);
-  return ntohs(a.sin_port);
 }
 
 // Party 1 of 3 serves its expert host over mutual TLS; party 0 calls it.
