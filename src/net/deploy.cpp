@@ -7,6 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "collab/runner.h"
 #include "common/json_fields.h"
 #include "common/sha256.h"
 
@@ -155,11 +156,48 @@ size_t max_payload_bytes(const RunConfig& run) {
   return 8 + 4 * (size_t)m.n_experts + rows * m.d_model * sizeof(float) + 64 * 1024;
 }
 
-std::string config_hash(const RunConfig& run) {
-  return sha256_hex(nlohmann::json{{"model", to_json(run.model)},
-                                   {"train", to_json(run.train)},
-                                   {"n_parties", run.parties.n_parties},
-                                   {"wire_dtype", run.collab.wire_dtype}}.dump());
+SectionHashes section_hashes(const DeployRun& dr) {
+  const nlohmann::json run = to_json(dr.run);
+  const DeployConfig& d = dr.deploy;
+  nlohmann::json data = run["data"], collab = run["collab"], parties = nlohmann::json::array();
+  data.erase("cache_dir");
+  data.erase("tokenizer");
+  collab.erase("modes");
+  for (const PartyAddress& p : d.parties) parties.push_back({{"name", p.name}, {"address", p.address}});
+  const nlohmann::json deploy = {{"parties", parties},           {"mode", d.mode},
+                                 {"fed_server", d.fed_server},   {"dead_after_s", d.dead_after_s},
+                                 {"checkpoint_every", d.checkpoint_every}, {"chunk_bytes", d.chunk_bytes},
+                                 {"max_message_bytes", d.max_message_bytes}};
+  const std::string tokenizer = shared_tokenizer_file(dr.run);
+  return {{"model", sha256_hex(run["model"].dump())},
+          {"train", sha256_hex(run["train"].dump())},
+          {"data", sha256_hex(data.dump())},
+          {"tokenizer", tokenizer.empty() ? sha256_hex("") : sha256_file(tokenizer)},
+          {"parties", sha256_hex(run["parties"].dump())},
+          {"collab", sha256_hex(collab.dump())},
+          {"fed", sha256_hex(run["fed"].dump())},
+          {"privacy", sha256_hex(run.value("privacy", nlohmann::json()).dump())},
+          {"audit", sha256_hex(run.value("audit", nlohmann::json()).dump())},
+          {"deploy", sha256_hex(deploy.dump())}};
+}
+
+std::string config_hash(const SectionHashes& sections) { return sha256_hex(nlohmann::json(sections).dump()); }
+
+std::string differing_sections(const SectionHashes& ours, const SectionHashes& theirs, const std::string& our_name,
+                               const std::string& their_name) {
+  SectionHashes all = ours;
+  all.insert(theirs.begin(), theirs.end());
+  const auto shown = [](const SectionHashes& h, const std::string& section) {
+    const auto it = h.find(section);
+    return it == h.end() ? std::string("none") : it->second.substr(0, 12) + "...";
+  };
+  std::string out;
+  for (const auto& [section, unused] : all) {
+    if (ours.count(section) && theirs.count(section) && ours.at(section) == theirs.at(section)) continue;
+    out += (out.empty() ? "" : "; ") + section + " (" + their_name + " " + shown(theirs, section) + ", " + our_name +
+           " " + shown(ours, section) + ")";
+  }
+  return out;
 }
 
 DeployRun load_deploy_run(const std::string& path) {

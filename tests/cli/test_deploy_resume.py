@@ -92,7 +92,7 @@ other["train"]["lr"] = 0.02
 write_json(os.path.join(tmp, "other.json"), other)
 code, text, err = run("party", "--config", os.path.join(tmp, "other.json"), "--party", "1", "--certs", os.path.join(out, "certs"),
                       "--out", os.path.join(out, "party1"), "--resume")
-check(code != 0 and "another model or train config" in err, "--resume with another config is refused")
+check(code != 0 and "was made with another config" in err, "--resume with another config is refused")
 
 shutil.rmtree(tmp)
 finish()
