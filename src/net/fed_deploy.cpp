@@ -138,7 +138,7 @@ nlohmann::json run_fed_party(const PartyOptions& opts, const DeployRun& dr) {
   refuse_pcmoe_options(opts, dr);
   const int server_id = fed_server_index(dr.deploy);
   const bool hosts_server = server_id == me;
-  const CollabData data = load_collab_data(cfg, me);
+  const CollabData data = load_collab_data(cfg, me, true);
   const PartyStreams& own = data.parties[me];
   FedStart start = fed_start(cfg, mode);
   FedParty party(
@@ -224,7 +224,7 @@ nlohmann::json run_fed_server(const PartyOptions& opts) {
   const auto role = [&](GrpcTransport& net, CoordinatorClient& coord) {
     // Only TGAP reads text: the corpus and tokenizer, as the parties derive them, and no party's streams.
     const auto public_text = [&] {
-      const CollabData data = load_collab_data(cfg, dr.deploy.n_parties);
+      const CollabData data = load_collab_data(cfg, dr.deploy.n_parties, true);
       return public_tokens(cfg, data, cfg.fed.public_categories);
     };
     TrafficStats training;

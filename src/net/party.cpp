@@ -166,7 +166,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   fs::create_directories(opts.out_dir);
 
   GrpcTransport net(dr.deploy, me, tls);  // refuses --insecure off loopback before any work
-  const CollabData data = load_collab_data(cfg, me);
+  const CollabData data = load_collab_data(cfg, me, true);
   const PartyStreams& own = data.parties[me];
   CollabParty party(cfg.model, cfg.train, net, me, n, 0, {}, parse_wire_dtype(cfg.collab.wire_dtype));
   if (!cfg.collab.init_from.empty()) {
