@@ -164,9 +164,12 @@ SectionHashes section_hashes(const DeployRun& dr) {
   data.erase("tokenizer");
   collab.erase("modes");
   for (const PartyAddress& p : d.parties) parties.push_back({{"name", p.name}, {"address", p.address}});
-  const nlohmann::json deploy = {{"parties", parties},           {"mode", d.mode},
-                                 {"fed_server", d.fed_server},   {"dead_after_s", d.dead_after_s},
-                                 {"checkpoint_every", d.checkpoint_every}, {"chunk_bytes", d.chunk_bytes},
+  const nlohmann::json deploy = {{"parties", parties},
+                                 {"mode", d.mode},
+                                 {"fed_server", d.fed_server},
+                                 {"dead_after_s", d.dead_after_s},
+                                 {"checkpoint_every", d.checkpoint_every},
+                                 {"chunk_bytes", d.chunk_bytes},
                                  {"max_message_bytes", d.max_message_bytes}};
   const std::string tokenizer = shared_tokenizer_file(dr.run);
   return {{"model", sha256_hex(run["model"].dump())},
@@ -181,7 +184,10 @@ SectionHashes section_hashes(const DeployRun& dr) {
           {"deploy", sha256_hex(deploy.dump())}};
 }
 
-std::string config_hash(const SectionHashes& sections) { return sha256_hex(nlohmann::json(sections).dump()); }
+std::string config_hash(SectionHashes sections) {
+  sections.erase("deploy");
+  return sha256_hex(nlohmann::json(sections).dump());
+}
 
 std::string differing_sections(const SectionHashes& ours, const SectionHashes& theirs, const std::string& our_name,
                                const std::string& their_name) {

@@ -80,8 +80,9 @@ size_t max_payload_bytes(const RunConfig& run);
 // cannot be read.
 using SectionHashes = std::map<std::string, std::string>;
 SectionHashes section_hashes(const DeployRun& dr);
-// One SHA-256 of all of them: what a checkpoint records of the config that made it.
-std::string config_hash(const SectionHashes& sections);
+// One SHA-256 of all of them but deploy: what a checkpoint records of the config that trained it
+// (a resumed run may move a party to another address or checkpoint at another interval).
+std::string config_hash(SectionHashes sections);
 // The sections in which `theirs` differs from `ours` (or that one side lacks), each with the first
 // 12 hex digits of both hashes ("data (party1 0a1b..., coordinator 2c3d...)"), "; "-separated;
 // empty when they agree.
