@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "collab/runner.h"
+#include "common/sha256.h"
 #include "eval/loaded_model.h"
 #include "fed/fed_runner.h"
 #include "net/certs.h"
@@ -33,6 +34,7 @@ usage:
   pcmoe eval     --checkpoint DIR [--windows N]
   pcmoe generate --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]
   pcmoe collab   --config FILE --out DIR
+  pcmoe tokenizer --config FILE --out FILE
   pcmoe certs    --config FILE --out DIR
   pcmoe party    --config FILE --party I --out DIR (--certs DIR | --insecure) [--resume] [--until R]
   pcmoe launch   --config FILE --out DIR [--insecure] [--resume] [--until R]
@@ -49,6 +51,8 @@ usage:
   collab    PC-MoE with all parties simulated in one process, beside centralised,
             local-only and federated (FedAvg, int8, top-k, CG-FedLLM) training on the same data
             and tokens per party; prints a table, writes DIR/report.json and DIR/metrics.jsonl
+  tokenizer trains the tokenizer of FILE's data section (its corpus's training split, e.g. public
+            text) and writes it to FILE, for every party's data.tokenizer
   certs     a development CA and a key and certificate per party of FILE's deploy section
             (CN = party name): DIR/ca.pem, DIR/ca.key, DIR/<name>.pem, DIR/<name>.key
   party     runs party I of a deployment as its own process: serves its expert shard over
@@ -265,6 +269,15 @@ int64_t until_rounds(const std::map<std::string, std::string>& a) {
   return (int64_t)r;
 }
 
+int cmd_tokenizer(int argc, char** argv) {
+  auto a = parse_args(argc, argv, {"--config", "--out"}, {});
+  const RunConfig cfg = net::load_deploy_run(need(a, "--config")).run;
+  const std::string out = need(a, "--out");
+  write_tokenizer(cfg, out);
+  std::printf("wrote %s (%d pieces, sha256 %s)\n", out.c_str(), cfg.model.vocab_size, sha256_file(out).c_str());
+  return 0;
+}
+
 int cmd_certs(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out"}, {});
   const net::DeployRun dr = net::load_deploy_run(need(a, "--config"));
@@ -366,6 +379,7 @@ int main(int argc, char** argv) {
     if (cmd == "eval") return cmd_eval(argc, argv);
     if (cmd == "generate") return cmd_generate(argc, argv);
     if (cmd == "collab") return cmd_collab(argc, argv);
+    if (cmd == "tokenizer") return cmd_tokenizer(argc, argv);
     if (cmd == "certs") return cmd_certs(argc, argv);
     if (cmd == "party") return cmd_party(argc, argv);
     if (cmd == "launch") return cmd_launch(argc, argv);

@@ -326,26 +326,33 @@ class Context final : public CollabContext {
 
 }  // namespace
 
-CollabData load_collab_data(const RunConfig& cfg, int only_party) {
+std::string shared_tokenizer_file(const RunConfig& cfg) {
+  if (!cfg.collab.init_from.empty()) return (fs::path(resolve_checkpoint(cfg.collab.init_from)) / "tokenizer.model").string();
+  return cfg.data.tokenizer;
+}
+
+CollabData load_collab_data(const RunConfig& cfg, int only_party, bool deployed_files) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   const int n = cfg.parties.n_parties;
+  const int own = deployed_files && cfg.parties.mode == "paths" ? only_party : -1;  // read only this party's path
+  const std::string tokenizer_file = shared_tokenizer_file(cfg);
+  if (own >= 0 && tokenizer_file.empty())
+    throw std::runtime_error("a deployed party reads only its own parties.paths entry, so the shared tokenizer must "
+                             "come from a file: set data.tokenizer (`pcmoe tokenizer` trains one on public text)");
   CollabData out;
-  out.corpus = cfg.parties.mode == "paths" ? data::load_party_corpora(cfg.parties) : data::load_corpus(cfg.data);
+  out.corpus = cfg.parties.mode == "paths" ? data::load_party_corpora(cfg.parties, own) : data::load_corpus(cfg.data);
   out.split = data::split_documents(out.corpus, cfg.data.val_fraction, cfg.data.split_seed);
-  out.assignment = data::assign_parties(out.corpus, out.split, cfg.parties);
+  out.assignment = data::assign_parties(out.corpus, out.split, cfg.parties, own);
   const data::Corpus& corpus = out.corpus;
   const std::vector<data::PartyData>& assignment = out.assignment;
-  // One tokenizer for all: the starting checkpoint's, or one trained on the union of the
-  // parties' training documents (a shared vocabulary is part of the shared model; in a
-  // deployment it would come from public text).
+  // One tokenizer for all: a shared file, or one trained on the union of the parties' training
+  // documents (a shared vocabulary is part of the shared model).
   std::vector<size_t> union_train;
   for (const auto& pd : assignment) union_train.insert(union_train.end(), pd.train.begin(), pd.train.end());
   std::sort(union_train.begin(), union_train.end());
-  out.tokenizer =
-      cfg.collab.init_from.empty()
-          ? data::Tokenizer::train_or_load(corpus, union_train, cfg.data)
-          : data::Tokenizer::load((fs::path(resolve_checkpoint(cfg.collab.init_from)) / "tokenizer.model").string());
+  out.tokenizer = tokenizer_file.empty() ? data::Tokenizer::train_or_load(corpus, union_train, cfg.data)
+                                         : data::Tokenizer::load(tokenizer_file);
   const data::Tokenizer& tok = out.tokenizer;
   if (tok.vocab_size() != mc.vocab_size)
     throw std::runtime_error("tokenizer has " + std::to_string(tok.vocab_size()) + " pieces but model.vocab_size is " +

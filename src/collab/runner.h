@@ -25,10 +25,13 @@ struct PartyStreams {
 };
 
 // Every party's data as `pcmoe collab` deals it: the corpus split, the parties' documents, one
-// shared tokenizer (the starting checkpoint's, or trained on the union of the parties' training
+// shared tokenizer (shared_tokenizer_file's, or trained on the union of the parties' training
 // documents), each party's encoded streams and seeded sampler. With only_party >= 0 only that
 // party's streams are encoded (the others stay empty), as a deployed party holds only its own;
-// only_party = parties.n_parties encodes none (a deployed federated server).
+// only_party = parties.n_parties encodes none (a deployed federated server). With
+// deployed_files, a deployed process reads no other party's files: in parties.mode "paths" only
+// its own parties.paths entry (none for the server), with the tokenizer from its shared file
+// (throws without one); other modes deal one corpus, so they read all of it.
 struct CollabData {
   data::Corpus corpus;
   data::Split split;
@@ -39,7 +42,11 @@ struct CollabData {
   std::string tokenizer_model;
   int32_t bos_id = -1;  // the tokenizer's document start (DP-SGD's document units)
 };
-CollabData load_collab_data(const RunConfig& cfg, int only_party = -1);
+CollabData load_collab_data(const RunConfig& cfg, int only_party = -1, bool deployed_files = false);
+
+// The tokenizer file every party shares: collab.init_from's, or data.tokenizer; "" when the
+// tokenizer is to be trained on the parties' training documents.
+std::string shared_tokenizer_file(const RunConfig& cfg);
 
 // The training documents of `categories` (none of which a party may hold), encoded with the
 // run's tokenizer: data every party may treat as public. Throws naming a category a party holds.

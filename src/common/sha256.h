@@ -1,7 +1,9 @@
-// SHA-256 of a text as lowercase hex (OpenSSL): the fingerprints parties and recordings compare.
+// SHA-256 as lowercase hex (OpenSSL): the fingerprints parties and recordings compare.
 #pragma once
 #include <openssl/evp.h>
 
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -19,6 +21,15 @@ inline std::string sha256_hex(const std::string& text) {
     out += hex[digest[i] & 15];
   }
   return out;
+}
+
+// SHA-256 of a file's bytes; throws naming a file it cannot read.
+inline std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return sha256_hex(bytes.str());
 }
 
 }  // namespace pcmoe

@@ -35,6 +35,7 @@ DataConfig data_config_from_json(const nlohmann::json& j) {
   fields.read("split_seed", c.split_seed);
   fields.read("tokenizer_type", c.tokenizer_type);
   fields.read("cache_dir", c.cache_dir);
+  fields.read("tokenizer", c.tokenizer);
   fields.reject_unknown();
 
   require_one_of(c.corpus, "data.corpus", {"brown", "text", "jsonl"});
@@ -56,7 +57,8 @@ nlohmann::json to_json(const DataConfig& c) {
           {"val_fraction", c.val_fraction},
           {"split_seed", c.split_seed},
           {"tokenizer_type", c.tokenizer_type},
-          {"cache_dir", c.cache_dir}};
+          {"cache_dir", c.cache_dir},
+          {"tokenizer", c.tokenizer}};
 }
 
 }  // namespace pcmoe::data

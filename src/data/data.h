@@ -18,6 +18,9 @@ struct DataConfig {
   int vocab_size = 4096;                // SentencePiece vocabulary
   std::string tokenizer_type = "bpe";   // "bpe" | "unigram"
   std::string cache_dir = ".cache/pcmoe";  // trained tokenizers are cached here
+  // A SentencePiece .model every party shares (`pcmoe tokenizer` trains one on public text);
+  // empty: trained on the run's own training documents.
+  std::string tokenizer;
 };
 // Strict: unknown keys and wrong types throw std::runtime_error naming the key.
 DataConfig data_config_from_json(const nlohmann::json& j);

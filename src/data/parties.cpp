@@ -269,7 +269,8 @@ nlohmann::json to_json(const PartySplitConfig& c) {
           {"seed", c.seed}, {"genres", c.genres},       {"paths", c.paths}};
 }
 
-std::vector<PartyData> assign_parties(const Corpus& corpus, const Split& split, const PartySplitConfig& cfg) {
+std::vector<PartyData> assign_parties(const Corpus& corpus, const Split& split, const PartySplitConfig& cfg,
+                                      int only) {
   validate(cfg);
   for (const auto* side : {&split.train, &split.val}) {
     for (size_t i : *side) {
@@ -301,6 +302,7 @@ std::vector<PartyData> assign_parties(const Corpus& corpus, const Split& split, 
     fill_empty_parties(val);
   }
   for (size_t p = 0; p < n; ++p) {
+    if (only >= 0 && p != (size_t)only) continue;
     const std::string party =
         "party " + std::to_string(p) + " of " + std::to_string(n) + " (mode \"" + cfg.mode + "\")";
     if (train[p].empty()) {
@@ -318,13 +320,14 @@ std::vector<PartyData> assign_parties(const Corpus& corpus, const Split& split, 
   return parties;
 }
 
-Corpus load_party_corpora(const PartySplitConfig& cfg) {
+Corpus load_party_corpora(const PartySplitConfig& cfg, int only) {
   validate(cfg);
   if (cfg.mode != "paths")
     throw std::runtime_error("load_party_corpora needs mode \"paths\", got \"" + cfg.mode + "\"");
   Corpus pooled;
   std::vector<std::string> names;
   for (size_t p = 0; p < cfg.paths.size(); ++p) {
+    if (only >= 0 && p != (size_t)only) continue;
     const fs::path path(cfg.paths[p]);
     Corpus corpus;
     if (fs::is_directory(path)) {

@@ -47,11 +47,15 @@ struct PartyData {
 // load_party_corpora).
 //
 // Throws std::runtime_error when the configuration does not fit the corpus or when a party
-// would end with no train or no validation document.
-std::vector<PartyData> assign_parties(const Corpus& corpus, const Split& split, const PartySplitConfig& cfg);
+// would end with no train or no validation document; with only >= 0, only party `only` must have
+// documents (the corpus of load_party_corpora(cfg, only) holds no one else's).
+std::vector<PartyData> assign_parties(const Corpus& corpus, const Split& split, const PartySplitConfig& cfg,
+                                      int only = -1);
 
 // "paths" mode: loads each party's corpus and pools them in party order. Party p's documents get
 // category "party<p>/<category>" and id "party<p>/<id>" (so ids stay unique across parties).
-Corpus load_party_corpora(const PartySplitConfig& cfg);
+// With only >= 0, only party `only`'s path is read (none when only >= n_parties): what a deployed
+// party holds. Its documents, categories and split are the same as in the pooled corpus.
+Corpus load_party_corpora(const PartySplitConfig& cfg, int only = -1);
 
 }  // namespace pcmoe::data

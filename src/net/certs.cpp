@@ -144,9 +144,10 @@ void make_certs(const DeployConfig& deploy, const std::string& dir) {
   write_file(fs::path(dir) / "ca.key", pem_key(ca_key.get()), true);
   long serial = 2;
   for (const PartyAddress& p : deploy.parties) {
+    // Its name and its own address host only: a loopback name only where it listens on loopback.
     const std::string host = address_host(p.address);
-    std::string san = "DNS:" + p.name + ",DNS:localhost,IP:127.0.0.1";
-    if (host != "localhost" && host != "127.0.0.1") san += (is_ip(host) ? ",IP:" : ",DNS:") + host;
+    std::string san = "DNS:" + p.name;
+    if (host != p.name) san += (is_ip(host) ? ",IP:" : ",DNS:") + host;
     Key key = ec_key();
     Cert cert = make_cert(key.get(), p.name, serial++, ca.get(), ca_key.get(), san);
     write_file(fs::path(dir) / (p.name + ".pem"), pem_cert(cert.get()), false);

@@ -1,6 +1,7 @@
 // Development certificates for a deployment (`pcmoe certs`): one CA, and per party a key and a
-// certificate signed by it with CN = the party's name, and as subject-alternative names its name,
-// localhost, 127.0.0.1 and the host of its address; usable as TLS server and client.
+// certificate signed by it with CN = the party's name, and as subject-alternative names its name
+// and the host of its address (nothing else: not localhost or 127.0.0.1 unless that is where it
+// listens); usable as TLS server and client.
 #pragma once
 #include <string>
 

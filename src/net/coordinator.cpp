@@ -15,9 +15,9 @@ constexpr uint32_t kPollMs = 1000;  // how long one long poll waits on the serve
 constexpr uint32_t kMaxPollMs = 5000;
 }  // namespace
 
-CoordinatorService::CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed,
+CoordinatorService::CoordinatorService(const DeployConfig& deploy, bool secure, SectionHashes sections, uint64_t seed,
                                        int64_t end_turn)
-    : deploy_(deploy), secure_(secure), hash_(std::move(config_hash)), seed_(seed), n_((int)deploy.parties.size()),
+    : deploy_(deploy), secure_(secure), sections_(std::move(sections)), seed_(seed), n_((int)deploy.parties.size()),
       end_turn_(end_turn), turn_(-1), last_seen_(n_) {
   using namespace std::placeholders;
   add<wire::JoinRequest, wire::JoinReply>(wire::kJoin, std::bind(&CoordinatorService::join, this, _1, _2, _3));
@@ -123,10 +123,10 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
     return refuse({grpc::StatusCode::FAILED_PRECONDITION, name + " speaks protocol version " +
                                                               std::to_string(req.protocol_version) + ", the coordinator " +
                                                               std::to_string(kProtocolVersion)});
-  if (req.config_hash != hash_)
+  if (const std::string diff = differing_sections(sections_, req.sections, "coordinator", name); !diff.empty())
     return refuse({grpc::StatusCode::FAILED_PRECONDITION,
-                   name + " joined with config hash " + req.config_hash.substr(0, 16) + "..., the coordinator's is " +
-                       hash_.substr(0, 16) + "...: model, train and party count must be the same everywhere"});
+                   name + "'s config differs from the coordinator's in " + diff +
+                       ": every process must run the same config file and the same tokenizer file"});
   if ((int64_t)req.end_turn != end_turn_)
     return refuse({grpc::StatusCode::FAILED_PRECONDITION,
                    name + " would stop before turn " + std::to_string(req.end_turn) + ", the coordinator before turn " +
@@ -180,8 +180,8 @@ grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire:
       turn_holder(seed_, n_, turn_) != (int)req.party)
     return {grpc::StatusCode::FAILED_PRECONDITION,
             deploy_.parties[req.party].name + " reports turn " + std::to_string(req.turn) + ", which it does not hold"};
-  std::fprintf(stderr, "coordinator: turn %lld of %lld (round %lld, %s) done, loss %.4f\n", (long long)turn_,
-               (long long)end_turn_, (long long)(turn_ / n_), deploy_.parties[req.party].name.c_str(), req.loss);
+  std::fprintf(stderr, "coordinator: turn %lld of %lld (round %lld, %s) done\n", (long long)turn_, (long long)end_turn_,
+               (long long)(turn_ / n_), deploy_.parties[req.party].name.c_str());
   ++turn_;
   cv_.notify_all();
   return grpc::Status::OK;
@@ -255,14 +255,14 @@ namespace {
 }
 }  // namespace
 
-int64_t CoordinatorClient::join(const std::string& config_hash, int64_t newest_turn, int64_t fallback_turn,
+int64_t CoordinatorClient::join(const SectionHashes& sections, int64_t newest_turn, int64_t fallback_turn,
                                 int64_t end_turn) {
   const DeployConfig& d = t_.deploy();
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds((int64_t)(d.join_timeout_s * 1000));
   wire::JoinRequest req;
   req.party = (uint32_t)me_;
   req.protocol_version = kProtocolVersion;
-  req.config_hash = config_hash;
+  req.sections = sections;
   req.first_turn = (uint64_t)newest_turn;
   req.fallback_turn = (uint64_t)fallback_turn;
   req.end_turn = (uint64_t)end_turn;
@@ -313,11 +313,10 @@ Turn CoordinatorClient::next_turn() {
   }
 }
 
-void CoordinatorClient::turn_done(uint64_t turn, double loss) {
+void CoordinatorClient::turn_done(uint64_t turn) {
   wire::TurnDoneRequest req;
   req.party = (uint32_t)me_;
   req.turn = turn;
-  req.loss = loss;
   wire::Ack ack;
   grpc::ClientContext ctx;
   const grpc::Status s = unary_call(*channel_, wire::kTurnDone, context(ctx, 0), req, ack);

@@ -1,5 +1,5 @@
 // The Coordinator service of proto/pcmoe.proto (run by party 0) and its client: join with the
-// protocol version and config hash, one turn at a time in the schedule's order (turn_holder),
+// protocol version and section hashes, one turn at a time in the schedule's order (turn_holder),
 // barriers, stop.
 #pragma once
 #include <condition_variable>
@@ -21,7 +21,7 @@ class CoordinatorService final : public UnaryService {
  public:
   // Hands out turns first .. end_turn - 1, where first is the latest checkpoint turn every
   // party offers when it joins.
-  CoordinatorService(const DeployConfig& deploy, bool secure, std::string config_hash, uint64_t seed, int64_t end_turn);
+  CoordinatorService(const DeployConfig& deploy, bool secure, SectionHashes sections, uint64_t seed, int64_t end_turn);
   ~CoordinatorService() override;
 
   // Waits (at most `seconds`) until every party has been told that barrier `name` is passed,
@@ -46,7 +46,7 @@ class CoordinatorService final : public UnaryService {
 
   DeployConfig deploy_;
   bool secure_;
-  std::string hash_;
+  SectionHashes sections_;
   uint64_t seed_;
   int n_;
   int64_t end_turn_;
@@ -77,9 +77,9 @@ class CoordinatorClient {
   // Offers the checkpoint turns this party can start at (its newest and the one before; both 0
   // on a fresh start) and returns the one every party continues from. Throws if not everyone
   // joined within join_timeout_s, or if the parties share no checkpoint.
-  int64_t join(const std::string& config_hash, int64_t newest_turn, int64_t fallback_turn, int64_t end_turn);
+  int64_t join(const SectionHashes& sections, int64_t newest_turn, int64_t fallback_turn, int64_t end_turn);
   Turn next_turn();
-  void turn_done(uint64_t turn, double loss);
+  void turn_done(uint64_t turn);
   void barrier(const std::string& name);
   void stop(const std::string& reason);  // best effort: the coordinator may be gone
   // Sends a heartbeat every dead_after_s / 5 from a thread of its own until the client is

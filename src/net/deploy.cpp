@@ -1,10 +1,13 @@
 #include "net/deploy.h"
 
+#include <arpa/inet.h>
+
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 
+#include "collab/runner.h"
 #include "common/json_fields.h"
 #include "common/sha256.h"
 
@@ -16,6 +19,13 @@ bool valid_name(const std::string& s) {
   for (char c : s)
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
   return true;
+}
+
+// A certificate proves its DNS names to whoever connects by them; a party named like a loopback
+// host or an IP address would make its certificate good for that host too.
+bool reserved_name(const std::string& s) {
+  in_addr ip{};
+  return s == "localhost" || s == "ip6-localhost" || s == "ip6-loopback" || inet_aton(s.c_str(), &ip) != 0;
 }
 }  // namespace
 
@@ -106,11 +116,21 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
     if (!valid_name(a.name))
       throw std::runtime_error("config key 'deploy.parties': party name '" + a.name +
                                "' must be 1-63 characters of a-z, 0-9 and '-' (it is a certificate DNS name)");
+    if (reserved_name(a.name))
+      throw std::runtime_error("config key 'deploy.parties': party name '" + a.name +
+                               "' is reserved (a loopback host name or an IP address): its certificate would vouch "
+                               "for that host");
     address_host(a.address);
     if (!names.insert(a.name).second) throw std::runtime_error("config key 'deploy.parties': name '" + a.name + "' twice");
     if (!addresses.insert(a.address).second)
       throw std::runtime_error("config key 'deploy.parties': address '" + a.address + "' twice");
   }
+  // Each certificate names its party's address host too: no party may be named like another's host.
+  for (const PartyAddress& a : c.parties)
+    for (const PartyAddress& b : c.parties)
+      if (a.name != b.name && a.name == address_host(b.address))
+        throw std::runtime_error("config key 'deploy.parties': party name '" + a.name + "' is the host of " + b.name +
+                                 "'s address " + b.address + ", whose certificate names that host");
   if (!(c.call_timeout_s > 0) || !(c.join_timeout_s > 0) || !(c.dead_after_s >= 0.5))
     throw std::runtime_error("config keys 'deploy.call_timeout_s' and 'deploy.join_timeout_s' must be > 0, "
                              "'deploy.dead_after_s' at least 0.5");
@@ -136,11 +156,54 @@ size_t max_payload_bytes(const RunConfig& run) {
   return 8 + 4 * (size_t)m.n_experts + rows * m.d_model * sizeof(float) + 64 * 1024;
 }
 
-std::string config_hash(const RunConfig& run) {
-  return sha256_hex(nlohmann::json{{"model", to_json(run.model)},
-                                   {"train", to_json(run.train)},
-                                   {"n_parties", run.parties.n_parties},
-                                   {"wire_dtype", run.collab.wire_dtype}}.dump());
+SectionHashes section_hashes(const DeployRun& dr) {
+  const nlohmann::json run = to_json(dr.run);
+  const DeployConfig& d = dr.deploy;
+  nlohmann::json data = run["data"], collab = run["collab"], parties = nlohmann::json::array();
+  data.erase("cache_dir");
+  data.erase("tokenizer");
+  collab.erase("modes");
+  for (const PartyAddress& p : d.parties) parties.push_back({{"name", p.name}, {"address", p.address}});
+  const nlohmann::json deploy = {{"parties", parties},
+                                 {"mode", d.mode},
+                                 {"fed_server", d.fed_server},
+                                 {"dead_after_s", d.dead_after_s},
+                                 {"checkpoint_every", d.checkpoint_every},
+                                 {"chunk_bytes", d.chunk_bytes},
+                                 {"max_message_bytes", d.max_message_bytes}};
+  const std::string tokenizer = shared_tokenizer_file(dr.run);
+  return {{"model", sha256_hex(run["model"].dump())},
+          {"train", sha256_hex(run["train"].dump())},
+          {"data", sha256_hex(data.dump())},
+          {"tokenizer", tokenizer.empty() ? sha256_hex("") : sha256_file(tokenizer)},
+          {"parties", sha256_hex(run["parties"].dump())},
+          {"collab", sha256_hex(collab.dump())},
+          {"fed", sha256_hex(run["fed"].dump())},
+          {"privacy", sha256_hex(run.value("privacy", nlohmann::json()).dump())},
+          {"audit", sha256_hex(run.value("audit", nlohmann::json()).dump())},
+          {"deploy", sha256_hex(deploy.dump())}};
+}
+
+std::string config_hash(SectionHashes sections) {
+  sections.erase("deploy");
+  return sha256_hex(nlohmann::json(sections).dump());
+}
+
+std::string differing_sections(const SectionHashes& ours, const SectionHashes& theirs, const std::string& our_name,
+                               const std::string& their_name) {
+  SectionHashes all = ours;
+  all.insert(theirs.begin(), theirs.end());
+  const auto shown = [](const SectionHashes& h, const std::string& section) {
+    const auto it = h.find(section);
+    return it == h.end() ? std::string("none") : it->second.substr(0, 12) + "...";
+  };
+  std::string out;
+  for (const auto& [section, unused] : all) {
+    if (ours.count(section) && theirs.count(section) && ours.at(section) == theirs.at(section)) continue;
+    out += (out.empty() ? "" : "; ") + section + " (" + their_name + " " + shown(theirs, section) + ", " + our_name +
+           " " + shown(ours, section) + ")";
+  }
+  return out;
 }
 
 DeployRun load_deploy_run(const std::string& path) {

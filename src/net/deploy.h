@@ -1,8 +1,9 @@
 // A deployment of PC-MoE as separate processes: the `deploy` section of a run config (party
-// names and addresses, deadlines, message bound), the config hash parties join with, and the
+// names and addresses, deadlines, message bound), the section hashes parties join with, and the
 // protocol version of proto/pcmoe.proto.
 #pragma once
 #include <cstddef>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -12,11 +13,13 @@
 namespace pcmoe::net {
 
 // Bump on any change to proto/pcmoe.proto or to the payload encodings of docs/protocol.md.
-constexpr uint32_t kProtocolVersion = 5;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation;
-                                          // 4: FED_ROUND, FED_GLOBAL; 5: begin carries the turn
+constexpr uint32_t kProtocolVersion = 6;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation;
+                                          // 4: FED_ROUND, FED_GLOBAL; 5: begin carries the turn;
+                                          // 6: per-section join hashes, no loss in TurnDone
 
 struct PartyAddress {
-  std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters
+  std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters;
+                        // not a loopback name, an IP address or another party's address host
   std::string address;  // host:port it listens on and is reached at
 };
 
@@ -67,9 +70,24 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
 // routed rows to one host, in fp32), plus headroom for control messages.
 size_t max_payload_bytes(const RunConfig& run);
 
-// SHA-256 (hex) of the canonical JSON of the model and train sections, the party count and
-// collab.wire_dtype: every party must train the same model the same way and read its peers' rows.
-std::string config_hash(const RunConfig& run);
+// What every process of a deployment must agree on: one SHA-256 (hex) per section of the config,
+// of its canonical JSON: model, train, data (less cache_dir, a local cache, and the tokenizer's
+// path), tokenizer (the shared tokenizer file's bytes; of nothing when the tokenizer is trained
+// from the data, which the data and parties sections then fix), parties, collab (less modes,
+// which only `pcmoe collab` runs), fed, privacy, audit, and deploy (every process's name and
+// address, mode, fed_server, dead_after_s, checkpoint_every, chunk_bytes, max_message_bytes; not
+// call_timeout_s and join_timeout_s, each process's own patience). Throws if the tokenizer file
+// cannot be read.
+using SectionHashes = std::map<std::string, std::string>;
+SectionHashes section_hashes(const DeployRun& dr);
+// One SHA-256 of all of them but deploy: what a checkpoint records of the config that trained it
+// (a resumed run may move a party to another address or checkpoint at another interval).
+std::string config_hash(SectionHashes sections);
+// The sections in which `theirs` differs from `ours` (or that one side lacks), each with the first
+// 12 hex digits of both hashes ("data (party1 0a1b..., coordinator 2c3d...)"), "; "-separated;
+// empty when they agree.
+std::string differing_sections(const SectionHashes& ours, const SectionHashes& theirs, const std::string& our_name,
+                               const std::string& their_name);
 
 bool is_federated(const DeployConfig& c);
 // The server's index in `parties` and on the transport: party 0's process, or the separate server.

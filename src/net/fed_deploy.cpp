@@ -11,7 +11,6 @@
 #include <optional>
 
 #include "collab/runner.h"
-#include "common/sha256.h"
 #include "common/stopwatch.h"
 #include "fed/fed_runner.h"
 #include "net/certs.h"
@@ -29,16 +28,6 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 
 int rounds_of(const RunConfig& cfg) { return cfg.train.steps / cfg.fed.local_steps; }
-
-// Beyond PC-MoE's hash, every process must agree on the mode, the fed section and where the
-// server runs.
-std::string fed_hash(const DeployRun& dr) {
-  return sha256_hex(nlohmann::json{{"config", config_hash(dr.run)},
-                                   {"mode", dr.deploy.mode},
-                                   {"fed", to_json(dr.run.fed)},
-                                   {"fed_server", dr.deploy.fed_server}}
-                        .dump());
-}
 
 // Before any work: what a federated process does not offer.
 void refuse_pcmoe_options(const PartyOptions& opts, const DeployRun& dr) {
@@ -69,10 +58,10 @@ nlohmann::json as_member(const DeployRun& dr, const PartyOptions& opts, int me, 
   const int rounds = rounds_of(cfg);
   net.count_turns_below((uint64_t)rounds);  // the final model's calls are not training traffic
   serve(net);
-  const std::string hash = fed_hash(dr);
+  const SectionHashes sections = section_hashes(dr);
   std::unique_ptr<CoordinatorService> coordinator;
   if (me == 0)
-    coordinator = std::make_unique<CoordinatorService>(deploy, net.secure(), hash, cfg.train.seed, rounds);
+    coordinator = std::make_unique<CoordinatorService>(deploy, net.secure(), sections, cfg.train.seed, rounds);
   net.start(coordinator.get());
   std::fprintf(stderr, "%s: %s on %s (%s), server %s, joining %s at %s\n", name.c_str(), deploy.mode.c_str(),
                deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
@@ -82,7 +71,7 @@ nlohmann::json as_member(const DeployRun& dr, const PartyOptions& opts, int me, 
   nlohmann::json report;
   coord.start_heartbeat();
   try {
-    coord.join(hash, 0, 0, rounds);  // a fresh start: no checkpoint to offer
+    coord.join(sections, 0, 0, rounds);  // a fresh start: no checkpoint to offer
     std::fprintf(stderr, "%s: all %zu processes joined\n", name.c_str(), deploy.parties.size());
     report = role(net, coord);
     coord.barrier("finished");
@@ -149,7 +138,7 @@ nlohmann::json run_fed_party(const PartyOptions& opts, const DeployRun& dr) {
   refuse_pcmoe_options(opts, dr);
   const int server_id = fed_server_index(dr.deploy);
   const bool hosts_server = server_id == me;
-  const CollabData data = load_collab_data(cfg, me);
+  const CollabData data = load_collab_data(cfg, me, true);
   const PartyStreams& own = data.parties[me];
   FedStart start = fed_start(cfg, mode);
   FedParty party(
@@ -235,7 +224,7 @@ nlohmann::json run_fed_server(const PartyOptions& opts) {
   const auto role = [&](GrpcTransport& net, CoordinatorClient& coord) {
     // Only TGAP reads text: the corpus and tokenizer, as the parties derive them, and no party's streams.
     const auto public_text = [&] {
-      const CollabData data = load_collab_data(cfg, dr.deploy.n_parties);
+      const CollabData data = load_collab_data(cfg, dr.deploy.n_parties, true);
       return public_tokens(cfg, data, cfg.fed.public_categories);
     };
     TrafficStats training;

@@ -3,7 +3,7 @@
 // GrpcTransport; the server (deploy.fed_server: in party 0's process, or `pcmoe server`, a
 // process that joins like a party) runs FedServer's rounds exactly as `pcmoe collab` does, then
 // sends every party the final global model (FED_GLOBAL), which each evaluates on its own
-// validation data. Party 0 coordinates: join (config hash), barriers "trained" and "finished",
+// validation data. Party 0 coordinates: join (section hashes), barriers "trained" and "finished",
 // stop, heartbeats, as in a PC-MoE deployment.
 #pragma once
 #include <nlohmann/json.hpp>

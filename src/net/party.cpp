@@ -76,7 +76,7 @@ std::vector<int64_t> complete_checkpoints(const fs::path& root, const std::strin
     try {
       state = nlohmann::json::parse(in);
       if (state.at("config_hash") != hash)
-        throw std::runtime_error("the checkpoint in " + e.path().string() + " was made with another model or train config");
+        throw std::runtime_error("the checkpoint in " + e.path().string() + " was made with another config");
       turns.push_back(state.at("next_turn").get<int64_t>());
     } catch (const nlohmann::json::exception& x) {
       throw std::runtime_error("unreadable checkpoint state " + (e.path() / "state.json").string() + ": " + x.what());
@@ -159,7 +159,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   fs::create_directories(opts.out_dir);
 
   GrpcTransport net(dr.deploy, me, tls);  // refuses --insecure off loopback before any work
-  const CollabData data = load_collab_data(cfg, me);
+  const CollabData data = load_collab_data(cfg, me, true);
   const PartyStreams& own = data.parties[me];
   CollabParty party(cfg.model, cfg.train, net, me, n, 0, {}, parse_wire_dtype(cfg.collab.wire_dtype));
   if (!cfg.collab.init_from.empty()) {
@@ -167,7 +167,8 @@ nlohmann::json run_party(const PartyOptions& opts) {
     load_checkpoint(cfg.collab.init_from, cfg.model, party.host.params(), nullptr);
   }
   const fs::path ckpt = fs::path(opts.out_dir) / "checkpoint";
-  const std::string hash = config_hash(cfg);
+  const SectionHashes sections = section_hashes(dr);
+  const std::string hash = config_hash(sections);
   const std::vector<int64_t> offered = complete_checkpoints(ckpt, hash);
   if (opts.resume && offered.empty()) throw std::runtime_error("--resume: no checkpoint in " + ckpt.string());
   if (!opts.resume && !offered.empty())
@@ -206,7 +207,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   }
   std::unique_ptr<CoordinatorService> coordinator;
   if (me == 0)
-    coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), hash, cfg.train.seed, end_turn);
+    coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), sections, cfg.train.seed, end_turn);
   net.start(coordinator.get());
   std::fprintf(stderr, "%s: listening on %s (%s) %.2f s after this process started (%.2f s of CPU), joining %s at %s\n",
                name.c_str(), dr.deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
@@ -218,8 +219,9 @@ nlohmann::json run_party(const PartyOptions& opts) {
   nlohmann::json report = {{"party", me}, {"name", name}, {"parties", n}};
   coord.start_heartbeat();
   try {
-    const int64_t first_turn = offered.empty() ? coord.join(hash, 0, 0, end_turn)
-                                               : coord.join(hash, offered[0], offered[std::min<size_t>(1, offered.size() - 1)], end_turn);
+    const int64_t first_turn =
+        offered.empty() ? coord.join(sections, 0, 0, end_turn)
+                        : coord.join(sections, offered[0], offered[std::min<size_t>(1, offered.size() - 1)], end_turn);
     report["started_to_joined_s"] = seconds_since_process_start();
     report["started_to_joined_cpu_s"] = cpu_seconds();
     if (first_turn > 0) {
@@ -301,7 +303,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
                                 {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}, {"turn", t.turn}}.dump()
               << "\n";
       metrics.flush();
-      coord.turn_done(t.turn, r.loss.total);
+      coord.turn_done(t.turn);
       std::fprintf(stderr, "%s: turn %llu (round %llu) loss %.4f\n", name.c_str(), (unsigned long long)t.turn,
                    (unsigned long long)t.round, r.loss.ce);
       from = mine + 1;

@@ -20,21 +20,27 @@ void put_varint(std::string& out, uint64_t v) {
 template <class F> void fields(CallRequest& m, F&& f) { f(1, m.kind); f(2, m.from); f(3, m.step); f(4, m.payload); }
 template <class F> void fields(CallReply& m, F&& f) { f(1, m.payload); }
 template <class F> void fields(CallChunk& m, F&& f) { f(1, m.kind); f(2, m.from); f(3, m.step); f(4, m.total_bytes); f(5, m.seq); f(6, m.data); }
-template <class F> void fields(JoinRequest& m, F&& f) { f(1, m.party); f(2, m.protocol_version); f(3, m.config_hash); f(4, m.wait_ms); f(5, m.first_turn); f(6, m.end_turn); f(7, m.fallback_turn); }
+template <class F> void fields(JoinRequest& m, F&& f) { f(1, m.party); f(2, m.protocol_version); f(4, m.wait_ms); f(5, m.first_turn); f(6, m.end_turn); f(7, m.fallback_turn); f(8, m.sections); }
 template <class F> void fields(JoinReply& m, F&& f) { f(1, m.poll); f(2, m.reason); f(3, m.first_turn); }
 template <class F> void fields(TurnRequest& m, F&& f) { f(1, m.party); f(2, m.wait_ms); }
 template <class F> void fields(TurnReply& m, F&& f) { f(1, m.poll); f(2, m.done); f(3, m.turn); f(4, m.round); f(5, m.reason); }
-template <class F> void fields(TurnDoneRequest& m, F&& f) { f(1, m.party); f(2, m.turn); f(3, m.loss); }
+template <class F> void fields(TurnDoneRequest& m, F&& f) { f(1, m.party); f(2, m.turn); }
 template <class F> void fields(BarrierRequest& m, F&& f) { f(1, m.party); f(2, m.name); f(3, m.wait_ms); }
 template <class F> void fields(BarrierReply& m, F&& f) { f(1, m.poll); f(2, m.reason); }
 template <class F> void fields(StopRequest& m, F&& f) { f(1, m.party); f(2, m.reason); }
 template <class F> void fields(Ack&, F&&) {}
 template <class F> void fields(HeartbeatRequest& m, F&& f) { f(1, m.party); }
 template <class F> void fields(HeartbeatReply& m, F&& f) { f(1, m.poll); f(2, m.reason); }
+// A map<string, string> travels as repeated entries of this message, as protobuf's maps do.
+struct MapEntry {
+  std::string key, value;
+};
+template <class F> void fields(MapEntry& m, F&& f) { f(1, m.key); f(2, m.value); }
+using StringMap = std::map<std::string, std::string>;
 
 template <class T>
 constexpr int wire_type() {
-  if constexpr (std::is_same_v<T, std::string>) return 2;
+  if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, StringMap>) return 2;
   else if constexpr (std::is_same_v<T, double>) return 1;
   else return 0;
 }
@@ -44,7 +50,14 @@ std::string encode_message(M m) {
   std::string out;
   fields(m, [&out](int number, const auto& v) {
     using T = std::decay_t<decltype(v)>;
-    if constexpr (std::is_same_v<T, std::string>) {
+    if constexpr (std::is_same_v<T, StringMap>) {
+      for (const auto& [key, value] : v) {
+        const std::string entry = encode_message(MapEntry{key, value});
+        put_varint(out, (uint64_t)number << 3 | 2);
+        put_varint(out, entry.size());
+        out += entry;
+      }
+    } else if constexpr (std::is_same_v<T, std::string>) {
       if (v.empty()) return;  // proto3: defaults are not written
       put_varint(out, (uint64_t)number << 3 | 2);
       put_varint(out, v.size());
@@ -104,7 +117,11 @@ void decode_message(const std::string& bytes, M& m, const char* name) {
         if (type != wire_type<T>())
           throw std::runtime_error("field " + std::to_string(n) + " has wire type " + std::to_string(type) + ", expected " +
                                    std::to_string(wire_type<T>()));
-        if constexpr (std::is_same_v<T, std::string>) {
+        if constexpr (std::is_same_v<T, StringMap>) {
+          MapEntry e;
+          decode_message(c.take(c.varint()), e, "map entry");
+          v[e.key] = e.value;
+        } else if constexpr (std::is_same_v<T, std::string>) {
           v = c.take(c.varint());
         } else if constexpr (std::is_same_v<T, double>) {
           const std::string b = c.take(8);

@@ -6,9 +6,11 @@
 //
 // Decoding is strict: a truncated varint or field, a wrong wire type for a known field, a
 // field number 0, or a value that does not fit its field throws std::runtime_error. Unknown
-// fields are skipped, as protobuf does.
+// fields are skipped, as protobuf does; a map entry whose key repeats replaces the earlier one,
+// as protobuf's does.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 
 namespace pcmoe::net::wire {
@@ -47,11 +49,11 @@ struct CallChunk {
 struct JoinRequest {
   uint32_t party = 0;             // 1
   uint32_t protocol_version = 0;  // 2
-  std::string config_hash;        // 3
   uint32_t wait_ms = 0;           // 4
   uint64_t first_turn = 0;        // 5
   uint64_t end_turn = 0;          // 6
   uint64_t fallback_turn = 0;     // 7
+  std::map<std::string, std::string> sections;  // 8: config section -> SHA-256 (hex)
 };
 struct JoinReply {
   uint32_t poll = 0;        // 1
@@ -72,7 +74,6 @@ struct TurnReply {
 struct TurnDoneRequest {
   uint32_t party = 0;  // 1
   uint64_t turn = 0;   // 2
-  double loss = 0;     // 3
 };
 struct BarrierRequest {
   uint32_t party = 0;    // 1

@@ -173,6 +173,9 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
   c.data.vocab_size = c.model.vocab_size;
   c.parties = data::party_split_config_from_json(j.contains("parties") ? j["parties"] : empty);
   c.collab = collab_config_from_json(j.contains("collab") ? j["collab"] : empty);
+  if (!c.collab.init_from.empty() && !c.data.tokenizer.empty())
+    throw std::runtime_error("config keys 'collab.init_from' and 'data.tokenizer' both name a tokenizer (the "
+                             "checkpoint brings its own): drop data.tokenizer");
   c.fed = fed_config_from_json(j.contains("fed") ? j["fed"] : empty);
   check_fed_config(c.fed, c.model, c.train.steps, c.collab.modes);
   if (j.contains("audit")) c.audit = audit_config_from_json(j["audit"], c.parties.n_parties);

@@ -21,15 +21,21 @@ namespace fs = std::filesystem;
 
 namespace pcmoe {
 
-Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model) {
+Dataset load_split_corpus(const RunConfig& cfg) {
   Dataset d;
   d.corpus = data::load_corpus(cfg.data);
   d.split = data::split_documents(d.corpus, cfg.data.val_fraction, cfg.data.split_seed);
   if (d.split.train.empty() || d.split.val.empty())
     throw std::runtime_error("corpus '" + d.corpus.name + "' has too few documents for a train/validation split (" +
                              std::to_string(d.corpus.docs.size()) + " documents)");
-  d.tokenizer = tokenizer_model.empty() ? data::Tokenizer::train_or_load(d.corpus, d.split.train, cfg.data)
-                                        : data::Tokenizer::load(tokenizer_model);
+  return d;
+}
+
+Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model) {
+  Dataset d = load_split_corpus(cfg);
+  const std::string file = tokenizer_model.empty() ? cfg.data.tokenizer : tokenizer_model;
+  d.tokenizer = file.empty() ? data::Tokenizer::train_or_load(d.corpus, d.split.train, cfg.data)
+                             : data::Tokenizer::load(file);
   if (d.tokenizer.vocab_size() != cfg.model.vocab_size)
     throw std::runtime_error("tokenizer has " + std::to_string(d.tokenizer.vocab_size()) +
                              " pieces but model.vocab_size is " + std::to_string(cfg.model.vocab_size));
@@ -94,6 +100,14 @@ void truncate_metrics(const fs::path& path, int64_t keep_through_step) {
 }
 
 }  // namespace
+
+void write_tokenizer(const RunConfig& cfg, const std::string& out_file) {
+  if (fs::exists(out_file)) throw std::runtime_error(out_file + " exists: give another --out (a shared tokenizer is not overwritten)");
+  const Dataset d = load_split_corpus(cfg);
+  const data::Tokenizer tok = data::Tokenizer::train_or_load(d.corpus, d.split.train, cfg.data);
+  if (fs::path(out_file).has_parent_path()) fs::create_directories(fs::path(out_file).parent_path());
+  fs::copy_file(tok.model_file(), out_file);
+}
 
 nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const ModelConfig& mc = cfg.model;

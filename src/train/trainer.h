@@ -17,9 +17,17 @@ struct Dataset {
   data::Tokenizer tokenizer;
   data::TokenStream train, val;
 };
+// The corpus of cfg.data and its train/validation split (no tokenizer or streams yet); throws
+// when either side is empty.
+Dataset load_split_corpus(const RunConfig& cfg);
 // Loads the corpus, splits it, encodes both sides with the tokenizer at `tokenizer_model`, or
-// (when empty) with the one trained on the training split (cached).
+// (when empty) data.tokenizer's, or (when that is empty too) the one trained on the training
+// split (cached).
 Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model = "");
+// `pcmoe tokenizer`: writes to out_file the tokenizer prepare_dataset trains for cfg without a
+// tokenizer file (on the training split of cfg.data's corpus, model.vocab_size pieces), for
+// every party to share. Refuses an existing out_file.
+void write_tokenizer(const RunConfig& cfg, const std::string& out_file);
 
 // Mean cross-entropy over `n` windows of seq_len+1 tokens, in batches of model.max_batch().
 double evaluate(Model& model, const std::vector<int32_t>& windows, int n);

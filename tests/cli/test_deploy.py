@@ -1,8 +1,8 @@
 """PC-MoE deployed as separate processes over gRPC with mutual TLS (`pcmoe launch`, `pcmoe party`,
 `pcmoe certs`): 4 party processes on loopback reproduce the in-process simulation's per-turn
 losses, validation losses and traffic exactly; peers with a certificate of another CA, without
-a certificate, with another party's certificate or with another config are refused with a
-clear error and a non-zero exit."""
+a certificate, with another party's certificate, with another config section or named like a
+host are refused with a clear error and a non-zero exit."""
 import json
 import os
 import shutil
@@ -118,11 +118,17 @@ for ext in ("pem", "key"):
 (c0, c1) = pair(two, two, good, stolen, "cn")
 expect(c1, "certificate's CN is 'party0'", "party 1 presenting party 0's certificate is refused (PERMISSION_DENIED)")
 expect(c0, "waiting for party1", "party 0 keeps waiting for the real party 1, then gives up")
-changed = json.loads(json.dumps(two))
-changed["train"]["lr"] = 0.02
-(d0, d1) = pair(two, changed, good, good, "hash")
-expect(d1, "config hash", "party 1 with a different train config is refused at join")
-expect(d0, "party1 stopped the run", "party 0 stops, naming party 1")
+# A party whose config differs in any section is refused at join, naming the section; neither
+# party writes anything.
+for section, key, value in (("train", "lr", 0.02), ("data", "val_fraction", 0.5), ("parties", "seed", 2)):
+    changed = json.loads(json.dumps(two))
+    changed[section][key] = value
+    (d0, d1) = pair(two, changed, good, good, "hash-" + section)
+    expect(d1, f"party1's config differs from the coordinator's in {section} (party1 ",
+           f"party 1 with another {section}.{key} is refused at join")
+    expect(d0, "party1 stopped the run", "party 0 stops, naming party 1")
+    outs = [os.path.join(tmp, "hash-" + section, str(i)) for i in range(2)]
+    check(all(os.listdir(o) == [] for o in outs), f"{section}: neither party wrote metrics, a report or a checkpoint")
 
 far = json.loads(json.dumps(two))
 far["deploy"]["parties"][1]["address"] = "10.1.2.3:5000"
@@ -147,6 +153,13 @@ bad["deploy"]["parties"][1]["name"] = "Party_1"
 write_json(os.path.join(tmp, "bad.json"), bad)
 code, out, err = run("certs", "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "x"))
 check(code != 0 and "party name 'Party_1'" in err, "an invalid party name is refused")
+# A party named "localhost" would have a certificate good for any connection to localhost.
+bad["deploy"]["parties"][1]["name"] = "localhost"
+write_json(os.path.join(tmp, "bad.json"), bad)
+for cmd in (["certs"], ["party", "--party", "1", "--certs", good]):
+    code, out, err = run(*cmd, "--config", os.path.join(tmp, "bad.json"), "--out", os.path.join(tmp, "lh"))
+    check(code != 0 and err.count("\n") == 1 and "party name 'localhost' is reserved" in err and
+          not os.path.exists(os.path.join(tmp, "lh")), f"{cmd[0]}: the party name localhost is refused, nothing written")
 
 # collab.wire_dtype: strict names, fp32 only with DP-SGD, and part of what parties must agree on.
 for value, needle in (("fp8", "unknown dtype 'fp8' (expected fp32, bf16 or fp16)"),
@@ -165,7 +178,7 @@ check(code != 0 and "collab.wire_dtype must be fp32 with a privacy section" in e
 half = json.loads(json.dumps(two))
 half["collab"]["wire_dtype"] = "bf16"
 (e0, e1) = pair(two, half, good, good, "dtype")
-expect(e1, "config hash", "party 1 sending bf16 rows to fp32 peers is refused at join")
+expect(e1, "differs from the coordinator's in collab (", "party 1 sending bf16 rows to fp32 peers is refused at join")
 
 shutil.rmtree(tmp)
 finish()

@@ -135,7 +135,8 @@ for i, c in enumerate((two, other)):
                                    "--insecure", "--out", os.path.join(tmp, f"join{i}")],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
 errs = [p.communicate(timeout=120)[1] for p in procs]
-check(procs[1].returncode != 0 and "config hash" in errs[1], "party 1 with another fed.block_size is refused at join")
+check(procs[1].returncode != 0 and "party1's config differs from the coordinator's in fed (" in errs[1],
+      "party 1 with another fed.block_size is refused at join, naming the fed section")
 check(procs[0].returncode != 0 and "party1 stopped the run" in errs[0], "party 0 stops, naming party 1")
 
 # (d') a separate server killed mid-run: the coordinator's watchdog stops both parties, naming it.

@@ -29,8 +29,11 @@ check(all(os.listdir(os.path.join(out, f"party{p}", "checkpoint")) == ["turn6"] 
 code, text, err = run("launch", "--config", path, "--out", out, "--until", "3")
 check(code != 0 and "pass --resume" in open(os.path.join(out, "party0.log")).read(),
       "a fresh start over an earlier run's checkpoints is refused (they are not overwritten)")
-code, text, err = run("launch", "--config", path, "--out", out, "--resume")
-check(code == 0, "launch --resume finishes the run")
+every_round = json.loads(json.dumps(cfg))
+every_round["deploy"]["checkpoint_every"] = 1  # the deploy section may change between sittings
+write_json(os.path.join(tmp, "every-round.json"), every_round)
+code, text, err = run("launch", "--config", os.path.join(tmp, "every-round.json"), "--out", out, "--resume")
+check(code == 0, "launch --resume finishes the run, checkpointing every round now")
 if code:
     print(err[-1500:])
     for p in range(3):
@@ -92,7 +95,7 @@ other["train"]["lr"] = 0.02
 write_json(os.path.join(tmp, "other.json"), other)
 code, text, err = run("party", "--config", os.path.join(tmp, "other.json"), "--party", "1", "--certs", os.path.join(out, "certs"),
                       "--out", os.path.join(out, "party1"), "--resume")
-check(code != 0 and "another model or train config" in err, "--resume with another config is refused")
+check(code != 0 and "was made with another config" in err, "--resume with another config is refused")
 
 shutil.rmtree(tmp)
 finish()

@@ -137,9 +137,9 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
   for (const auto& [k, s] : host_seeds) pool.push_back(s);
   wire::CallRequest cr{1, 1, 7, host_seeds[0].second};
   wire::CallChunk cc{2, 1, 9, 5000, 3, "chunk"};
-  wire::JoinRequest jr{1, 2, "abcdef", 1000, 4, 40};
+  wire::JoinRequest jr{1, 2, 1000, 4, 40, 0, {{"model", "abcdef"}, {"tokenizer", "0123"}}};
   wire::TurnReply tr{3, true, 77, 19, "party2 died"};
-  wire::TurnDoneRequest td{2, 11, 4.25};
+  wire::TurnDoneRequest td{2, 11};
   for (const std::string& s : {wire::encode(cr), wire::encode(cc), wire::encode(jr), wire::encode(tr), wire::encode(td)})
     pool.push_back(s);
 
@@ -171,6 +171,13 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
           if (a.kind != b.kind || a.from != b.from || a.step != b.step || a.total_bytes != b.total_bytes ||
               a.seq != b.seq || a.data != b.data)
             ADD_FAILURE() << "CallChunk does not survive a round trip";
+        });
+        ok &= accepts([&] {  // and so does a map of section hashes
+          wire::JoinRequest a, b;
+          wire::decode(input, a);
+          wire::decode(wire::encode(a), b);
+          if (a.sections != b.sections || a.party != b.party || a.end_turn != b.end_turn)
+            ADD_FAILURE() << "JoinRequest does not survive a round trip";
         });
         break;
       }

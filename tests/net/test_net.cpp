@@ -2,10 +2,8 @@
 // expert host served over gRPC with mutual TLS refusing truncated, overlong, oversized,
 // malformed and impersonating calls with an error and no change of its state.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -20,6 +18,7 @@
 #include "net/rpc.h"
 #include "net/wire.h"
 #include "../unit/hosts.h"
+#include "free_port.h"
 
 namespace fs = std::filesystem;
 using namespace pcmoe;
@@ -59,10 +58,13 @@ TEST(Wire, ProtocReadsWhatWeWrite) {
   wire::TurnDoneRequest done;
   done.party = 3;
   done.turn = 1ull << 40;
-  done.loss = 4.25;
   const std::string t2 = protoc("decode", "TurnDoneRequest", wire::encode(done));
-  EXPECT_NE(t2.find("turn: 1099511627776"), std::string::npos) << t2;
-  EXPECT_NE(t2.find("loss: 4.25"), std::string::npos) << t2;
+  EXPECT_EQ(t2, "party: 3\nturn: 1099511627776\n");
+  wire::JoinRequest join;
+  join.party = 1;
+  join.sections = {{"data", "d4"}, {"model", "m0"}};
+  const std::string t4 = protoc("decode", "JoinRequest", wire::encode(join));
+  EXPECT_EQ(t4, "party: 1\nsections {\n  key: \"data\"\n  value: \"d4\"\n}\nsections {\n  key: \"model\"\n  value: \"m0\"\n}\n");
   wire::CallChunk chunk;
   chunk.kind = wire::EXPERT_FORWARD;
   chunk.from = 1;
@@ -84,9 +86,13 @@ TEST(Wire, WeReadWhatProtocWrites) {
   EXPECT_EQ(r.round, 19u);
   EXPECT_EQ(r.reason, "party2 died");
   wire::JoinRequest j;
-  wire::decode(protoc("encode", "JoinRequest", "party: 1 protocol_version: 1 config_hash: \"abc\" wait_ms: 1000 first_turn: 12 end_turn: 40 fallback_turn: 8"), j);
+  wire::decode(protoc("encode", "JoinRequest",
+                      "party: 1 protocol_version: 5 wait_ms: 1000 first_turn: 12 end_turn: 40 fallback_turn: 8 "
+                      "sections { key: \"train\" value: \"abc\" } sections { key: \"data\" value: \"\" }"),
+               j);
   EXPECT_EQ(j.party, 1u);
-  EXPECT_EQ(j.config_hash, "abc");
+  EXPECT_EQ(j.protocol_version, 5u);
+  EXPECT_EQ(j.sections, (std::map<std::string, std::string>{{"data", ""}, {"train", "abc"}}));
   EXPECT_EQ(j.wait_ms, 1000u);
   EXPECT_EQ(j.first_turn, 12u);
   EXPECT_EQ(j.end_turn, 40u);
@@ -115,18 +121,17 @@ TEST(Wire, MalformedMessagesAreRejected) {
   rejects(std::string("\x00\x01", 2), "invalid field number");
   wire::decode(std::string("\x50\x07\x10\x03", 4), m);  // an unknown field 10 is skipped
   EXPECT_EQ(m.from, 3u);
-}
-
-int free_port() {
-  const int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  close(s);
-  return ntohs(a.sin_port);
+  // A section-hash entry whose key is not a string, or that runs past its entry.
+  wire::JoinRequest j;
+  for (const auto& [bytes, needle] : {std::pair{std::string("\x42\x02\x08\x01", 4), "malformed map entry: field 1 has wire type 0"},
+                                      std::pair{std::string("\x42\x03\x0a\x05" "a", 5), "malformed map entry: field of 5 bytes"}}) {
+    try {
+      wire::decode(bytes, j);
+      ADD_FAILURE() << "accepted a malformed map entry; expected: " << needle;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("malformed JoinRequest: ") + needle), std::string::npos) << e.what();
+    }
+  }
 }
 
 Bytes to_bytes(const std::string& s) {
