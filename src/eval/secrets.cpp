@@ -126,10 +126,6 @@ std::string render(const std::vector<int32_t>& tokens, const std::vector<std::st
   return out;
 }
 
-}  // namespace pcmoe::eval
-
-namespace pcmoe::eval {
-
 SecretsAudit::SecretsAudit(std::vector<Secret> secrets, std::vector<std::string> token_text,
                            const std::vector<int32_t>& public_tokens, int T)
     : secrets_(std::move(secrets)), text_(std::move(token_text)), bigram_(public_tokens, (int)text_.size()), T_(T) {

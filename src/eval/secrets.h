@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <string>
 #include <tuple>
@@ -84,12 +85,6 @@ class PublicBigram {
 
 // Renders tokens as text: a guessed token as its text, a slot no row reached as "_" per token.
 std::string render(const std::vector<int32_t>& tokens, const std::vector<std::string>& token_text);
-
-}  // namespace pcmoe::eval
-
-#include <nlohmann/json.hpp>
-
-namespace pcmoe::eval {
 
 // What the host reads by itself at one layer: an attack's guesses for the rows of each expert
 // group it received (a call's rows for one of its experts), in the order received, which is the
