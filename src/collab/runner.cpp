@@ -12,6 +12,7 @@
 #include "collab/curves_plot.h"
 #include "collab/recorder.h"
 #include "collab/session.h"
+#include "common/sha256.h"
 #include "common/stopwatch.h"
 #include "tensor/gemm.h"
 #include "tensor/safetensors.h"
@@ -47,6 +48,9 @@ struct Shared {
   // Every validation pass (the table's and the learning curves'), measured: what it costs.
   double eval_seconds = 0, eval_cpu_seconds = 0;
   int64_t eval_windows = 0;
+  // The curves' first points by the weights evaluated: every mode starts from the same weights,
+  // so the start is evaluated once (keyed by a hash, so a mode that starts elsewhere is evaluated).
+  std::map<std::string, double> start_losses;
 };
 
 bool private_run(const Shared& sh) { return !sh.plans.empty(); }
@@ -70,6 +74,13 @@ nlohmann::json party_losses(const PartsLoss& r, int own) {
 nlohmann::json evaluate_everywhere(Model& model, Shared& sh, int own) { return party_losses(evaluate_pooled(model, sh), own); }
 
 double curve_loss(Model& model, Shared& sh) { return evaluate_pooled(model, sh).all; }
+// The curve's loss at the start of a mode, whose model holds `params`.
+double start_loss(Model& model, const ParamSet& params, Shared& sh) {
+  const std::string key = std::to_string(model.max_batch()) + " " +
+                          sha256_hex(std::string((const char*)params.values(), params.numel() * sizeof(float)));
+  const auto it = sh.start_losses.find(key);
+  return it != sh.start_losses.end() ? it->second : sh.start_losses[key] = curve_loss(model, sh);
+}
 bool curve_due(const Shared& sh, int64_t done) {
   const int every = sh.cfg.train.eval_every;
   return done == 0 || done == sh.rounds || (every > 0 && done % every == 0);
@@ -142,7 +153,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
     const TrafficStats st = net.stats();
     for (int p = 0; p < n; ++p) {
       assemble(p, whole);
-      loss += curve_loss(whole_model, sh) / n;
+      loss += (done_rounds == 0 ? start_loss(whole_model, whole, sh) : curve_loss(whole_model, sh)) / n;
       sent += (double)st.bytes_sent(p) / n;
       received += (double)st.bytes_received(p) / n;
     }
@@ -272,7 +283,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   }
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
   nlohmann::json curve = nlohmann::json::array();
-  if (with_curve) curve.push_back(curve_point(0, sh, 0, 0, curve_loss(s.model, sh)));
+  if (with_curve) curve.push_back(curve_point(0, sh, 0, 0, start_loss(s.model, s.params, sh)));
   const auto t0 = clock_type::now();
   const double eval0 = sh.eval_seconds;
   int64_t step = 0;
