@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <regex>
+#include <set>
+#include <tuple>
 #include <stdexcept>
 #include <string>
 
@@ -14,16 +17,61 @@ namespace {
 
 constexpr const char* kAuditUsage =
     "usage: pcmoe audit --run DIR --out DIR2 [--fed-run DIR3]... [--public-windows N] [--mlp-every-round]\n"
+    "                   [--secrets FILE] [--secrets-regex PATTERN]...\n"
     "  --run DIR            a `pcmoe collab` output made with an \"audit\" section (DIR/audit/)\n"
     "  --out DIR2           where audit.json goes\n"
     "  --fed-run DIR3       a `pcmoe collab` output of federated modes on the same parties and data:\n"
     "                       its server attacks and released models join the report (repeatable)\n"
     "  --public-windows N   windows of the observer's own text the attack models learn from (128)\n"
-    "  --mlp-every-round    train the MLP decoder at every recorded round (default: the last)\n";
+    "  --mlp-every-round    train the MLP decoder at every recorded round (default: the last)\n"
+    "  --secrets FILE       strings the victims want kept, one a line (matched as whole words): which of\n"
+    "                       them each attack rebuilt, per round (audit.json's \"secrets\")\n"
+    "  --secrets-regex P    the same for an ECMAScript pattern (repeatable)\n";
 
 struct AuditUsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// Per round and attack, all victims together: how many occurrences of the secrets were rebuilt
+// whole or in part, how many distinct secrets at least once whole, and the share of all their
+// tokens; beside it the share of the victims' whole batches the attack put back in place.
+void print_secrets(const nlohmann::json& s) {
+  std::printf("\nthe victims' secrets: %d strings or patterns, %d found in the recorded batches; tokens placed by the "
+              "truth's positions, which the attacker does not have\n",
+              s["patterns"].get<int>(), s["found"].get<int>());
+  std::printf("%-6s %-11s %-18s %7s %7s %7s %9s %8s %8s\n", "round", "signal", "attack", "occurs", "exact", "partly",
+              "distinct", "tokens", "batch");
+  struct Sum {
+    int64_t occ = 0, exact = 0, partly = 0, tokens = 0, right = 0;
+    double batch = 0;
+    int victims = 0;
+  };
+  std::map<std::tuple<int64_t, std::string, std::string>, Sum> sums;
+  for (const auto& r : s["summary"]) {
+    Sum& x = sums[{r["round"].get<int64_t>(), r["signal"].get<std::string>(), r["attack"].get<std::string>()}];
+    x.occ += r["occurrences"].get<int64_t>();
+    x.exact += r["exact"].get<int64_t>();
+    x.partly += r["partly"].get<int64_t>();
+    x.tokens += r["tokens"].get<int64_t>();
+    x.right += r["tokens_recovered"].get<int64_t>();
+    x.batch += r["batch_tokens_recovered"].get<double>();
+    ++x.victims;
+  }
+  std::map<std::tuple<int64_t, std::string, std::string>, std::set<std::string>> distinct;
+  for (const auto& sec : s["per_secret"])
+    for (const auto& r : sec["results"])
+      if (r["exact"].get<int>() > 0)
+        distinct[{r["round"].get<int64_t>(), r["signal"].get<std::string>(), r["attack"].get<std::string>()}].insert(
+            sec["secret"].get<std::string>());
+  for (const auto& [key, x] : sums) {
+    const auto& [round, signal, attack] = key;
+    const auto d = distinct.find(key);
+    std::printf("%-6lld %-11s %-18s %7lld %7lld %7lld %9zu %7.1f%% %7.1f%%\n", (long long)round, signal.c_str(),
+                attack.c_str(), (long long)x.occ, (long long)x.exact, (long long)x.partly,
+                d == distinct.end() ? (size_t)0 : d->second.size(), x.tokens ? 100.0 * x.right / x.tokens : 0.0,
+                100 * x.batch / x.victims);
+  }
+}
 
 // The last round's cells as a table: per signal and attack, top-1 / top-10 per layer and chance.
 void print_table(const nlohmann::json& report) {
@@ -74,6 +122,7 @@ void print_table(const nlohmann::json& report) {
                   (long long)c["trained_steps"].get<int64_t>(), c["auc_loss"].get<double>(),
                   c["auc_calibrated"].get<double>());
   }
+  if (report.contains("secrets") && report["secrets"]["patterns"].get<int>() > 0) print_secrets(report["secrets"]);
   for (const auto& [mode, cells] : report["bag_of_words"].items()) {
     double p = 0, r = 0, chance = 0, prior = 0;
     for (const auto& c : cells) {
@@ -101,13 +150,25 @@ int cmd_audit(int argc, char** argv) {
         opt.mlp_every_round = true;
         continue;
       }
-      if (a != "--run" && a != "--out" && a != "--fed-run" && a != "--public-windows")
+      if (a != "--run" && a != "--out" && a != "--fed-run" && a != "--public-windows" && a != "--secrets" &&
+          a != "--secrets-regex")
         throw AuditUsageError("unknown argument '" + a + "'");
       if (i + 1 >= argc) throw AuditUsageError(a + " needs a value");
       const std::string v = argv[++i];
       if (a == "--run") run = v;
       else if (a == "--out") out = v;
       else if (a == "--fed-run") opt.fed_runs.push_back(v);
+      else if (a == "--secrets") {
+        const auto lines = pcmoe::eval::read_secrets(v);
+        opt.secrets.insert(opt.secrets.end(), lines.begin(), lines.end());
+      } else if (a == "--secrets-regex") {
+        try {
+          std::regex check(v);
+        } catch (const std::regex_error& e) {
+          throw AuditUsageError("--secrets-regex '" + v + "' is not a valid pattern: " + e.what());
+        }
+        opt.secrets.push_back({v, true});
+      }
       else {
         size_t used = 0;
         int n = 0;

@@ -14,9 +14,16 @@ std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
+// A gnuplot single-quoted string (a quote inside is written twice).
+std::string gp_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + "'";
+}
+
 }  // namespace
 
-void write_curve_plot(const nlohmann::json& curves, const std::string& dir) {
+void write_curve_plot(const nlohmann::json& curves, const std::string& dir, const CurvePlotText& text) {
   namespace fs = std::filesystem;
   // One gnuplot data block per mode (blocks are separated by two blank lines: `index i`).
   std::ofstream dat(fs::path(dir) / "curves.dat");
@@ -41,13 +48,20 @@ void write_curve_plot(const nlohmann::json& curves, const std::string& dir) {
     if (sends)
       by_bytes += (by_bytes.empty() ? "" : ", ") + idx + " using ($2 > 0 ? $2 : 1/0):3" + style + " title '" + mode + "'";
   }
-  gp << "set terminal svg size 1200,500 dynamic noenhanced font 'sans,11'\n"
+  // The notes sit under both panels, one line each, in screen coordinates of the first plot.
+  const double line = 0.032, bottom = 0.13 + line * (double)text.notes.size();
+  gp << "set terminal svg size 1200," << 520 + 18 * text.notes.size() << " dynamic noenhanced font 'sans,11'\n"
      << "set output 'curves.svg'\n"
-     << "set multiplot layout 1,2\n"
-     << "set grid\nset key top right\nset ylabel 'validation loss (nats, pooled)'\n"
+     << "set multiplot layout 1,2 title " << gp_quote(text.title) << " font 'sans,13' margins 0.06,0.98,"
+     << bottom << ",0.90 spacing 0.07,0\n";
+  for (size_t k = 0; k < text.notes.size(); ++k)
+    gp << "set label " << k + 1 << " " << gp_quote(text.notes[k]) << " at screen 0.01, " << bottom - 0.10 - line * (double)k
+       << " left\n";
+  gp << "set grid\nset key top right\nset ylabel 'validation loss, pooled (nats per token)'\n"
      << "set xlabel 'tokens trained per party'\n"
      << "plot " << by_tokens << "\n"
-     << "set logscale x\nset xlabel 'bytes sent per party'\n"
+     << "unset label\n"
+     << "set logscale x\nset xlabel 'bytes sent per party (log scale; the start, at 0 bytes, is not drawn)'\n"
      << (by_bytes.empty() ? "set label 'no mode sends bytes' at graph 0.5, 0.5 center\nplot 1/0 notitle\n"
                           : "plot " + by_bytes + "\n")
      << "unset multiplot\n";

@@ -12,6 +12,7 @@
 #include "collab/curves_plot.h"
 #include "collab/recorder.h"
 #include "collab/session.h"
+#include "common/sha256.h"
 #include "common/stopwatch.h"
 #include "tensor/gemm.h"
 #include "tensor/safetensors.h"
@@ -44,26 +45,49 @@ struct Shared {
   int64_t rounds = 0;
   int dp_max_batch = 0;
   ModelConfig dp_model;
-  std::vector<int32_t> curve_val;  // the learning curve's windows: kCurveWindows of each party
-  int n_curve_val = 0;
+  std::vector<int> val_parts;  // windows of each party in pooled_val, in party order
+  // Every validation pass (the table's and the learning curves'), measured: what it costs.
+  double eval_seconds = 0, eval_cpu_seconds = 0;
+  int64_t eval_windows = 0;
+  // The curves' first points by the weights evaluated: every mode starts from the same weights,
+  // so the start is evaluated once (keyed by a hash, so a mode that starts elsewhere is evaluated).
+  std::map<std::string, double> start_losses;
 };
 
 bool private_run(const Shared& sh) { return !sh.plans.empty(); }
 uint64_t noise_stream(int p, int64_t round) { return ((uint64_t)(p + 1) << 32) + (uint64_t)round; }
 
-// Validation loss of one model on the pooled validation data and, for own >= 0, on that party's own.
-nlohmann::json evaluate_everywhere(Model& model, const Shared& sh, int own) {
-  nlohmann::json j;
-  j["val_loss_pooled"] = evaluate(model, sh.pooled_val, sh.n_pooled_val);
-  if (own >= 0) j["val_loss_own"] = evaluate(model, sh.parties[own].val_windows, sh.parties[own].n_val);
-  return j;
+// One model on every party's validation windows, timed. The learning curves use the same
+// windows as the final table, so a curve's last point is the table's pooled loss.
+PartsLoss evaluate_pooled(Model& model, Shared& sh) {
+  const auto t0 = clock_type::now();
+  const double cpu0 = process_cpu_seconds();
+  PartsLoss r = evaluate_parts(model, sh.pooled_val, sh.val_parts);
+  sh.eval_seconds += seconds_since(t0);
+  sh.eval_cpu_seconds += process_cpu_seconds() - cpu0;
+  sh.eval_windows += sh.n_pooled_val;
+  return r;
 }
+// A model's validation loss for party `own`: on the pooled validation data and on its own.
+nlohmann::json party_losses(const PartsLoss& r, int own) {
+  return {{"val_loss_pooled", r.all}, {"val_loss_own", r.part[own]}};
+}
+nlohmann::json evaluate_everywhere(Model& model, Shared& sh, int own) { return party_losses(evaluate_pooled(model, sh), own); }
 
-double curve_loss(Model& model, const Shared& sh) { return evaluate(model, sh.curve_val, sh.n_curve_val); }
+double curve_loss(Model& model, Shared& sh) { return evaluate_pooled(model, sh).all; }
+// The curve's loss at the start of a mode, whose model holds `params`.
+double start_loss(Model& model, const ParamSet& params, Shared& sh) {
+  const std::string key = std::to_string(model.max_batch()) + " " +
+                          sha256_hex(std::string((const char*)params.values(), params.numel() * sizeof(float)));
+  const auto it = sh.start_losses.find(key);
+  return it != sh.start_losses.end() ? it->second : sh.start_losses[key] = curve_loss(model, sh);
+}
 bool curve_due(const Shared& sh, int64_t done) {
   const int every = sh.cfg.train.eval_every;
   return done == 0 || done == sh.rounds || (every > 0 && done % every == 0);
 }
+// collab's own modes take the curve's last point from the final evaluation, not a pass of its own.
+bool curve_due_before_end(const Shared& sh, int64_t done) { return done < sh.rounds && curve_due(sh, done); }
 nlohmann::json curve_point(int64_t done, const Shared& sh, double bytes_sent, double bytes_received, double loss) {
   return {{"turns", done}, {"tokens_per_party", (double)done * sh.tokens_per_turn},
           {"bytes_sent_per_party", bytes_sent}, {"bytes_received_per_party", bytes_received}, {"val_loss_pooled", loss}};
@@ -130,7 +154,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
     const TrafficStats st = net.stats();
     for (int p = 0; p < n; ++p) {
       assemble(p, whole);
-      loss += curve_loss(whole_model, sh) / n;
+      loss += (done_rounds == 0 ? start_loss(whole_model, whole, sh) : curve_loss(whole_model, sh)) / n;
       sent += (double)st.bytes_sent(p) / n;
       received += (double)st.bytes_received(p) / n;
     }
@@ -138,6 +162,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
   };
   add_point(0);
   const auto t0 = clock_type::now();
+  const double eval0 = sh.eval_seconds;  // train_seconds leaves the curve's evaluations out
   int64_t done = 0;
   std::vector<double> tokens(n, 0.0);
   for (int64_t round = 0; round < sh.rounds; ++round) {
@@ -171,9 +196,9 @@ nlohmann::json run_pcmoe(Shared& sh) {
       sh.metrics << line.dump() << "\n";
       progress("pc-moe", ++done, (int64_t)n * sh.rounds, r.loss.ce, seconds_since(t0));
     }
-    if (curve_due(sh, round + 1)) add_point(round + 1);
+    if (curve_due_before_end(sh, round + 1)) add_point(round + 1);
   }
-  const double seconds = seconds_since(t0);
+  const double seconds = seconds_since(t0) - (sh.eval_seconds - eval0);
   const TrafficStats training = net.stats();  // before evaluation adds its own traffic
   if (recorder) recorder->set_round(sh.rounds, false);
   // Each party's model, saved for `pcmoe eval` and `pcmoe generate` (the simulation can gather
@@ -183,16 +208,22 @@ nlohmann::json run_pcmoe(Shared& sh) {
     save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, whole, nullptr,
                     sh.rounds, sh.tokenizer_model);
   }
-  nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}, {"curve", curve}};
+  nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}};
   const size_t transport_bytes = 2 * net.largest_payload();
+  double end_loss = 0, end_sent = 0, end_received = 0;
   for (int p = 0; p < n; ++p) {
     nlohmann::json j = evaluate_everywhere(session.party(p).model, sh, p);
+    end_loss += j["val_loss_pooled"].get<double>() / n;
+    end_sent += (double)training.bytes_sent(p) / n;
+    end_received += (double)training.bytes_received(p) / n;
     j["memory"] = party_memory(session.party(p), transport_bytes);
     j["tokens_trained"] = tokens[p];
     j["bytes_sent_per_token"] = training.bytes_sent(p) / tokens[p];
     j["bytes_received_per_token"] = training.bytes_received(p) / tokens[p];
     out["parties"].push_back(j);
   }
+  curve.push_back(curve_point(sh.rounds, sh, end_sent, end_received, end_loss));
+  out["curve"] = curve;
   nlohmann::json traffic = nlohmann::json::array();
   for (const auto& [key, c] : training.by_kind_pair)
     traffic.push_back({{"kind", to_string(std::get<0>(key))}, {"from", std::get<1>(key)}, {"to", std::get<2>(key)},
@@ -233,9 +264,10 @@ void load_budget_model(const std::string& dir, const ModelConfig& full, int p, i
 
 // One model trained on the turns of `parties` in the round-robin order (all of them: the
 // centralised model on the pooled data; one: a local-only model).
-// `save_as`: the checkpoint's directory under the run's (empty: not saved).
+// `save_as`: the checkpoint's directory under the run's (empty: not saved). `with_curve`: record
+// the learning curve (the figure leaves the memory-budget models out, so they skip its cost).
 nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, const std::vector<int>& parties,
-                        int own, const std::string& save_as) {
+                        int own, const std::string& save_as, bool with_curve) {
   const RunConfig& cfg = sh.cfg;
   const int n_all = (int)sh.parties.size();
   TrainConfig tc = cfg.train;
@@ -253,8 +285,9 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   }
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
   nlohmann::json curve = nlohmann::json::array();
-  curve.push_back(curve_point(0, sh, 0, 0, curve_loss(s.model, sh)));
+  if (with_curve) curve.push_back(curve_point(0, sh, 0, 0, start_loss(s.model, s.params, sh)));
   const auto t0 = clock_type::now();
+  const double eval0 = sh.eval_seconds;
   int64_t step = 0;
   for (int64_t round = 0; round < sh.rounds; ++round) {
     for (int p : round_order(cfg.train.seed, n_all, round)) {
@@ -278,19 +311,24 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
                  << "\n";
       progress(mode, ++step, sh.rounds * k, ls.ce, seconds_since(t0));
     }
-    if (curve_due(sh, round + 1)) curve.push_back(curve_point(round + 1, sh, 0, 0, curve_loss(s.model, sh)));
+    if (with_curve && curve_due_before_end(sh, round + 1))
+      curve.push_back(curve_point(round + 1, sh, 0, 0, curve_loss(s.model, sh)));
   }
   if (!save_as.empty())
     save_checkpoint((sh.out_dir / save_as / "checkpoint").string(), cfg, s.params, nullptr, step, sh.tokenizer_model);
-  nlohmann::json out = {{"train_seconds", seconds_since(t0)},
+  nlohmann::json out = {{"train_seconds", seconds_since(t0) - (sh.eval_seconds - eval0)},
                         {"memory", s.memory()},
-                        {"parameters", s.params.numel()},
-                        {"curve", curve}};
+                        {"parameters", s.params.numel()}};
+  const PartsLoss end = evaluate_pooled(s.model, sh);  // one pass gives every party's own loss too
   if (own >= 0) {
-    out["eval"] = evaluate_everywhere(s.model, sh, own);
+    out["eval"] = party_losses(end, own);
   } else {
     out["eval"] = nlohmann::json::array();
-    for (int p = 0; p < n_all; ++p) out["eval"].push_back(evaluate_everywhere(s.model, sh, p));
+    for (int p = 0; p < n_all; ++p) out["eval"].push_back(party_losses(end, p));
+  }
+  if (with_curve) {
+    curve.push_back(curve_point(sh.rounds, sh, 0, 0, end.all));
+    out["curve"] = curve;
   }
   return out;
 }
@@ -323,6 +361,33 @@ class Context final : public CollabContext {
   Shared& sh_;
   const CollabData& data_;
 };
+
+// The figure's title and notes: what was trained, on whose data, what its axes mean.
+CurvePlotText curve_text(const Shared& sh, const nlohmann::json& report) {
+  const int n = (int)sh.parties.size();
+  CurvePlotText t;
+  t.title = "pcmoe collab: validation loss while " + std::to_string(n) + " parties train (" +
+            std::to_string(sh.rounds) + " turns of " + std::to_string(sh.tokens_per_turn) + " tokens each)";
+  for (int p = 0; p < n; ++p) {
+    std::string cats;
+    for (const std::string& c : sh.parties[p].categories) cats += (cats.empty() ? "" : ", ") + c;
+    t.notes.push_back("party " + std::to_string(p) + " holds (" + sh.cfg.data.corpus + "): " + cats);
+  }
+  std::string per_party;
+  for (int k : sh.val_parts) per_party += (per_party.empty() ? "" : "/") + std::to_string(k);
+  t.notes.push_back("pooled: a model's mean cross-entropy on all " + std::to_string(sh.n_pooled_val) +
+                    " validation windows of " + std::to_string(sh.cfg.model.seq_len) + " tokens (" + per_party +
+                    " from the parties' held-out documents), the same windows as the table's pooled column;");
+  const int every = sh.cfg.train.eval_every;
+  t.notes.push_back("pc-moe and local-only: the mean over the parties' own models. Points at the start, " +
+                    (every > 0 ? "every " + std::to_string(every) + " turns per party " : std::string()) +
+                    "and the end; the last is the table's.");
+  std::string silent;
+  for (const auto& [m, c] : report["curves"].items())
+    if (c.back()["bytes_sent_per_party"].get<double>() == 0) silent += (silent.empty() ? "" : ", ") + m;
+  if (!silent.empty()) t.notes.push_back("bytes: as the transport counts them; " + silent + " send nothing (left panel only).");
+  return t;
+}
 
 }  // namespace
 
@@ -426,7 +491,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
 
   CollabData data = load_collab_data(cfg);
   Shared sh{cfg, std::move(data.parties), {}, 0, std::ofstream(), data.tokens_per_turn, out_dir,
-            data.tokenizer_model, {}, {}, {}, 0, 0, {}, {}, 0};
+            data.tokenizer_model, {}, {}, {}, 0, 0, {}, {}, 0, 0, 0, {}};
   sh.rounds = tc.steps;
   if (cfg.privacy.enabled) {
     sh.dp_model = mc;
@@ -452,9 +517,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   for (const PartyStreams& ps : sh.parties) {
     sh.pooled_val.insert(sh.pooled_val.end(), ps.val_windows.begin(), ps.val_windows.end());
     sh.n_pooled_val += ps.n_val;
-    const int k = std::min(ps.n_val, kCurveWindows);
-    sh.curve_val.insert(sh.curve_val.end(), ps.val_windows.begin(), ps.val_windows.begin() + (size_t)k * (mc.seq_len + 1));
-    sh.n_curve_val += k;
+    sh.val_parts.push_back(ps.n_val);
   }
 
   auto wants = [&](const char* m) { return std::find(cfg.collab.modes.begin(), cfg.collab.modes.end(), m) != cfg.collab.modes.end(); };
@@ -470,7 +533,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   std::vector<int> everyone(n);
   for (int p = 0; p < n; ++p) everyone[p] = p;
   if (wants("pc-moe")) report["modes"]["pc-moe"] = run_pcmoe(sh);
-  if (wants("centralised")) report["modes"]["centralised"] = run_solo(sh, "centralised", mc, everyone, -1, "centralised");
+  if (wants("centralised")) report["modes"]["centralised"] = run_solo(sh, "centralised", mc, everyone, -1, "centralised", true);
   if (wants("local-only")) {
     ModelConfig budget = mc;  // the backbone and this party's share of the experts
     budget.n_experts = std::max(1, mc.n_experts / n);
@@ -479,8 +542,8 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
     for (int p = 0; p < n; ++p) {
       // the full local-only models are kept: the audit's membership inference targets them too
       full.push_back(run_solo(sh, ("local-only full, party " + std::to_string(p)).c_str(), mc, {p}, p,
-                              "local-only/party" + std::to_string(p)));
-      small.push_back(run_solo(sh, ("local-only budget, party " + std::to_string(p)).c_str(), budget, {p}, p, ""));
+                              "local-only/party" + std::to_string(p), true));
+      small.push_back(run_solo(sh, ("local-only budget, party " + std::to_string(p)).c_str(), budget, {p}, p, "", false));
     }
     report["modes"]["local-only-full"] = full;
     report["modes"]["local-only-budget"] = small;
@@ -533,9 +596,11 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   report["rounds"] = sh.rounds;
   report["peak_rss_bytes"] = peak_rss_bytes();
   report["wall_seconds"] = seconds_since(t_start);
+  report["cpu_seconds"] = process_cpu_seconds();
+  report["evaluation"] = {{"seconds", sh.eval_seconds}, {"cpu_seconds", sh.eval_cpu_seconds}, {"windows", sh.eval_windows}};
   report["config"] = to_json(cfg);
   std::ofstream(fs::path(out_dir) / "report.json") << report.dump(2) << "\n";
-  write_curve_plot(curves, out_dir);
+  write_curve_plot(curves, out_dir, curve_text(sh, report));
   return report;
 }
 

@@ -71,8 +71,9 @@ class CollabContext {
   virtual void fill_turn(int party, int64_t step, int32_t* windows) const = 0;
   // {"val_loss_own", "val_loss_pooled"} of `model` for party p.
   virtual nlohmann::json evaluate(Model& model, int party) const = 0;
-  // The learning curve's loss: pooled validation loss of `model` on a fixed few windows of every
-  // party; and whether the curve takes a point after `steps` of train.steps steps per party.
+  // The learning curve's loss: pooled validation loss of `model` on every party's validation
+  // windows (those of the final table); and whether the curve takes a point after `steps` of
+  // train.steps steps per party.
   virtual double curve_loss(Model& model) const = 0;
   virtual bool curve_due(int64_t steps) const = 0;
   virtual std::string out_dir() const = 0;
@@ -91,10 +92,10 @@ using ExtraMode = std::function<nlohmann::json(CollabContext&)>;
 
 // Writes out_dir/metrics.jsonl (every turn of every mode, with the schedule) and
 // out_dir/report.json; prints progress and the comparison table. Returns the report. Every mode
-// records its learning curve (pooled validation loss on kCurveWindows windows of each party, at
-// the start, every train.eval_every turns per party and at the end, against tokens and bytes
-// sent per party): report["curves"], and the figure out_dir/curves.svg (collab/curves_plot.h).
-constexpr int kCurveWindows = 8;
+// records its learning curve (pooled validation loss on all the validation windows of every
+// party, the table's, at the start, every train.eval_every turns per party and at the end,
+// against tokens and bytes sent per party): report["curves"], and the figure out_dir/curves.svg
+// (collab/curves_plot.h). report["evaluation"] gives what every validation pass cost together.
 // `extra_modes` runs the modes of collab.modes that are not collab's own.
 nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
                           const std::map<std::string, ExtraMode>& extra_modes = {});

@@ -64,6 +64,9 @@ class Tokenizer {
                                  const DataConfig& cfg);
   std::vector<int32_t> encode(const std::string& text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
+  // The text each token id stands for on its own ("▁" as a space, a byte piece as its byte,
+  // control and unknown tokens as a line break): joined, a stream's tokens give its text.
+  std::vector<std::string> token_texts() const;
   int vocab_size() const;
   int bos_id() const;
   int eos_id() const;

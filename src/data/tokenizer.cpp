@@ -218,6 +218,27 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   return text;
 }
 
+std::vector<std::string> Tokenizer::token_texts() const {
+  if (!impl_) throw std::runtime_error("tokenizer is not loaded");
+  const auto& sp = impl_->processor;
+  std::vector<std::string> out(sp.GetPieceSize());
+  for (int id = 0; id < (int)out.size(); ++id) {
+    const std::string piece = sp.IdToPiece(id);
+    if (sp.IsControl(id) || sp.IsUnknown(id)) {
+      out[id] = "\n";
+    } else if (sp.IsByte(id)) {  // "<0xAB>"
+      out[id] = std::string(1, (char)std::stoi(piece.substr(3, 2), nullptr, 16));
+    } else {
+      for (size_t i = 0; i < piece.size();) {
+        const bool space = piece.compare(i, 3, "\xe2\x96\x81") == 0;  // U+2581
+        out[id] += space ? std::string(" ") : piece.substr(i, 1);
+        i += space ? 3 : 1;
+      }
+    }
+  }
+  return out;
+}
+
 int Tokenizer::vocab_size() const {
   if (!impl_) throw std::runtime_error("tokenizer is not loaded");
   return impl_->processor.GetPieceSize();

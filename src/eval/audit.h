@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "eval/probe.h"
+#include "eval/secrets.h"
 
 namespace pcmoe::eval {
 
@@ -20,10 +21,14 @@ struct AuditOptions {
   // Runs of the federated modes on the same parties and data (a `collab` run with an "audit"
   // section): their server attacks and released models join the report.
   std::vector<std::string> fed_runs;
+  // Strings the victims want kept (eval/secrets.h): which of them the attacks rebuilt.
+  std::vector<Secret> secrets;
 };
 
 // Runs every attack on run_dir's recording (run_dir/audit), writes out_dir/audit.json and
-// prints the table; returns the JSON. Throws std::runtime_error for a run without a recording,
+// prints the table; returns the JSON. Unless the run used DP-SGD (whose Poisson batches the
+// scorer does not rebuild), also writes out_dir/sample_party<v>.txt per victim: SENSITIVE, it
+// holds the victim's text. Throws std::runtime_error for a run without a recording,
 // or a recording that does not belong to the run's config.
 nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir, const AuditOptions& opt = {});
 

@@ -50,13 +50,27 @@ Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model
 }
 
 double evaluate(Model& model, const std::vector<int32_t>& windows, int n) {
+  return evaluate_parts(model, windows, {n}).all;
+}
+
+PartsLoss evaluate_parts(Model& model, const std::vector<int32_t>& windows, const std::vector<int>& parts) {
   const int row = model.config().seq_len + 1, B = model.max_batch();
+  PartsLoss out;
   double sum = 0;
-  for (int i = 0; i < n; i += B) {
-    const int b = std::min(B, n - i);
-    sum += (double)model.forward(windows.data() + (size_t)i * row, b, 0.0f).ce * b;
+  int start = 0;
+  for (int n : parts) {
+    double part = 0;
+    for (int i = 0; i < n; i += B) {
+      const int b = std::min(B, n - i);
+      const double s = (double)model.forward(windows.data() + (size_t)(start + i) * row, b, 0.0f).ce * b;
+      sum += s;
+      part += s;
+    }
+    out.part.push_back(part / n);
+    start += n;
   }
-  return sum / n;
+  out.all = sum / start;
+  return out;
 }
 
 double unigram_entropy(const std::vector<int32_t>& tokens, int vocab_size) {

@@ -31,6 +31,15 @@ void write_tokenizer(const RunConfig& cfg, const std::string& out_file);
 
 // Mean cross-entropy over `n` windows of seq_len+1 tokens, in batches of model.max_batch().
 double evaluate(Model& model, const std::vector<int32_t>& windows, int n);
+// The same over windows that are consecutive parts of `parts[i]` windows each (every party's
+// validation windows, pooled): the mean over all of them and over each part, from one pass whose
+// batches never straddle two parts. Each part's mean is what evaluate() gives on that part alone,
+// bit for bit, and so is the overall mean when every part but the last fills whole batches.
+struct PartsLoss {
+  double all = 0;
+  std::vector<double> part;
+};
+PartsLoss evaluate_parts(Model& model, const std::vector<int32_t>& windows, const std::vector<int>& parts);
 // Entropy (nats) of the token frequencies of `tokens`: the loss of the best context-free model.
 double unigram_entropy(const std::vector<int32_t>& tokens, int vocab_size);
 // Peak resident set size of this process, bytes.

@@ -71,7 +71,7 @@ def without_timings(x):
     """A report without its timings and RSS (they are measurements, not results)."""
     if isinstance(x, dict):
         return {k: without_timings(v) for k, v in x.items()
-                if k not in ("train_seconds", "wall_seconds", "peak_rss_bytes", "seconds")}
+                if k not in ("train_seconds", "wall_seconds", "peak_rss_bytes", "seconds", "cpu_seconds")}
     if isinstance(x, list):
         return [without_timings(v) for v in x]
     return x

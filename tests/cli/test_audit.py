@@ -1,8 +1,9 @@
 """`pcmoe audit` end to end on a tiny generated corpus: a PC-MoE run with an "audit" section
 leaves a recording; the audit scores every attack next to its chance level, and at the first
 round (every backbone still the shared start) the attacker inverts the first MoE layer's hidden
-states almost perfectly; a run without a recording, a recording from another config and a bad
-audit section are refused with a clear error."""
+states almost perfectly and rebuilds a secret planted in the victim's text; a run without a
+recording, a recording from another config and a bad audit section are refused with a clear
+error."""
 import json
 import os
 import shutil
@@ -72,6 +73,48 @@ check(len(a["membership"]) > 0 and all(m["members"] > 0 and m["nonmembers"] > 0 
                                        on_grid(m["auc_calibrated"], m) for m in a["membership"]),
       "membership inference scored: each AUC is a pair count over members x non-members")
 check(len({(m["auc_loss"], m["auc_calibrated"]) for m in a["membership"]}) > 1, "the models' AUCs differ")
+
+# A secret planted in the victim's documents only (the observer's public text never holds it) is
+# reported rebuilt whole by the state attack at round 0, where the attacker's view is the shared
+# start: the victim's exact weights. The public bigram guess gets none of it; a string that
+# occurs nowhere is not reported; the side-by-side sample shows the victim's text, flagged.
+secret_dir = os.path.join(tmp, "secret_corpus")
+tiny_corpus(secret_dir)
+for d in range(6):  # category "two": party 1's
+    path = os.path.join(secret_dir, "two", f"doc{d}.txt")
+    lines = open(path).read().splitlines()
+    for i in range(3, len(lines), 4):
+        lines[i] += " Call Zorblax Quintavius at 555-0199."
+    open(path, "w").write("\n".join(lines) + "\n")
+planted = config()
+planted["data"]["path"] = secret_dir
+collab("planted", planted)
+secrets_file = os.path.join(tmp, "secrets.txt")
+open(secrets_file, "w").write("Zorblax Quintavius\nNobody Here\n")
+code, out, err = run("audit", "--run", os.path.join(tmp, "planted"), "--out", os.path.join(tmp, "audit_secrets"),
+                     "--public-windows", "16", "--secrets", secrets_file, "--secrets-regex", "555-[0-9]{4}")
+check(code == 0 and "the victims' secrets" in out, "audit with --secrets completes and prints the secrets table")
+if code:
+    print(err[-3000:])
+    finish()
+s = json.load(open(os.path.join(tmp, "audit_secrets", "audit.json")))["secrets"]
+check(s["patterns"] == 3 and s["found"] == 2 and "Nobody Here" not in [x["secret"] for x in s["per_secret"]],
+      f"the planted name and the number pattern are found, the absent name is not: {s['found']} of {s['patterns']}")
+results = next(x for x in s["per_secret"] if x["secret"] == "Zorblax Quintavius")["results"]
+first = [r for r in results if r["round"] == 0 and r["signal"] == "states"]
+best = max(first, key=lambda r: r["exact"])
+check(best["occurrences"] > 0 and best["exact"] >= 1 and best["mean_fraction"] > 0.9 and
+      best["best_guess"] == best["truth_tokens"],
+      f"round 0: {best['attack']} rebuilds the planted name whole in {best['exact']} of {best['occurrences']} "
+      f"occurrences ({best['best_guess']!r})")
+check(all(r["exact"] == 0 for r in results if r["attack"] == "public bigram"),
+      "the public bigram guess rebuilds none of the planted name")
+sample = open(os.path.join(tmp, "audit_secrets", "sample_party1.txt")).read()
+check(sample.startswith("SENSITIVE") and "Zorblax Quintavius" in sample and "attacker:" in sample,
+      "the side-by-side sample shows the victim's text next to the attacker's, flagged sensitive")
+code, out, err = run("audit", "--run", os.path.join(tmp, "planted"), "--out", os.path.join(tmp, "audit_x"),
+                     "--secrets-regex", "([a-z")
+check(code == 2 and "not a valid pattern" in err, f"a bad pattern is a usage error: {err.strip()[:80]}")
 
 # The federated modes' released models join the membership table from a run of their own.
 fed = config(audit=False)

@@ -42,6 +42,18 @@ mixed = sum(w * row["centralised"]["val_loss_own"] for w, row in zip(weights, r[
 pooled = r["per_party"][0]["centralised"]["val_loss_pooled"]
 check(min(weights) > 0 and abs(mixed - pooled) <= 1e-5 * pooled,
       f"centralised pooled loss {pooled:.6f} = window-weighted own losses {mixed:.6f}")
+# The learning curves end at the table's pooled loss (PC-MoE and local-only: the mean over the
+# parties' models) and start from the same weights in every mode; eval_every 4 of 6 turns.
+rows = r["per_party"]
+ends = {"pc-moe": sum(x["pc-moe"]["val_loss_pooled"] for x in rows) / len(rows),
+        "centralised": rows[0]["centralised"]["val_loss_pooled"],
+        "local-only": sum(x["local-only-full"]["val_loss_pooled"] for x in rows) / len(rows)}
+for mode, end in ends.items():
+    c = r["curves"][mode]
+    check([p["turns"] for p in c] == [0, 4, 6] and abs(c[-1]["val_loss_pooled"] - end) < 1e-12,
+          f"{mode}: curve at 0, 4, 6 turns ends at the table's pooled loss {end:.4f}")
+check(len({c[0]["val_loss_pooled"] for c in r["curves"].values()}) == 1, "every curve starts at the shared start's loss")
+check(r["evaluation"]["windows"] > 0 and r["evaluation"]["cpu_seconds"] > 0, "the evaluation's cost is reported")
 pc = r["modes"]["pc-moe"]
 for p, party in enumerate(pc["parties"]):
     mem = party["memory"]

@@ -14,6 +14,7 @@
 #include "eval/bag_of_words.h"
 #include "eval/probe.h"
 #include "eval/routing_trace.h"
+#include "eval/secrets.h"
 #include "model/local_experts.h"
 #include "model/lora.h"
 #include "tensor/gemm.h"
@@ -196,6 +197,39 @@ TEST(AuditProbe, RandomStatesScoreAtChance) {
   }
 }
 
+namespace {
+
+// Keeps the grouped rows of layer 0's forward, as the hosts receive them.
+struct LayerZeroCapture final : ExpertBackend {
+  LayerZeroCapture(const ModelConfig& cfg, ParamSet& p, int max_rows) : inner(cfg, p, max_rows), E(cfg.n_experts), C(cfg.d_model) {}
+  void forward(int layer, const int* off, const float* x, float* y) override {
+    if (layer == 0) rows.assign(x, x + (size_t)off[E] * C);
+    inner.forward(layer, off, x, y);
+  }
+  void backward(int layer, const int* off, const float* dy, float* dx) override { inner.backward(layer, off, dy, dx); }
+  void backward_unit_norms(int, const int*, const float*, const int*, int, float*, double*) override {}
+  void add_clipped_grads(int, const float*) override {}
+  LocalExperts inner;
+  int E, C;
+  std::vector<float> rows;
+};
+
+// The layer-0 state of every token of windows[B, T+1] (its first expert's row), appended to x,
+// and its input token to y.
+void layer_zero_states(Model& model, const LayerZeroCapture& capture, const std::vector<int32_t>& windows, int B,
+                       std::vector<float>& x, std::vector<int32_t>& y) {
+  const ModelConfig& m = model.config();
+  model.forward(windows.data(), B, 1.f);
+  const MoeSaved& sv = model.moe_saved(0);
+  for (int t = 0; t < B * m.seq_len; ++t) {
+    const float* row = capture.rows.data() + (size_t)sv.row[t * m.top_k] * m.d_model;
+    x.insert(x.end(), row, row + m.d_model);
+    y.push_back(model.last_inputs()[t]);
+  }
+}
+
+}  // namespace
+
 // The leakiest setting: the attacker holds the victim's exact weights and inverts layer-0 states
 // (what an expert host receives at the first MoE layer) into tokens.
 TEST(AuditProbe, ExactWeightsInvertLayerZeroStates) {
@@ -203,32 +237,11 @@ TEST(AuditProbe, ExactWeightsInvertLayerZeroStates) {
   const int B = 8, T = m.seq_len, C = m.d_model, K = m.top_k;
   ParamSet params(m, ParamSelection{});
   params.init(9);
-  // Keeps the grouped rows of layer 0's forward, as the hosts receive them.
-  struct Capture final : ExpertBackend {
-    Capture(const ModelConfig& cfg, ParamSet& p, int max_rows) : inner(cfg, p, max_rows), E(cfg.n_experts), C(cfg.d_model) {}
-    void forward(int layer, const int* off, const float* x, float* y) override {
-      if (layer == 0) rows.assign(x, x + (size_t)off[E] * C);
-      inner.forward(layer, off, x, y);
-    }
-    void backward(int layer, const int* off, const float* dy, float* dx) override { inner.backward(layer, off, dy, dx); }
-    void backward_unit_norms(int, const int*, const float*, const int*, int, float*, double*) override {}
-    void add_clipped_grads(int, const float*) override {}
-    LocalExperts inner;
-    int E, C;
-    std::vector<float> rows;
-  } capture(m, params, B * T * K);
+  LayerZeroCapture capture(m, params, B * T * K);
   Model model(m, params, capture, B);
   auto states = [&](uint64_t seed, int batches, std::vector<float>& x, std::vector<int32_t>& y) {
-    for (int i = 0; i < batches; ++i) {
-      const std::vector<int32_t> w = random_tokens((size_t)B * (T + 1), m.vocab_size, seed + i);
-      model.forward(w.data(), B, 1.f);
-      const MoeSaved& sv = model.moe_saved(0);
-      for (int t = 0; t < B * T; ++t) {
-        const float* row = capture.rows.data() + (size_t)sv.row[t * K] * C;
-        x.insert(x.end(), row, row + C);
-        y.push_back(model.last_inputs()[t]);
-      }
-    }
+    for (int i = 0; i < batches; ++i)
+      layer_zero_states(model, capture, random_tokens((size_t)B * (T + 1), m.vocab_size, seed + i), B, x, y);
   };
   std::vector<float> x, xt;
   std::vector<int32_t> y, yt;
@@ -245,6 +258,62 @@ TEST(AuditProbe, ExactWeightsInvertLayerZeroStates) {
     EXPECT_GT(hit.top1, 0.9) << "hidden " << hidden;
     EXPECT_GT(hit.top10, 0.99) << "hidden " << hidden;
   }
+}
+
+// A secret of three tokens, planted once in every window of a victim's batch: with the victim's
+// exact weights (round 0: the shared start) the state attack rebuilds it whole; from random states
+// it rebuilds none of it, and neither does the public bigram guess, which never saw it.
+TEST(AuditSecrets, StateAttackRebuildsAPlantedSecretFromExactWeightsAndNothingFromRandomStates) {
+  const ModelConfig m = tiny_model();
+  const int B = 8, T = m.seq_len, C = m.d_model, K = m.top_k, V = m.vocab_size;
+  ParamSet params(m, ParamSelection{});
+  params.init(9);
+  LayerZeroCapture capture(m, params, B * T * K);
+  Model model(m, params, capture, B);
+  std::vector<std::string> text(V);  // token i reads " w<i>"
+  for (int i = 0; i < V; ++i) text[i] = " w" + std::to_string(i);
+  const std::vector<int32_t> secret = {17, 42, 9};
+  std::vector<int32_t> batch = random_tokens((size_t)B * (T + 1), V, 77);
+  for (int b = 0; b < B; ++b) std::copy(secret.begin(), secret.end(), batch.begin() + (size_t)b * (T + 1) + 3 + b);
+  std::vector<float> x, xv;
+  std::vector<int32_t> y, yv, pub;
+  for (int i = 0; i < 48; ++i) {
+    const std::vector<int32_t> w = random_tokens((size_t)B * (T + 1), V, 1000 + i);
+    pub.insert(pub.end(), w.begin(), w.end());
+    layer_zero_states(model, capture, w, B, x, y);
+  }
+  layer_zero_states(model, capture, batch, B, xv, yv);
+  eval::Probe probe(C, V, {0, 8, 128, 1e-2f, 1});
+  probe.train(x.data(), y.data(), (int)y.size());
+  // The victim's rows: all of them (a host that hosts every expert), at their (window, slot).
+  auto audit = [&](const std::vector<float>& states) {
+    std::vector<float> logits(yv.size() * V);
+    probe.logits(states.data(), (int)yv.size(), logits.data());
+    const std::vector<int32_t> guess = eval::top1(logits, V);
+    eval::Reconstruction r;
+    for (int n = 0; n < B * T; ++n) r.add({1, n / T, n % T}, guess[n], 1.0);
+    eval::SecretsAudit sa({{"w17 w42 w9", false}, {"w63 w63 w63 w63", false}}, text, pub, T);
+    sa.set_batch(0, 1, batch);
+    sa.score("states", "linear-probe", r, {});
+    sa.score_public_guess();
+    return sa.report();
+  };
+  const nlohmann::json exact = audit(xv);
+  ASSERT_EQ(exact["found"], 1);
+  const nlohmann::json& probe_row = exact["summary"][0];
+  const nlohmann::json& bigram_row = exact["summary"][1];
+  EXPECT_EQ(probe_row["occurrences"], B);
+  EXPECT_EQ(probe_row["tokens"], 3 * B);
+  EXPECT_GE(probe_row["exact"].get<int>(), B - 1) << probe_row.dump();
+  EXPECT_EQ(bigram_row["attack"], "public bigram");
+  EXPECT_EQ(bigram_row["exact"], 0) << bigram_row.dump();
+  std::vector<float> noise(xv.size());
+  Rng rng(11);
+  for (float& v : noise) v = (float)rng.normal();
+  const nlohmann::json random = audit(noise);
+  const nlohmann::json& random_row = random["summary"][0];
+  EXPECT_EQ(random_row["exact"], 0) << random_row.dump();
+  EXPECT_LE(random_row["tokens_recovered"].get<int>(), 2) << random_row.dump();
 }
 
 // The federated server's rule: fitted on one fresh-optimizer step of the model on a batch it
