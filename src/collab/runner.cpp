@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "collab/curves_plot.h"
+#include "collab/dp_batches.h"
 #include "collab/recorder.h"
 #include "collab/session.h"
 #include "common/sha256.h"
@@ -530,6 +531,12 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
     tokens_per_party = (int64_t)expected;
   }
   nlohmann::json report = {{"parties", n}, {"tokens_per_party", tokens_per_party}, {"modes", nlohmann::json::object()}};
+  // Every mode trains party p's round r on the same draw: one record per party for the audit.
+  for (int p = 0; private_run(sh) && p < n; ++p) {
+    DpBatches b{cfg.privacy.unit, sh.units[p].n_units(), {}};
+    for (int64_t round = 0; round < sh.rounds; ++round) b.rounds.push_back(sh.batches[p].sample(round, b.n_units, sh.plans[p].q));
+    save_dp_batches(fs::path(out_dir) / ("party" + std::to_string(p)) / "dp_batches.json", b);
+  }
   std::vector<int> everyone(n);
   for (int p = 0; p < n; ++p) everyone[p] = p;
   if (wants("pc-moe")) report["modes"]["pc-moe"] = run_pcmoe(sh);

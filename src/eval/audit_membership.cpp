@@ -1,8 +1,13 @@
 #include "eval/audit_membership.h"
 
+#include <algorithm>
+#include <stdexcept>
+
+#include "collab/dp_batches.h"
 #include "collab/runner.h"
 #include "eval/loaded_model.h"
 #include "eval/membership.h"
+#include "privacy/dp_sgd.h"
 #include "train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -22,6 +27,43 @@ std::vector<std::pair<std::string, fs::path>> released_models(const fs::path& ru
   // Not saved: a deployment keeps no party's whole model.
   std::erase_if(out, [](const auto& m) { return !fs::exists(m.second / "model.safetensors"); });
   return out;
+}
+
+// Victim v's first `n_each` trained windows ([have, T+1] into `members`): the batches of its
+// turns under the run's schedule, or with DP-SGD the units its Poisson draws picked, read from
+// the run's record of them (the draws are secret).
+struct Trained {
+  int windows = 0;    // in `members`
+  int64_t steps = 0;  // the victim's turns in the run
+};
+Trained trained_windows(const fs::path& run, const RunConfig& cfg, const CollabData& data, int v, int n_each,
+                        std::vector<int32_t>& members) {
+  const int T = cfg.model.seq_len;
+  int have = 0;
+  auto take = [&](const int32_t* windows, int count) {
+    const int k = std::min(count, n_each - have);
+    std::copy_n(windows, (size_t)k * (T + 1), members.begin() + (size_t)have * (T + 1));
+    have += k;
+  };
+  if (cfg.privacy.enabled) {
+    const fs::path file = run / ("party" + std::to_string(v)) / "dp_batches.json";
+    const DpBatches b = load_dp_batches(file);
+    const PrivacyUnits units = make_privacy_units(data.parties[v].train.tokens, T, cfg.privacy.unit, data.bos_id);
+    if (b.unit != cfg.privacy.unit || b.n_units != units.n_units())
+      throw std::runtime_error(file.string() + ": records " + std::to_string(b.n_units) + " " + b.unit +
+                               " units; the run's data has " + std::to_string(units.n_units()));
+    for (const std::vector<int>& round : b.rounds)
+      for (int u : round)
+        if (have < n_each) take(units.window(units.first[u]), units.first[u + 1] - units.first[u]);
+    return {have, (int64_t)b.rounds.size()};
+  }
+  const int per_turn = cfg.train.grad_accum * cfg.train.batch_size;
+  std::vector<int32_t> turn((size_t)per_turn * (T + 1));
+  for (int64_t step = 0; have < n_each && step < cfg.train.steps; ++step) {
+    fill_turn(cfg, data.parties[v], step, turn.data());
+    take(turn.data(), per_turn);
+  }
+  return {have, cfg.train.steps};
 }
 
 }  // namespace
@@ -44,15 +86,8 @@ nlohmann::json membership_cells(const std::vector<fs::path>& runs, int observer,
     for (int v = 0; v < n_parties; ++v) {
       if (models[v].empty()) continue;
       std::vector<int32_t> members((size_t)n_each * (T + 1));
-      const int per_turn = cfg.train.grad_accum * cfg.train.batch_size;
-      std::vector<int32_t> turn((size_t)per_turn * (T + 1));
-      int have = 0;
-      for (int64_t step = 0; have < n_each && step < cfg.train.steps; ++step) {
-        fill_turn(cfg, data.parties[v], step, turn.data());
-        const int take = std::min(per_turn, n_each - have);
-        std::copy_n(turn.begin(), (size_t)take * (T + 1), members.begin() + (size_t)have * (T + 1));
-        have += take;
-      }
+      const Trained trained = trained_windows(run, cfg, data, v, n_each, members);
+      const int have = trained.windows;
       const int n_non = std::min(n_each, data.parties[v].n_val);
       if (have < 4 || n_non < 4) continue;  // too few windows for an AUC to mean anything
       for (const auto& [name, dir] : models[v]) {
@@ -61,8 +96,9 @@ nlohmann::json membership_cells(const std::vector<fs::path>& runs, int observer,
                                                         data.parties[v].val_windows.data(), n_non);
         cells.push_back({{"run", run.string()}, {"victim", v}, {"model", name}, {"auc_loss", r.auc_loss},
                          {"auc_calibrated", r.auc_calibrated}, {"members", r.n_members},
-                         {"nonmembers", r.n_nonmembers}, {"trained_steps", cfg.train.steps},
-                         {"reference", local_reference ? "the observer's local-only model" : "the shared start"}});
+                         {"nonmembers", r.n_nonmembers}, {"trained_steps", trained.steps},
+                         {"reference", local_reference ? "the observer's local-only model" : "the shared start"},
+                         {"members_from", cfg.privacy.enabled ? "the run's recorded Poisson batches" : "the schedule's batches"}});
       }
     }
   }

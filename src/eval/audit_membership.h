@@ -7,7 +7,8 @@
 
 namespace pcmoe::eval {
 
-// Each victim's training windows (the batches of its turns under the run's schedule) against its
+// Each victim's training windows (the batches of its turns under the run's schedule; in a DP-SGD
+// run, the units its Poisson draws picked, from the run's party*/dp_batches.json) against its
 // validation windows (the same genres, never trained on), calibrated by the observer's local-only
 // model of the same run when it has one (it never saw the victim's data) and otherwise by the
 // shared starting model (start_view).

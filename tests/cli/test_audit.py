@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 
-from common import check, finish, run, tiny_config, tiny_corpus, write_json
+from common import check, finish, read_metrics, run, tiny_config, tiny_corpus, write_json
 
 tmp = tempfile.mkdtemp(prefix="pcmoe-audit-")
 data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
@@ -129,6 +129,43 @@ fed_models = {m["model"] for m in fed_cells}
 check(fed_models == {"fedavg", "fedavg-lora", "local-only, the victim's model"} and
       all(m["reference"] == "the observer's local-only model" for m in fed_cells),
       f"the federated run's models are attacked, calibrated by its own local-only model: {sorted(fed_models)}")
+
+# A DP-SGD run: its batches are secret Poisson draws, so membership inference takes the members
+# from the run's record of them (party*/dp_batches.json: each round's units, the logged count;
+# a sequence unit is one window) and scores the victim's trained windows, not the schedule's.
+dp = config()
+dp["collab"] = {"modes": ["pc-moe", "centralised"]}
+dp["privacy"] = {"epsilon": 8.0, "sampling_rate": 0.3}
+collab("dp", dp)
+logged = {(x["party"], x["round"]): x["units"] for x in read_metrics(os.path.join(tmp, "dp", "metrics.jsonl"))
+          if x["mode"] == "pc-moe"}
+batches = [json.load(open(os.path.join(tmp, "dp", f"party{p}", "dp_batches.json"))) for p in range(2)]
+rounds = len(logged) // 2
+check(rounds > 0 and all(len(b["rounds"]) == rounds and b["unit"] == "sequence" and
+                         all(len(r) == logged[(p, i)] and r == sorted(set(r)) and 0 <= min(r + [0]) and
+                             max(r + [0]) < b["n_units"] for i, r in enumerate(b["rounds"]))
+                         for p, b in enumerate(batches)),
+      f"each party's record holds its {rounds} rounds' units, as many as its log counts")
+code, out, err = run("audit", "--run", os.path.join(tmp, "dp"), "--out", os.path.join(tmp, "audit_dp"),
+                     "--public-windows", "16")
+check(code == 0, "audit of a DP-SGD run completes")
+cells = json.load(open(os.path.join(tmp, "audit_dp", "audit.json")))["membership"] if code == 0 else []
+trained = min(256, sum(len(r) for r in batches[1]["rounds"]))
+check({m["model"] for m in cells} == {"pc-moe, the victim's model", "pc-moe, the observer's model", "centralised"} and
+      all(m["members"] == trained and m["members_from"] == "the run's recorded Poisson batches" and
+          m["trained_steps"] == rounds and on_grid(m["auc_loss"], m) for m in cells),
+      f"DP run: every model scored on the victim's {trained} sampled windows")
+bad = batches[1]
+bad["rounds"][0] = [bad["n_units"]]
+write_json(os.path.join(tmp, "dp", "party1", "dp_batches.json"), bad)
+code, out, err = run("audit", "--run", os.path.join(tmp, "dp"), "--out", os.path.join(tmp, "audit_dp2"),
+                     "--public-windows", "16")
+check(code == 1 and "dp_batches.json: a round's units must be ascending, in [0, n_units)" in err,
+      f"a record naming a unit the party does not have is refused: {err.strip()[-120:]}")
+os.remove(os.path.join(tmp, "dp", "party1", "dp_batches.json"))
+code, out, err = run("audit", "--run", os.path.join(tmp, "dp"), "--out", os.path.join(tmp, "audit_dp3"),
+                     "--public-windows", "16")
+check(code == 1 and "dp_batches.json: missing" in err, f"a DP run without its record is refused: {err.strip()[-120:]}")
 
 # refusals
 report_plain = collab("plain", config(audit=False))
