@@ -30,10 +30,12 @@ namespace {
 constexpr const char* kUsage = R"(pcmoe — collaborative Mixture-of-Experts training
 
 usage:
-  pcmoe train    --config FILE --out DIR [--resume] [--until STEP]
+  pcmoe train    --config FILE --out DIR [--resume] [--until STEP] [--init-from CKPT|HF_DIR]
   pcmoe eval     --checkpoint DIR [--windows N]
   pcmoe generate --checkpoint DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]
   pcmoe collab   --config FILE --out DIR
+  pcmoe import   --hf DIR --out CKPT [--seq-len T] [--tokenizer FILE] [--parties N --party P] [--json]
+  pcmoe export   --checkpoint CKPT --hf DIR [--dtype fp32|bf16] [--max-shard-bytes B] [--max-position P]
   pcmoe tokenizer --config FILE --out FILE
   pcmoe certs    --config FILE --out DIR
   pcmoe party    --config FILE --party I --out DIR (--certs DIR | --insecure) [--resume] [--until R]
@@ -46,11 +48,17 @@ usage:
   train     trains the model of FILE; writes DIR/metrics.jsonl, DIR/report.json, DIR/checkpoint/
             --resume continues from DIR/checkpoint with the exact loss curve of an unbroken run
             --until stops after STEP (with a checkpoint), to train in several sittings
+            --init-from starts from a checkpoint's or a Hugging Face directory's weights and tokenizer
   eval      validation loss and perplexity of a checkpoint on its config's validation split
   generate  samples text from a checkpoint (temperature 0 = greedy)
   collab    PC-MoE with all parties simulated in one process, beside centralised,
             local-only and federated (FedAvg, int8, top-k, CG-FedLLM) training on the same data
             and tokens per party; prints a table, writes DIR/report.json and DIR/metrics.jsonl
+  import    a Hugging Face Mixtral or OLMoE directory (config.json, model.safetensors or shards with
+            model.safetensors.index.json, tokenizer.model) as a pcmoe checkpoint, read tensor by tensor;
+            --parties/--party: only that party's backbone and own experts (e mod N = P)
+  export    a checkpoint as a Hugging Face directory (Mixtral, or OLMoE with model.qk_norm), in fp32 or
+            bf16, in shards of at most B bytes with an index when it is larger
   tokenizer trains the tokenizer of FILE's data section (its corpus's training split, e.g. public
             text) and writes it to FILE, for every party's data.tokenizer
   certs     a development CA and a key and certificate per party of FILE's deploy section
@@ -115,9 +123,10 @@ double number(const std::map<std::string, std::string>& a, const std::string& ke
 }
 
 int cmd_train(int argc, char** argv) {
-  auto a = parse_args(argc, argv, {"--config", "--out", "--until"}, {"--resume"});
+  auto a = parse_args(argc, argv, {"--config", "--out", "--until", "--init-from"}, {"--resume"});
   RunConfig cfg = load_run_config(need(a, "--config"));
-  TrainOptions opts{need(a, "--out"), a.count("--resume") > 0, (int64_t)number(a, "--until", -1)};
+  TrainOptions opts{need(a, "--out"), a.count("--resume") > 0, (int64_t)number(a, "--until", -1),
+                    a.count("--init-from") ? a.at("--init-from") : ""};
   nlohmann::json r = run_training(cfg, opts);
   std::printf("final train loss %.4f | validation loss %.4f (perplexity %.1f) | unigram entropy %.4f\n",
               r["final_train_loss"].get<double>(), r["final_val_loss"].get<double>(),
@@ -366,6 +375,8 @@ int cmd_launch(int argc, char** argv) {
 int cmd_memory(int argc, char** argv);
 int cmd_dp_budget(int argc, char** argv);
 int cmd_audit(int argc, char** argv);
+int cmd_import(int argc, char** argv);
+int cmd_export(int argc, char** argv);
 
 int main(int argc, char** argv) {
   select_blas_kernels(argv);
@@ -387,6 +398,8 @@ int main(int argc, char** argv) {
     if (cmd == "memory") return cmd_memory(argc, argv);
     if (cmd == "dp-budget") return cmd_dp_budget(argc, argv);
     if (cmd == "audit") return cmd_audit(argc, argv);
+    if (cmd == "import") return cmd_import(argc, argv);
+    if (cmd == "export") return cmd_export(argc, argv);
     throw UsageError("unknown command '" + cmd + "'");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "pcmoe %s: %s\n\n%s", cmd.c_str(), e.what(), kUsage);

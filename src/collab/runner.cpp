@@ -18,6 +18,7 @@
 #include "tensor/gemm.h"
 #include "tensor/safetensors.h"
 #include "train/checkpoint.h"
+#include "train/hf_checkpoint.h"
 #include "train/local_model.h"
 #include "train/step.h"
 #include "train/trainer.h"
@@ -117,11 +118,13 @@ nlohmann::json run_pcmoe(Shared& sh) {
                        parse_wire_dtype(cfg.collab.wire_dtype));
   if (dp)
     for (int p = 0; p < n; ++p) session.party(p).model.set_aux_per_sequence(sh.plans[p].aux_per_unit);
-  if (!cfg.collab.init_from.empty())
+  if (!cfg.collab.init_from.empty()) {
+    InitSource init(cfg.collab.init_from, cfg.model);
     for (int p = 0; p < n; ++p) {
-      load_checkpoint(cfg.collab.init_from, cfg.model, session.party(p).backbone, nullptr);
-      load_checkpoint(cfg.collab.init_from, cfg.model, session.party(p).host.params(), nullptr);
+      init.load(session.party(p).backbone);
+      init.load(session.party(p).host.params());
     }
+  }
   if (cfg.collab.state_noise > 0)
     for (int p = 0; p < n; ++p)
       session.party(p).experts.set_state_noise(cfg.collab.state_noise,
@@ -238,26 +241,24 @@ nlohmann::json run_pcmoe(Shared& sh) {
 
 // Party p's memory-budget model from a full checkpoint: the backbone, and of the experts only
 // the first of those p hosts (expert p + j*n becomes expert j, with its router row).
-void load_budget_model(const std::string& dir, const ModelConfig& full, int p, int n, ParamSet& params) {
-  const std::string where = resolve_checkpoint(dir);
-  if (to_json(read_checkpoint_config(where).model) != to_json(full))
-    throw std::runtime_error("checkpoint '" + where + "' was made with another model config than this run's");
-  const StFile file = read_safetensors((fs::path(where) / "model.safetensors").string());
+void load_budget_model(const std::string& path, const ModelConfig& full, int p, int n, ParamSet& params) {
+  InitSource init(path, full);
   const int E = full.n_experts, C = full.d_model;
   for (const ParamTensor& t : params.tensors()) {
     if (t.name.find(".experts.") != std::string::npos || t.name.find(".router") != std::string::npos) continue;
-    std::copy_n(file.get(t.name, t.shape).f32(), t.numel, params.value(t.name));
+    init.read(t.name, t.shape, params.value(t.name));
   }
   const int kept = (int)params.info(layer_param(full.moe_every - 1, "router")).shape[0];
+  std::vector<float> router((size_t)E * C);
   for (int l = 0; l < full.n_layers; ++l) {
     if (!full.is_moe(l)) continue;
-    const float* router = file.get(layer_param(l, "router"), {E, C}).f32();
+    init.read(layer_param(l, "router"), {E, C}, router.data());
     for (int j = 0; j < kept; ++j) {
       const int e = p + j * n;
-      std::copy_n(router + (size_t)e * C, C, params.value(layer_param(l, "router")) + (size_t)j * C);
+      std::copy_n(router.data() + (size_t)e * C, C, params.value(layer_param(l, "router")) + (size_t)j * C);
       for (const char* w : {"w1", "w3", "w2"}) {
         const ParamTensor& dst = params.info(expert_param(l, j, w));
-        std::copy_n(file.get(expert_param(l, e, w), dst.shape).f32(), dst.numel, params.value(dst.name));
+        init.read(expert_param(l, e, w), dst.shape, params.value(dst.name));
       }
     }
   }
@@ -281,7 +282,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
   LocalModel s(trained, tc, dp ? sh.dp_max_batch : 0, dp);
   if (dp) s.model.set_aux_per_sequence(sh.plans[0].aux_per_unit);
   if (!cfg.collab.init_from.empty()) {
-    if (mc.n_experts == cfg.model.n_experts) load_checkpoint(cfg.collab.init_from, mc, s.params, nullptr);
+    if (mc.n_experts == cfg.model.n_experts) InitSource(cfg.collab.init_from, mc).load(s.params);
     else load_budget_model(cfg.collab.init_from, cfg.model, own, n_all, s.params);
   }
   std::vector<int32_t> windows((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1));
@@ -393,7 +394,7 @@ CurvePlotText curve_text(const Shared& sh, const nlohmann::json& report) {
 }  // namespace
 
 std::string shared_tokenizer_file(const RunConfig& cfg) {
-  if (!cfg.collab.init_from.empty()) return (fs::path(resolve_checkpoint(cfg.collab.init_from)) / "tokenizer.model").string();
+  if (!cfg.collab.init_from.empty()) return init_tokenizer_file(cfg.collab.init_from);
   return cfg.data.tokenizer;
 }
 

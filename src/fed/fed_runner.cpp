@@ -9,6 +9,7 @@
 #include "eval/bag_of_words.h"
 #include "fed/fedavg.h"
 #include "train/checkpoint.h"
+#include "train/hf_checkpoint.h"
 #include "train/step.h"
 
 namespace pcmoe::fed {
@@ -166,7 +167,7 @@ FedStart fed_start(const RunConfig& cfg, const std::string& mode) {
   {
     ParamSet init(cfg.model, ParamSelection{});
     init.init(cfg.train.seed);
-    if (!cfg.collab.init_from.empty()) load_checkpoint(cfg.collab.init_from, cfg.model, init, nullptr);
+    if (!cfg.collab.init_from.empty()) InitSource(cfg.collab.init_from, cfg.model).load(init);
     s.global.resize(trainable_numel(init));
     gather(init, s.global.data());
   }

@@ -45,6 +45,7 @@ ModelConfig model_config_from_json(const nlohmann::json& j) {
   f.read("seq_len", c.seq_len);
   f.read("renormalize", c.renormalize);
   f.read("tie_embeddings", c.tie_embeddings);
+  f.read("qk_norm", c.qk_norm);
   f.read("rope_theta", c.rope_theta);
   f.read("norm_eps", c.norm_eps);
   f.read("aux_loss_weight", c.aux_loss_weight);
@@ -59,7 +60,7 @@ nlohmann::json to_json(const ModelConfig& c) {
           {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"d_ff", c.d_ff},
           {"d_ff_dense", c.d_ff_dense}, {"n_experts", c.n_experts}, {"top_k", c.top_k},
           {"moe_every", c.moe_every}, {"seq_len", c.seq_len}, {"renormalize", c.renormalize},
-          {"tie_embeddings", c.tie_embeddings}, {"rope_theta", c.rope_theta},
+          {"tie_embeddings", c.tie_embeddings}, {"qk_norm", c.qk_norm}, {"rope_theta", c.rope_theta},
           {"norm_eps", c.norm_eps}, {"aux_loss_weight", c.aux_loss_weight},
           {"z_loss_weight", c.z_loss_weight}};
 }

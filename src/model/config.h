@@ -18,6 +18,7 @@ struct ModelConfig {
   int seq_len = 128;
   bool renormalize = true;     // renormalise the top-k gate weights to sum to one
   bool tie_embeddings = true;  // LM head shares the token embedding
+  bool qk_norm = false;        // RMSNorm on the whole q and k projections before RoPE (OLMoE)
   float rope_theta = 10000.0f;
   float norm_eps = 1e-5f;
   float aux_loss_weight = 0.01f;  // Switch load-balancing loss, per MoE layer

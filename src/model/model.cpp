@@ -29,6 +29,12 @@ Model::Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, i
       la.q = a.take<float>(N * HD);
       la.k = a.take<float>(N * KVD);
       la.v = a.take<float>(N * KVD);
+      if (cfg.qk_norm) {
+        la.q_raw = a.take<float>(N * HD);
+        la.k_raw = a.take<float>(N * KVD);
+        la.rstd_q = a.take<float>(N);
+        la.rstd_k = a.take<float>(N);
+      }
       la.att = a.take<float>(B * H * T * T);
       la.ao = a.take<float>(N * HD);
       la.xmid = a.take<float>(N * C);
@@ -52,6 +58,10 @@ Model::Model(const ModelConfig& cfg, ParamSet& params, ExpertBackend& experts, i
     dq_ = a.take<float>(N * HD);
     dk_ = a.take<float>(N * KVD);
     dv_ = a.take<float>(N * KVD);
+    if (cfg.qk_norm) {
+      dq_raw_ = a.take<float>(N * HD);
+      dk_raw_ = a.take<float>(N * KVD);
+    }
     dao_ = a.take<float>(N * HD);
     branch_ = a.take<float>(N * C);
     act_ = a.take<float>(N * cfg.d_ff_dense);
@@ -92,12 +102,19 @@ void Model::forward_body(int batch) {
     LayerActs& la = layers_[l];
     const float* x = resid_[l];
     rmsnorm_forward(la.h1, la.rstd1, x, params_.value(layer_param(l, "attn_norm")), N, C, cfg_.norm_eps);
-    matmul_nt(la.q, la.h1, params_.value(layer_param(l, "wq")), N, HD, C, false);
-    matmul_nt(la.k, la.h1, params_.value(layer_param(l, "wk")), N, KVD, C, false);
+    // With qk_norm the projections land in q_raw/k_raw and their norms write q/k.
+    float* q = cfg_.qk_norm ? la.q_raw : la.q;
+    float* k = cfg_.qk_norm ? la.k_raw : la.k;
+    matmul_nt(q, la.h1, params_.value(layer_param(l, "wq")), N, HD, C, false);
+    matmul_nt(k, la.h1, params_.value(layer_param(l, "wk")), N, KVD, C, false);
     matmul_nt(la.v, la.h1, params_.value(layer_param(l, "wv")), N, KVD, C, false);
-    if (const LoraMap* m = adapter(layer_param(l, "wq"))) lora_forward(la.q, la.h1, *m, N);
-    if (const LoraMap* m = adapter(layer_param(l, "wk"))) lora_forward(la.k, la.h1, *m, N);
+    if (const LoraMap* m = adapter(layer_param(l, "wq"))) lora_forward(q, la.h1, *m, N);
+    if (const LoraMap* m = adapter(layer_param(l, "wk"))) lora_forward(k, la.h1, *m, N);
     if (const LoraMap* m = adapter(layer_param(l, "wv"))) lora_forward(la.v, la.h1, *m, N);
+    if (cfg_.qk_norm) {
+      rmsnorm_forward(la.q, la.rstd_q, q, params_.value(layer_param(l, "q_norm")), N, HD, cfg_.norm_eps);
+      rmsnorm_forward(la.k, la.rstd_k, k, params_.value(layer_param(l, "k_norm")), N, KVD, cfg_.norm_eps);
+    }
     rope_apply(la.q, B, T, H, D, cfg_.rope_theta, false);
     rope_apply(la.k, B, T, KV, D, cfg_.rope_theta, false);
     attention_forward(la.ao, la.att, la.q, la.k, la.v, B, T, H, KV, D);
@@ -236,14 +253,26 @@ void Model::backward_pass(GradSink& sink) {
     attention_backward(dq_, dk_, dv_, dao_, la.att, la.q, la.k, la.v, B, T, H, KV, D);
     rope_apply(dq_, B, T, H, D, cfg_.rope_theta, true);
     rope_apply(dk_, B, T, KV, D, cfg_.rope_theta, true);
-    sink.linear(params_.grad(layer_param(l, "wq")), dq_, la.h1, N, HD, C);
-    sink.linear(params_.grad(layer_param(l, "wk")), dk_, la.h1, N, KVD, C);
+    float* dq = dq_;
+    float* dk = dk_;
+    if (cfg_.qk_norm) {
+      std::memset(dq_raw_, 0, (size_t)N * HD * sizeof(float));
+      std::memset(dk_raw_, 0, (size_t)N * KVD * sizeof(float));
+      rmsnorm_backward(dq_raw_, params_.grad(layer_param(l, "q_norm")), dq_, la.q_raw,
+                       params_.value(layer_param(l, "q_norm")), la.rstd_q, N, HD, sink);
+      rmsnorm_backward(dk_raw_, params_.grad(layer_param(l, "k_norm")), dk_, la.k_raw,
+                       params_.value(layer_param(l, "k_norm")), la.rstd_k, N, KVD, sink);
+      dq = dq_raw_;
+      dk = dk_raw_;
+    }
+    sink.linear(params_.grad(layer_param(l, "wq")), dq, la.h1, N, HD, C);
+    sink.linear(params_.grad(layer_param(l, "wk")), dk, la.h1, N, KVD, C);
     sink.linear(params_.grad(layer_param(l, "wv")), dv_, la.h1, N, KVD, C);
-    matmul_nn(dh_, dq_, params_.value(layer_param(l, "wq")), N, C, HD, false);
-    matmul_nn(dh_, dk_, params_.value(layer_param(l, "wk")), N, C, KVD, true);
+    matmul_nn(dh_, dq, params_.value(layer_param(l, "wq")), N, C, HD, false);
+    matmul_nn(dh_, dk, params_.value(layer_param(l, "wk")), N, C, KVD, true);
     matmul_nn(dh_, dv_, params_.value(layer_param(l, "wv")), N, C, KVD, true);
-    if (const LoraMap* m = adapter(layer_param(l, "wq"))) lora_backward(dh_, dq_, la.h1, *m, N);
-    if (const LoraMap* m = adapter(layer_param(l, "wk"))) lora_backward(dh_, dk_, la.h1, *m, N);
+    if (const LoraMap* m = adapter(layer_param(l, "wq"))) lora_backward(dh_, dq, la.h1, *m, N);
+    if (const LoraMap* m = adapter(layer_param(l, "wk"))) lora_backward(dh_, dk, la.h1, *m, N);
     if (const LoraMap* m = adapter(layer_param(l, "wv"))) lora_backward(dh_, dv_, la.h1, *m, N);
     rmsnorm_backward(dresid_, params_.grad(layer_param(l, "attn_norm")), dh_, resid_[l],
                      params_.value(layer_param(l, "attn_norm")), la.rstd1, N, C, sink);

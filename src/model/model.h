@@ -70,6 +70,7 @@ class Model {
  private:
   struct LayerActs {
     float *rstd1, *h1, *q, *k, *v, *att, *ao, *xmid, *rstd2, *h2;
+    float *q_raw = nullptr, *k_raw = nullptr, *rstd_q = nullptr, *rstd_k = nullptr;  // qk_norm
     float *g, *u;   // dense layers
     MoeSaved moe;   // MoE layers
     float* moe_dx = nullptr;  // per_unit MoE layers: the experts' input gradients of pass 1
@@ -98,6 +99,7 @@ class Model {
   // scratch, shared across layers
   float *dresid_ = nullptr, *dh_ = nullptr, *dq_ = nullptr, *dk_ = nullptr, *dv_ = nullptr,
         *dao_ = nullptr, *branch_ = nullptr, *act_ = nullptr;
+  float *dq_raw_ = nullptr, *dk_raw_ = nullptr;  // qk_norm: gradients before the q/k norms
   float *dg_ = nullptr, *du_ = nullptr;  // per_unit dense layers (otherwise g and u are consumed)
   float* unit_scratch_ = nullptr;        // per_unit: GradSink scratch
   size_t unit_scratch_floats_ = 0;

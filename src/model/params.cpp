@@ -38,6 +38,10 @@ std::vector<ParamTensor> param_layout(const ModelConfig& cfg, const ParamSelecti
       add(layer_param(l, "wq"), {HD, C}, true, std_in);
       add(layer_param(l, "wk"), {KVD, C}, true, std_in);
       add(layer_param(l, "wv"), {KVD, C}, true, std_in);
+      if (cfg.qk_norm) {
+        add(layer_param(l, "q_norm"), {HD}, false, 0);
+        add(layer_param(l, "k_norm"), {KVD}, false, 0);
+      }
       add(layer_param(l, "wo"), {C, HD}, true, std_out);
       add(layer_param(l, "ffn_norm"), {C}, false, 0);
     }

@@ -30,6 +30,7 @@
 #include "net/grpc_transport.h"
 #include "tensor/gemm.h"
 #include "train/checkpoint.h"
+#include "train/hf_checkpoint.h"
 #include "train/trainer.h"
 
 extern char** environ;
@@ -163,8 +164,9 @@ nlohmann::json run_party(const PartyOptions& opts) {
   const PartyStreams& own = data.parties[me];
   CollabParty party(cfg.model, cfg.train, net, me, n, 0, {}, parse_wire_dtype(cfg.collab.wire_dtype));
   if (!cfg.collab.init_from.empty()) {
-    load_checkpoint(cfg.collab.init_from, cfg.model, party.backbone, nullptr);
-    load_checkpoint(cfg.collab.init_from, cfg.model, party.host.params(), nullptr);
+    InitSource init(cfg.collab.init_from, cfg.model);  // from a Hugging Face directory: only these tensors
+    init.load(party.backbone);
+    init.load(party.host.params());
   }
   const fs::path ckpt = fs::path(opts.out_dir) / "checkpoint";
   const SectionHashes sections = section_hashes(dr);

@@ -15,6 +15,7 @@
 #include "train/local_model.h"
 #include "tensor/gemm.h"
 #include "train/checkpoint.h"
+#include "train/hf_checkpoint.h"
 #include "train/step.h"
 
 namespace fs = std::filesystem;
@@ -129,7 +130,10 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   set_num_threads(tc.threads);
   const fs::path out(opts.out_dir), ckpt = out / "checkpoint", metrics_path = out / "metrics.jsonl";
 
-  Dataset ds = prepare_dataset(cfg);
+  if (!opts.init_from.empty() && !cfg.data.tokenizer.empty())
+    throw std::runtime_error("--init-from and config key 'data.tokenizer' both name a tokenizer (the initial weights "
+                             "bring their own): drop data.tokenizer");
+  Dataset ds = prepare_dataset(cfg, opts.init_from.empty() ? "" : init_tokenizer_file(opts.init_from));
   // DP-SGD: privacy units, the calibrated plan, and a model that can clip per unit.
   const bool dp = cfg.privacy.enabled;
   PrivacyUnits units;
@@ -161,6 +165,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
     std::fprintf(stderr, "resuming from %s at step %lld\n", ckpt.c_str(), (long long)start);
     truncate_metrics(metrics_path, start);
   } else {
+    if (!opts.init_from.empty()) InitSource(opts.init_from, mc).load(params);
     fs::remove(metrics_path);
   }
 

@@ -49,6 +49,7 @@ struct TrainOptions {
   std::string out_dir;
   bool resume = false;  // continue from out_dir/checkpoint
   int64_t until = -1;   // stop (with a checkpoint) after this step, as an interrupted run would
+  std::string init_from;  // start from these weights and their tokenizer (a checkpoint or a Hugging Face dir)
 };
 // Trains, writes out_dir/{metrics.jsonl, report.json, checkpoint/}; returns the report.
 nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts);

@@ -4,6 +4,8 @@
 //   pcmoe_check model CONFIG.json IN.safetensors OUT.safetensors
 //   pcmoe_check dp CONFIG.json IN.safetensors OUT.safetensors   (per-unit norms, clipped sum)
 //   pcmoe_check lora CONFIG.json IN.safetensors OUT.safetensors (adapter gradients, merged weights)
+//   pcmoe_check logits WEIGHTS IN.safetensors OUT.safetensors  (WEIGHTS: a checkpoint or a Hugging
+//                                                                Face directory; IN: tokens [B, T])
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -21,6 +23,8 @@
 #include "tensor/gemm.h"
 #include "tensor/safetensors.h"
 #include "privacy/dp_sgd.h"
+#include "train/checkpoint.h"
+#include "train/hf_checkpoint.h"
 #include "train/step.h"
 
 using namespace pcmoe;
@@ -284,10 +288,25 @@ void run_lora(const std::string& config_path, const StFile& in, StFile& out) {
 
 }  // namespace
 
+// Logits of tokens [B, T] under weights loaded the way a run's initial weights are.
+void run_logits(const std::string& weights, const StFile& in, StFile& out) {
+  const Shape& ts = shape_of(in, "tokens");
+  const int B = (int)ts[0], T = (int)ts[1];
+  ModelConfig cfg = is_hf_dir(weights) ? HfSource(weights, T).model().model : read_checkpoint_config(weights).model;
+  cfg.seq_len = T;
+  ParamSet params(cfg, ParamSelection{});
+  InitSource(weights, cfg).load(params);
+  set_num_threads(2);
+  LocalExperts experts(cfg, params, B * T * cfg.top_k);
+  Model model(cfg, params, experts, B);
+  const float* logits = model.logits(in.get("tokens", ts, "I32").i32(), B);
+  out.put_f32("logits", {B, T, cfg.vocab_size}, logits);
+}
+
 int main(int argc, char** argv) {
   select_blas_kernels(argv);
   try {
-    if (argc != 5) throw std::runtime_error("usage: pcmoe_check unit NAME IN OUT | model CONFIG IN OUT | dp CONFIG IN OUT | lora CONFIG IN OUT");
+    if (argc != 5) throw std::runtime_error("usage: pcmoe_check unit NAME IN OUT | model CONFIG IN OUT | dp CONFIG IN OUT | lora CONFIG IN OUT | logits WEIGHTS IN OUT");
     const std::string mode = argv[1], what = argv[2];
     StFile in = read_safetensors(argv[3]);
     StFile out;
@@ -297,6 +316,8 @@ int main(int argc, char** argv) {
       run_dp(what, in, out);
     } else if (mode == "lora") {
       run_lora(what, in, out);
+    } else if (mode == "logits") {
+      run_logits(what, in, out);
     } else if (mode == "unit") {
       set_num_threads(2);
       nlohmann::json args = nlohmann::json::object();

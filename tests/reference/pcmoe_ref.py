@@ -157,8 +157,8 @@ def lm_head_ce(x, w, targets):
 # model
 
 MODEL_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "d_ff_dense",
-              "n_experts", "top_k", "moe_every", "renormalize", "tie_embeddings", "rope_theta",
-              "norm_eps", "aux_loss_weight", "z_loss_weight", "seq_len")
+              "n_experts", "top_k", "moe_every", "renormalize", "tie_embeddings", "qk_norm",
+              "rope_theta", "norm_eps", "aux_loss_weight", "z_loss_weight", "seq_len")
 
 
 def is_moe(l, moe_every):
@@ -178,6 +178,9 @@ def param_shapes(m):
         shapes[pre + "wq"] = (H * D, C)
         shapes[pre + "wk"] = (KV * D, C)
         shapes[pre + "wv"] = (KV * D, C)
+        if m.get("qk_norm", False):
+            shapes[pre + "q_norm"] = (H * D,)
+            shapes[pre + "k_norm"] = (KV * D,)
         shapes[pre + "wo"] = (C, H * D)
         shapes[pre + "ffn_norm"] = (C,)
         if is_moe(l, m["moe_every"]):
@@ -224,6 +227,9 @@ def model_forward(m, P, inputs):
         q = torch.matmul(h, P[pre + "wq"].t())
         k = torch.matmul(h, P[pre + "wk"].t())
         v = torch.matmul(h, P[pre + "wv"].t())
+        if m.get("qk_norm", False):  # OLMoE: RMSNorm over each row's whole q and k before RoPE
+            q = rmsnorm(q, P[pre + "q_norm"], eps)
+            k = rmsnorm(k, P[pre + "k_norm"], eps)
         a = rope_attention(q, k, v, B, T, H, KV, theta)
         x = x + torch.matmul(a, P[pre + "wo"].t())
         h = rmsnorm(x, P[pre + "ffn_norm"], eps)

@@ -4,7 +4,7 @@
   /usr/bin/python3 tests/reference/test_model.py --self-test     (float32 reference as harness)
 
 For each configuration (tied / untied head, moe_every 1 and 2, grad_accum 1 and 2, renormalize
-on and off, GQA and MHA, top_k 1..3): the same float32 parameters and tokens go to both sides;
+on and off, GQA and MHA, top_k 1..3, q/k norms on and off): the same float32 parameters and tokens go to both sides;
 S = 5 optimizer steps run with warm-up, cosine decay (train.steps > S) and gradient clipping
 active (grad_clip is set below the step-0 gradient norm; one configuration has grad_clip = 0,
 i.e. no clipping, where grad_norm must still be reported).  Compared, per tensor with
@@ -69,6 +69,9 @@ CONFIGS = [
      base_train(grad_accum=2, weight_decay=0.0, beta2=0.999)),
     ("untied moe_every=1 ga=1 renorm=F K1 E8 empty-expert",
      base_model(tie_embeddings=False, n_experts=8, top_k=1, n_layers=1, d_ff=16),
+     base_train()),
+    ("untied moe_every=1 ga=1 renorm=F K2 qk_norm (OLMoE)",
+     base_model(tie_embeddings=False, qk_norm=True, rope_theta=500000.0),
      base_train()),
     ("tied moe_every=1 ga=1 renorm=T K2 no-clip",
      base_model(renormalize=True, n_layers=1),
