@@ -239,7 +239,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
 // the first of those p hosts (expert p + j*n becomes expert j, with its router row).
 void load_budget_model(const std::string& dir, const ModelConfig& full, int p, int n, ParamSet& params) {
   const std::string where = resolve_checkpoint(dir);
-  if (to_json(read_checkpoint_config(where).model) != to_json(full))
+  if (architecture_json(read_checkpoint_config(where).model) != architecture_json(full))
     throw std::runtime_error("checkpoint '" + where + "' was made with another model config than this run's");
   const StFile file = read_safetensors((fs::path(where) / "model.safetensors").string());
   const int E = full.n_experts, C = full.d_model;
