@@ -106,11 +106,11 @@ def bench(config_path, rate):
 
 rate = json.loads(subprocess.run([a.gemm_rate, str(a.threads)], env=env, check=True, capture_output=True,
                                  text=True).stdout.strip().splitlines()[-1])
-torch_version = subprocess.run(["/usr/bin/python3", "-c", "import torch; print(torch.__version__, "
-                                "torch.backends.mkldnn.is_available())"], capture_output=True, text=True).stdout.split()
+torch_version = subprocess.run(["/usr/bin/python3", "-c", "import torch; print(torch.__version__)"],
+                               capture_output=True, text=True).stdout.strip()
 print(f"CPU: {cpu_line()}; {a.threads} threads; OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'passive (pcmoe default)')}")
 print(f"pcmoe kernels: {rate['kernels']}")
-print(f"torch {torch_version[0]} (fp32; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']})")
+print(f"torch {torch_version} (fp32; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']})")
 print(f"machine product rate, 1024^3, {a.threads} threads: fp32 {rate['fp32_gflops']:.0f} GFLOP/s, "
       f"bf16 {rate['bf16_gflops']:.0f} GFLOP/s")
 for path in a.configs:
