@@ -3,7 +3,7 @@ process: training throughput, bytes on the wire per token for each wire dtype, v
 and peak RSS of each party process beside one centralised process, on the same config, seed and
 turns.
 
-    /usr/bin/python3 bench/bench_deploy.py [--pcmoe build/pcmoe] [--config configs/collab.json] [--steps 10] [--threads T]
+    /usr/bin/python3 bench/bench_deploy.py [--pcmoe build/pcmoe] [--config configs/collab.json] [--steps 10] [--threads T] [--compute-dtype bf16]
 
 For each collab.wire_dtype (fp32, bf16, fp16) it runs `pcmoe collab` (pc-moe only) and `pcmoe
 launch` with mutual TLS, and for fp32 also `pcmoe launch --insecure` (plaintext on loopback),
@@ -32,6 +32,7 @@ ap.add_argument("--pcmoe", default=os.path.join(ROOT, "build", "pcmoe"))
 ap.add_argument("--config", default=os.path.join(ROOT, "configs", "collab.json"))
 ap.add_argument("--steps", type=int, default=10)
 ap.add_argument("--threads", type=int, help="train.threads of every process (default: the config's)")
+ap.add_argument("--compute-dtype", default="fp32", choices=["fp32", "bf16"], help="model.compute_dtype of every process")
 a = ap.parse_args()
 
 
@@ -50,6 +51,7 @@ n = base.get("parties", {}).get("n_parties", 4)
 base["train"]["steps"] = a.steps
 base["train"]["warmup"] = min(base["train"].get("warmup", 50), a.steps - 1)
 base["train"]["eval_windows"] = 8
+base["model"]["compute_dtype"] = a.compute_dtype
 if a.threads:
     base["train"]["threads"] = a.threads
 tmp = tempfile.mkdtemp(prefix="pcmoe-bench-deploy-")
@@ -78,7 +80,7 @@ def metrics(d):
 m, t = base["model"], base["train"]
 tokens_per_turn = t["batch_size"] * t.get("grad_accum", 1) * m["seq_len"]
 tokens = n * a.steps * tokens_per_turn
-print(f"threads per process: {t['threads']}; {n} parties, {a.steps} rounds of {tokens_per_turn} tokens per turn = {tokens} tokens; "
+print(f"compute dtype {a.compute_dtype}; threads per process: {t['threads']}; {n} parties, {a.steps} rounds of {tokens_per_turn} tokens per turn = {tokens} tokens; "
       f"model d_model {m['d_model']}, {m['n_layers']} layers, {m['n_experts']} experts top-{m['top_k']}")
 
 MiB = 1048576

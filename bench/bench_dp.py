@@ -1,7 +1,7 @@
 """DP-SGD throughput: pcmoe with per-unit clipping against pcmoe without it, and against the
 PyTorch reference clipping per sequence; same model, batch shape, fp32 and threads, one run.
 
-    /usr/bin/python3 bench/bench_dp.py [--config configs/small.json] [--steps 30] [--threads 2]
+    /usr/bin/python3 bench/bench_dp.py [--config configs/small.json] [--steps 30] [--threads 2] [--compute-dtype bf16]
 
 pcmoe's DP run samples units by Poisson with q chosen so that the expected batch equals
 train.batch_size sequences, so both pcmoe runs do the same work per step on average; its
@@ -20,9 +20,11 @@ ap.add_argument("--pcmoe", default=os.path.join(ROOT, "build", "pcmoe"))
 ap.add_argument("--config", default=os.path.join(ROOT, "configs", "small.json"))
 ap.add_argument("--steps", type=int, default=30)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--compute-dtype", default="fp32", choices=["fp32", "bf16"], help="pcmoe's model.compute_dtype")
 a = ap.parse_args()
 
 cfg = json.load(open(a.config))
+cfg["model"]["compute_dtype"] = a.compute_dtype
 cfg["train"].update({"steps": a.steps, "warmup": min(10, a.steps - 1), "eval_every": 0, "eval_windows": 8,
                      "checkpoint_every": 0, "threads": a.threads, "log_every": a.steps})
 cfg["data"]["path"] = os.path.join(ROOT, cfg["data"]["path"])
@@ -55,7 +57,8 @@ th = json.loads(tp.stdout.strip().splitlines()[-1])
 
 m = cfg["model"]
 print(f"model: d_model {m['d_model']}, {m['n_layers']} layers, {m['n_experts']} experts top-{m['top_k']}, "
-      f"{plain['parameters']} parameters; {B} sequences of {T} a step (DP: expected); {a.threads} threads")
+      f"{plain['parameters']} parameters; {B} sequences of {T} a step (DP: expected); {a.threads} threads; "
+      f"pcmoe compute dtype {a.compute_dtype} (torch fp32)")
 print(f"{'':22} {'tokens/s':>10} {'peak RSS MiB':>13}")
 print(f"{'pcmoe':22} {plain['tokens_per_s']:10.0f} {plain['peak_rss_bytes'] / 2**20:13.1f}")
 print(f"{'pcmoe DP-SGD':22} {dp['tokens_per_s']:10.0f} {dp['peak_rss_bytes'] / 2**20:13.1f}")

@@ -379,7 +379,7 @@ int cmd_import(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 
 int main(int argc, char** argv) {
-  select_blas_kernels(argv);
+  set_up_cpu_runtime(argv);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -7,103 +7,25 @@
 
 namespace pcmoe {
 
-WireDtype parse_wire_dtype(const std::string& name) {
-  if (name == "fp32") return WireDtype::kF32;
-  if (name == "bf16") return WireDtype::kBF16;
-  if (name == "fp16") return WireDtype::kF16;
-  throw std::runtime_error("config key 'collab.wire_dtype': unknown dtype '" + name + "' (expected fp32, bf16 or fp16)");
-}
-
-const char* to_string(WireDtype d) {
-  switch (d) {
-    case WireDtype::kF32: return "fp32";
-    case WireDtype::kBF16: return "bf16";
-    case WireDtype::kF16: return "fp16";
-  }
-  return "?";
-}
-
-namespace {
-uint32_t bits_of(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  return x;
-}
-float float_of(uint32_t x) {
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-// Drops the low `shift` bits of q, rounding to nearest with ties to even.
-uint32_t round_shift(uint32_t q, int shift) {
-  const uint32_t kept = q >> shift, rest = q & ((1u << shift) - 1), half = 1u << (shift - 1);
-  return kept + (rest > half || (rest == half && (kept & 1)));
-}
-}  // namespace
-
-uint16_t float_to_bf16(float f) {
-  const uint32_t x = bits_of(f);
-  if ((x & 0x7fffffff) > 0x7f800000) return uint16_t((x >> 16) | 0x0040);  // NaN: keep it a quiet NaN
-  // bf16 is the top half of fp32: rounding the low half may carry into the exponent, up to inf.
-  return uint16_t(round_shift(x & 0x7fffffff, 16) | ((x >> 16) & 0x8000));
-}
-
-float bf16_to_float(uint16_t h) { return float_of(uint32_t(h) << 16); }
-
-uint16_t float_to_fp16(float f) {
-  const uint32_t x = bits_of(f);
-  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
-  const uint32_t a = x & 0x7fffffff;
-  if (a > 0x7f800000) return sign | 0x7e00 | uint16_t((a >> 13) & 0x3ff);  // NaN, quiet
-  const int e = int(a >> 23);  // fp32 biased exponent; value = 1.m x 2^(e - 127) when e > 0
-  if (e >= 143) return sign | 0x7c00;  // >= 2^16: inf (and inf itself)
-  const uint32_t m24 = (a & 0x7fffff) | (e ? 0x800000u : 0);
-  if (e >= 113) {
-    // normal fp16: rebias the exponent (127 -> 15), 13 mantissa bits rounded off; a carry out of
-    // the mantissa bumps the exponent, and past 0x7bff (65504) gives 0x7c00 (inf), as IEEE says.
-    const uint32_t q = (uint32_t(e - 112) << 23) | (a & 0x7fffff);
-    return sign | uint16_t(round_shift(q, 13));
-  }
-  // subnormal fp16 (or zero): the value in units of 2^-24 is m24 x 2^(e - 126)
-  const int shift = 126 - e;  // >= 14
-  if (shift > 24) return sign;  // below 2^-25: rounds to zero
-  return sign | uint16_t(round_shift(m24, shift));  // may round up to 0x400, the least normal
-}
-
-float fp16_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  if (e == 0) return std::copysign(float(m) * 0x1p-24f, sign ? -1.0f : 1.0f);  // exact: m < 2^10
-  if (e == 31) return float_of(sign | 0x7f800000 | (m << 13));
-  return float_of(sign | ((e + 112) << 23) | (m << 13));
-}
+WireDtype parse_wire_dtype(const std::string& name) { return parse_dtype(name, "collab.wire_dtype"); }
 
 void put_rows(WireDtype dtype, const float* src, size_t n, std::byte* dst) {
-  if (dtype == WireDtype::kF32) {
-    if (n) std::memcpy(dst, src, n * 4);
-    return;
-  }
-  const bool bf = dtype == WireDtype::kBF16;
+  const DtypeTraits& t = dtype_traits(dtype);
+  t.from_f32(src, n, dst);
+  if (dtype == WireDtype::kF32) return;
   for (size_t i = 0; i < n; ++i) {
-    const uint16_t h = bf ? float_to_bf16(src[i]) : float_to_fp16(src[i]);
-    if ((h & 0x7fff) == (bf ? 0x7f80 : 0x7c00) && std::isfinite(src[i]))
-      throw std::runtime_error(std::string("collab.wire_dtype ") + to_string(dtype) + ": the value " +
-                               std::to_string(src[i]) + " is beyond its range" +
-                               (bf ? std::string() : std::string(" (65504); use bf16, which has fp32's range")));
-    std::memcpy(dst + 2 * i, &h, 2);  // little-endian hosts (as Writer)
+    uint16_t h;
+    std::memcpy(&h, dst + 2 * i, 2);
+    if ((h & 0x7fff) == t.inf_bits && std::isfinite(src[i]))
+      throw std::runtime_error(std::string("collab.wire_dtype ") + t.name + ": the value " + std::to_string(src[i]) +
+                               " is beyond its range" +
+                               (dtype == WireDtype::kF16 ? std::string(" (65504); use bf16, which has fp32's range")
+                                                         : std::string()));
   }
 }
 
 void get_rows(WireDtype dtype, const std::byte* src, size_t n, float* dst) {
-  if (dtype == WireDtype::kF32) {
-    if (n) std::memcpy(dst, src, n * 4);
-  } else {
-    const bool bf = dtype == WireDtype::kBF16;
-    for (size_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, src + 2 * i, 2);
-      dst[i] = bf ? bf16_to_float(h) : fp16_to_float(h);
-    }
-  }
+  dtype_traits(dtype).to_f32(src, n, dst);
   for (size_t i = 0; i < n; ++i)
     if (!std::isfinite(dst[i]))
       throw std::runtime_error("value " + std::to_string(i) + " of the rows is " + std::to_string(dst[i]) +

@@ -8,24 +8,17 @@
 
 #include "collab/transport.h"
 #include "model/config.h"
+#include "tensor/dtype.h"
 
 namespace pcmoe {
 
 // How the float rows of expert calls (hidden states, output gradients, and the replies) travel:
-// `collab.wire_dtype`. Hosts and parties compute in fp32; only the wire is narrower.
-enum class WireDtype : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
+// `collab.wire_dtype`, a dtype of the table in tensor/dtype.h. Hosts and parties compute in their
+// compute dtype; the wire may be narrower.
+using WireDtype = Dtype;
 // "fp32" | "bf16" | "fp16"; anything else throws, naming the choices.
 WireDtype parse_wire_dtype(const std::string& name);
-const char* to_string(WireDtype d);
-inline size_t wire_float_bytes(WireDtype d) { return d == WireDtype::kF32 ? 4 : 2; }
-
-// IEEE conversions, round to nearest, ties to even (torch's .to(torch.bfloat16 / float16)):
-// NaN stays a (quiet) NaN, a value whose rounding exceeds the format's largest finite value
-// becomes ±inf, fp16 subnormals are kept (no flush to zero).
-uint16_t float_to_bf16(float f);
-float bf16_to_float(uint16_t h);
-uint16_t float_to_fp16(float f);
-float fp16_to_float(uint16_t h);
+inline size_t wire_float_bytes(WireDtype d) { return dtype_traits(d).size; }
 
 // n floats in `dtype` at dst (n * wire_float_bytes bytes), little-endian. A finite value that
 // would become ±inf (fp16 beyond ±65504, bf16 beyond ±3.39e38) throws: a run would otherwise go

@@ -50,6 +50,12 @@ ModelConfig model_config_from_json(const nlohmann::json& j) {
   f.read("norm_eps", c.norm_eps);
   f.read("aux_loss_weight", c.aux_loss_weight);
   f.read("z_loss_weight", c.z_loss_weight);
+  std::string compute = to_string(c.compute_dtype);
+  f.read("compute_dtype", compute);
+  c.compute_dtype = parse_dtype(compute, "model.compute_dtype");
+  if (c.compute_dtype == Dtype::kF16)
+    throw std::runtime_error("config key 'model.compute_dtype': fp16 is not a compute dtype (its range overflows on "
+                             "activations and gradients without loss scaling); use fp32 or bf16");
   f.reject_unknown();
   c.validate();
   return c;
@@ -62,7 +68,13 @@ nlohmann::json to_json(const ModelConfig& c) {
           {"moe_every", c.moe_every}, {"seq_len", c.seq_len}, {"renormalize", c.renormalize},
           {"tie_embeddings", c.tie_embeddings}, {"qk_norm", c.qk_norm}, {"rope_theta", c.rope_theta},
           {"norm_eps", c.norm_eps}, {"aux_loss_weight", c.aux_loss_weight},
-          {"z_loss_weight", c.z_loss_weight}};
+          {"z_loss_weight", c.z_loss_weight}, {"compute_dtype", to_string(c.compute_dtype)}};
+}
+
+nlohmann::json architecture_json(const ModelConfig& c) {
+  nlohmann::json j = to_json(c);
+  j.erase("compute_dtype");
+  return j;
 }
 
 }  // namespace pcmoe

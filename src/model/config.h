@@ -2,6 +2,8 @@
 #pragma once
 #include <nlohmann/json_fwd.hpp>
 
+#include "tensor/dtype.h"
+
 namespace pcmoe {
 
 struct ModelConfig {
@@ -23,6 +25,9 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   float aux_loss_weight = 0.01f;  // Switch load-balancing loss, per MoE layer
   float z_loss_weight = 0.001f;   // router z-loss, per MoE layer
+  // The inputs of matrix products: fp32 (exact against the reference) or bf16 (fp32
+  // accumulation; weights, optimizer state, norms, softmax, router and losses stay fp32).
+  Dtype compute_dtype = Dtype::kF32;
 
   int head_dim() const { return d_model / n_heads; }
   bool is_moe(int layer) const { return (layer + 1) % moe_every == 0; }
@@ -33,5 +38,8 @@ struct ModelConfig {
 
 ModelConfig model_config_from_json(const nlohmann::json& j);  // strict, then validate()
 nlohmann::json to_json(const ModelConfig& c);
+// to_json without compute_dtype: what a checkpoint's weights must match (a model trained in one
+// compute dtype can go on in the other).
+nlohmann::json architecture_json(const ModelConfig& c);
 
 }  // namespace pcmoe

@@ -6,6 +6,7 @@
 
 #include "model/layers.h"
 #include "tensor/arena.h"
+#include "tensor/gemm.h"
 
 namespace pcmoe {
 
@@ -47,6 +48,7 @@ void LocalExperts::forward(int layer, const int* offsets, const float* x, float*
   const int C = cfg_.d_model, F = cfg_.d_ff;
   const int rows = offsets[cfg_.n_experts];
   if (rows > max_rows_) throw std::logic_error("more routed rows than the expert arena was planned for");
+  const ComputeDtypeScope dtype(cfg_.compute_dtype);
   Saved& s = saved_[layer];
   s.offsets.assign(offsets, offsets + cfg_.n_experts + 1);
   std::memcpy(s.x, x, (size_t)rows * C * sizeof(float));
@@ -63,6 +65,7 @@ void LocalExperts::forward(int layer, const int* offsets, const float* x, float*
 // Expert e's rows of the last forward of `layer`; dy and dx hold those rows only.
 void LocalExperts::expert_backward(int layer, int e, const float* dy, float* dx, const GradSink& sink) {
   const int C = cfg_.d_model, F = cfg_.d_ff;
+  const ComputeDtypeScope dtype(cfg_.compute_dtype);
   Saved& s = saved_[layer];
   const int r0 = s.offsets[e], n = s.offsets[e + 1] - r0;
   float* g = s.g + (size_t)r0 * F;

@@ -91,6 +91,7 @@ MoeShape Model::moe_shape(int batch) const {
 
 void Model::forward_body(int batch) {
   if (batch < 1 || batch > max_batch_) throw std::logic_error("batch outside the planned range");
+  const ComputeDtypeScope dtype(cfg_.compute_dtype);
   batch_ = batch;
   const int B = batch, T = cfg_.seq_len, N = B * T, C = cfg_.d_model, D = cfg_.head_dim();
   const int H = cfg_.n_heads, KV = cfg_.n_kv_heads, HD = H * D, KVD = KV * D;
@@ -199,6 +200,7 @@ void Model::backward_clipped(const int* unit_of_seq, int n_units, const float* f
 // A tied embedding's per-unit gradient is the head's part plus the embedding rows': formed
 // whole, one unit at a time, from the logits' gradient (logits_) and the embedding's (dresid_).
 void Model::tied_embedding_unit_norms(const GradSink& sink) {
+  const ComputeDtypeScope exact(Dtype::kF32);  // a clipping norm, like every per-unit product
   const int C = cfg_.d_model, V = cfg_.vocab_size;
   float* w = sink.scratch();
   double* sq = sink.group_sq();
@@ -215,6 +217,7 @@ void Model::tied_embedding_unit_norms(const GradSink& sink) {
 }
 
 void Model::backward_pass(GradSink& sink) {
+  const ComputeDtypeScope dtype(cfg_.compute_dtype);
   const int B = batch_, T = cfg_.seq_len, N = B * T, C = cfg_.d_model, D = cfg_.head_dim();
   const int H = cfg_.n_heads, KV = cfg_.n_kv_heads, HD = H * D, KVD = KV * D;
   const MoeShape ms = moe_shape(B);

@@ -40,8 +40,11 @@ void moe_forward(float* out, MoeSaved& sv, MoeScratch& scratch, const float* x, 
                  ExpertBackend& experts, int layer, const MoeShape& s, const LoraMap* router_lora) {
   const int N = s.N, C = s.C, E = s.E, K = s.K;
   float* logits = scratch.dlogits;
-  matmul_nt(logits, x, router, N, E, C, false);
-  if (router_lora) lora_forward(logits, x, *router_lora, N);
+  {
+    const ComputeDtypeScope exact(Dtype::kF32);  // routing decisions stay fp32 in every compute dtype
+    matmul_nt(logits, x, router, N, E, C, false);
+    if (router_lora) lora_forward(logits, x, *router_lora, N);
+  }
 
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < N; ++t) {
@@ -196,6 +199,7 @@ void moe_backward(float* dx, float* drouter, const float* dout, MoeSaved& sv, Mo
       for (int c = 0; c < C; ++c) d[c] += src[c];
     }
   }
+  const ComputeDtypeScope exact(Dtype::kF32);
   matmul_nn(dx, dlogits, router, N, C, E, true);
   sink.linear(drouter, dlogits, x, N, E, C);
   if (router_lora) lora_backward(dx, dlogits, x, *router_lora, N);

@@ -105,6 +105,10 @@ const float* GradSink::row_factors(int N) const {
 }
 
 void GradSink::linear(float* dW, const float* G, const float* A, int N, int out, int in) const {
+  // DP-SGD's per-unit norms and clipped sums in fp32 whatever the compute dtype: the clip bound
+  // holds for the sum pass 2 forms only if it is formed as exactly as the norms pass 1 measured.
+  const ComputeDtypeScope exact(mode_ == SinkMode::kUnitNorms || mode_ == SinkMode::kClipped ? Dtype::kF32
+                                                                                               : compute_dtype());
   switch (mode_) {
     case SinkMode::kSum: matmul_tn(dW, G, A, out, in, N, true); break;
     case SinkMode::kUnitNorms: linear_unit_sq_norms(G, A, out, in, segs_, group_sq(), scratch_, scratch_floats_); break;

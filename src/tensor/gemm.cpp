@@ -3,27 +3,47 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <stdexcept>
+
+#include "tensor/gemm_kernels.h"
+
 namespace pcmoe {
 namespace {
 int g_threads = 1;
+thread_local Dtype t_compute = Dtype::kF32;
+
+void product(GemmOp op, float* C, const float* A, const float* B, int M, int N, int K, bool accumulate) {
+  if (M == 0 || N == 0) return;
+  if (t_compute == Dtype::kBF16) bf16_gemm_op(op, C, A, B, M, N, K, accumulate);
+  else sgemm_op(op, C, A, B, M, N, K, accumulate);
+}
+}  // namespace
+
+void sgemm_op(GemmOp op, float* C, const float* A, const float* B, int M, int N, int K, bool accumulate) {
+  const float beta = accumulate ? 1.0f : 0.0f;
+  switch (op) {
+    case GemmOp::kNT:
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, beta, C, N);
+      break;
+    case GemmOp::kNN:
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, beta, C, N);
+      break;
+    case GemmOp::kTN:
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, M, B, N, beta, C, N);
+      break;
+  }
 }
 
 void matmul_nt(float* C, const float* A, const float* B, int M, int N, int K, bool accumulate) {
-  if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K,
-              accumulate ? 1.0f : 0.0f, C, N);
+  product(GemmOp::kNT, C, A, B, M, N, K, accumulate);
 }
 
 void matmul_nn(float* C, const float* A, const float* B, int M, int N, int K, bool accumulate) {
-  if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N,
-              accumulate ? 1.0f : 0.0f, C, N);
+  product(GemmOp::kNN, C, A, B, M, N, K, accumulate);
 }
 
 void matmul_tn(float* C, const float* A, const float* B, int M, int N, int K, bool accumulate) {
-  if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, M, B, N,
-              accumulate ? 1.0f : 0.0f, C, N);
+  product(GemmOp::kTN, C, A, B, M, N, K, accumulate);
 }
 
 void set_num_threads(int n) {
@@ -33,5 +53,14 @@ void set_num_threads(int n) {
 }
 
 int num_threads() { return g_threads; }
+
+Dtype compute_dtype() { return t_compute; }
+
+ComputeDtypeScope::ComputeDtypeScope(Dtype d) : previous_(t_compute) {
+  if (d == Dtype::kF16) throw std::runtime_error("fp16 compute is not supported (its range overflows; use bf16)");
+  t_compute = d;
+}
+
+ComputeDtypeScope::~ComputeDtypeScope() { t_compute = previous_; }
 
 }  // namespace pcmoe

@@ -1,6 +1,13 @@
-// Matrix products over row-major fp32 arrays, all through one BLAS call. `accumulate` adds the
-// product into C (gradients accumulate); otherwise C is overwritten.
+// Matrix products over row-major fp32 arrays, all through one call per shape. `accumulate` adds
+// the product into C (gradients accumulate); otherwise C is overwritten.
+//
+// The compute dtype (model.compute_dtype) decides how a product is formed: fp32 (OpenBLAS
+// sgemm), or bf16: both inputs rounded to bf16 (nearest even), products accumulated in fp32,
+// the output in fp32 (gemm_bf16.cpp). Everything that is not a matrix product stays fp32.
 #pragma once
+#include <string>
+
+#include "tensor/dtype.h"
 
 namespace pcmoe {
 
@@ -14,5 +21,29 @@ void matmul_tn(float* C, const float* A, const float* B, int M, int N, int K, bo
 // Threads used by BLAS and by our own OpenMP loops; fixed per run for bitwise determinism.
 void set_num_threads(int n);
 int num_threads();
+
+// The dtype this thread's matrix products take their inputs in: fp32 unless a scope says bf16.
+// Whoever computes a model opens a scope with the model's compute dtype; what must stay exact
+// (the router, DP-SGD's per-unit norms and clipped sums) opens an fp32 scope inside it.
+Dtype compute_dtype();
+class ComputeDtypeScope {
+ public:
+  explicit ComputeDtypeScope(Dtype d);
+  ~ComputeDtypeScope();
+  ComputeDtypeScope(const ComputeDtypeScope&) = delete;
+  ComputeDtypeScope& operator=(const ComputeDtypeScope&) = delete;
+
+ private:
+  Dtype previous_;
+};
+
+// The bf16 products' kernels. kOneDnn on CPUs with bf16 units (avx512_bf16 or AMX): oneDNN's
+// matmul. kFallback elsewhere: the inputs rounded to bf16 but held in fp32, then OpenBLAS sgemm
+// (the same products, each exact in fp32, at fp32 speed). Tests force the fallback.
+enum class Bf16Kernels { kOneDnn, kFallback };
+Bf16Kernels bf16_kernels();
+void force_bf16_fallback(bool on);
+// A line naming the libraries and kernels in use (benchmarks print it).
+std::string gemm_kernels_info();
 
 }  // namespace pcmoe

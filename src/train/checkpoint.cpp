@@ -54,9 +54,9 @@ RunConfig read_checkpoint_config(const std::string& dir) {
 int64_t load_checkpoint(const std::string& dir, const ModelConfig& cfg, ParamSet& params, AdamW* opt) {
   const std::string where = resolve_checkpoint(dir);
   const RunConfig saved = read_checkpoint_config(where);
-  if (to_json(saved.model) != to_json(cfg)) {
+  if (architecture_json(saved.model) != architecture_json(cfg)) {
     std::string diff;
-    const nlohmann::json a = to_json(saved.model), b = to_json(cfg);
+    const nlohmann::json a = architecture_json(saved.model), b = architecture_json(cfg);
     for (auto& [key, value] : b.items())
       if (a[key] != value) diff += " model." + key + " is " + a[key].dump() + " in the checkpoint, " + value.dump() + " in the config;";
     throw std::runtime_error("checkpoint '" + where + "' does not match the config:" + diff);

@@ -30,10 +30,10 @@ bool plain_file_name(const std::string& name) {
   return !name.empty() && name.find('/') == std::string::npos && name != "." && name != "..";
 }
 
-// Every model key but those a run may choose for itself: the training length and the losses
-// (and the dense FFN size, which has no tensor when every layer is MoE).
+// Every model key but those a run may choose for itself: the training length, the losses and
+// the compute dtype (and the dense FFN size, which has no tensor when every layer is MoE).
 nlohmann::json architecture(const ModelConfig& m) {
-  nlohmann::json j = to_json(m);
+  nlohmann::json j = architecture_json(m);
   for (const char* key : {"seq_len", "aux_loss_weight", "z_loss_weight"}) j.erase(key);
   if (m.moe_every == 1) j.erase("d_ff_dense");
   return j;

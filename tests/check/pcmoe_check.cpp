@@ -104,6 +104,7 @@ void unit_moe(const StFile& in, const nlohmann::json& args, StFile& out) {
   cfg.d_ff = F;
   cfg.top_k = args.at("top_k");
   cfg.renormalize = args.at("renormalize");
+  cfg.compute_dtype = compute_dtype();  // the experts compute in the unit's dtype
   ParamSet params(cfg, ParamSelection{});
   auto x = copy_f32(in, "x", xs), router = copy_f32(in, "router", {E, C}), dout = copy_f32(in, "dout", xs);
   auto w1 = copy_f32(in, "w1", {E, F, C}), w3 = copy_f32(in, "w3", {E, F, C}), w2 = copy_f32(in, "w2", {E, C, F});
@@ -304,7 +305,7 @@ void run_logits(const std::string& weights, const StFile& in, StFile& out) {
 }
 
 int main(int argc, char** argv) {
-  select_blas_kernels(argv);
+  set_up_cpu_runtime(argv);
   try {
     if (argc != 5) throw std::runtime_error("usage: pcmoe_check unit NAME IN OUT | model CONFIG IN OUT | dp CONFIG IN OUT | lora CONFIG IN OUT | logits WEIGHTS IN OUT");
     const std::string mode = argv[1], what = argv[2];
@@ -322,6 +323,7 @@ int main(int argc, char** argv) {
       set_num_threads(2);
       nlohmann::json args = nlohmann::json::object();
       if (in.metadata.count("args")) args = nlohmann::json::parse(in.metadata.at("args"));
+      const ComputeDtypeScope dtype(parse_dtype(args.value("compute_dtype", "fp32"), "args.compute_dtype"));
       if (what == "rmsnorm") unit_rmsnorm(in, args, out);
       else if (what == "rope_attention") unit_rope_attention(in, args, out);
       else if (what == "swiglu") unit_swiglu(in, out);

@@ -24,6 +24,38 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------
 # building blocks
 
+def bf16_round(t):
+    """t rounded to bfloat16 (nearest even), back in t's dtype."""
+    return t.to(torch.float32).to(torch.bfloat16).to(t.dtype)
+
+
+class _Bf16Linear(torch.autograd.Function):
+    """x W^T on bf16-rounded inputs, and in backward dy rounded too (model.compute_dtype bf16:
+    every product of a projection takes bf16 inputs; the sums are exact here)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        xr, wr = bf16_round(x), bf16_round(w)
+        ctx.save_for_backward(xr, wr)
+        return torch.matmul(xr, wr.t())
+
+    @staticmethod
+    def backward(ctx, dy):
+        xr, wr = ctx.saved_tensors
+        dyr = bf16_round(dy)
+        return torch.matmul(dyr, wr), torch.matmul(dyr.t(), xr)
+
+
+COMPUTE_DTYPE = "fp32"  # "bf16": the projections (not the router, not attention) as _Bf16Linear
+
+
+def linear(x, w):
+    """x W^T: a projection (attention's q, k, v, o; the MLPs and experts; the head)."""
+    if COMPUTE_DTYPE == "bf16":
+        return _Bf16Linear.apply(x, w)
+    return torch.matmul(x, w.t())
+
+
 
 def rmsnorm(x, w, eps):
     """x[..., C] * w / sqrt(mean_c x^2 + eps)."""
@@ -90,7 +122,7 @@ def rope_attention(q, k, v, B, T, H, KV, theta):
 
 def swiglu(x, w1, w3, w2):
     """(silu(x w1^T) * (x w3^T)) w2^T."""
-    return torch.matmul(F.silu(torch.matmul(x, w1.t())) * torch.matmul(x, w3.t()), w2.t())
+    return linear(F.silu(linear(x, w1)) * linear(x, w3), w2)
 
 
 ROUTING_LOG = None  # set to a list to record every moe() call's expert_idx (diagnostics)
@@ -149,7 +181,7 @@ def embedding(tokens, wte):
 
 def lm_head_ce(x, w, targets):
     """Mean cross-entropy of logits x w^T against targets."""
-    logits = torch.matmul(x, w.t())
+    logits = linear(x, w)
     return F.cross_entropy(logits, targets.reshape(-1).long(), reduction="mean")
 
 
@@ -224,14 +256,14 @@ def model_forward(m, P, inputs):
     for l in range(m["n_layers"]):
         pre = f"layers.{l}."
         h = rmsnorm(x, P[pre + "attn_norm"], eps)
-        q = torch.matmul(h, P[pre + "wq"].t())
-        k = torch.matmul(h, P[pre + "wk"].t())
-        v = torch.matmul(h, P[pre + "wv"].t())
+        q = linear(h, P[pre + "wq"])
+        k = linear(h, P[pre + "wk"])
+        v = linear(h, P[pre + "wv"])
         if m.get("qk_norm", False):  # OLMoE: RMSNorm over each row's whole q and k before RoPE
             q = rmsnorm(q, P[pre + "q_norm"], eps)
             k = rmsnorm(k, P[pre + "k_norm"], eps)
         a = rope_attention(q, k, v, B, T, H, KV, theta)
-        x = x + torch.matmul(a, P[pre + "wo"].t())
+        x = x + linear(a, P[pre + "wo"])
         h = rmsnorm(x, P[pre + "ffn_norm"], eps)
         if is_moe(l, m["moe_every"]):
             E = m["n_experts"]
@@ -246,7 +278,7 @@ def model_forward(m, P, inputs):
         x = x + y
     h = rmsnorm(x, P["final_norm"], eps)
     head = P["wte"] if m["tie_embeddings"] else P["head"]
-    logits = torch.matmul(h, head.t())
+    logits = linear(h, head)
     return logits, aux_sum, z_sum
 
 
