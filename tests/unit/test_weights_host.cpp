@@ -37,7 +37,7 @@ Bytes noisy_update(float std) {
 }
 
 // Party 1 of 3 hosts experts 1 and 4; layer 1 is MoE, layer 0 dense; party 0 holds `turn`.
-class WeightsHost : public ::testing::Test {
+class WeightsHost : public ::testing::Test, public test::HostTwins {
  protected:
   ModelConfig m = [] {
     ModelConfig c = tiny::model();
@@ -46,7 +46,6 @@ class WeightsHost : public ::testing::Test {
   }();
   const TrainConfig t = tiny::train();
   const uint64_t turn = (uint64_t)next_turn_of(t.seed, 3, 0, 0, 3);
-  std::unique_ptr<ExpertHost> host, twin;
 
   void make(Exchange exchange = Exchange::kWeights, const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32) {
     const int max_rows = t.batch_size * m.seq_len * m.top_k;
@@ -62,24 +61,6 @@ class WeightsHost : public ::testing::Test {
     const size_t fc = g.size() / 3;
     const ExpertRef ref{layer, expert};
     return encode_expert_floats(g.data(), g.data() + fc, g.data() + 2 * fc, m, wire, &ref);
-  }
-  Bytes both(MsgKind kind, int from, const Bytes& request) {
-    const Bytes reply = host->handle(kind, from, request);
-    EXPECT_EQ(twin->handle(kind, from, request), reply);
-    return reply;
-  }
-  void refused(MsgKind kind, int from, const Bytes& request, const std::string& needle) {
-    try {
-      host->handle(kind, from, request);
-      ADD_FAILURE() << "accepted; expected: " << needle;
-    } catch (const std::runtime_error& e) {
-      const std::string what = e.what();
-      EXPECT_NE(what.find("party 1 refused " + std::string(to_string(kind)) + " from party " + std::to_string(from)),
-                std::string::npos)
-          << what;
-      EXPECT_NE(what.find(needle), std::string::npos) << what;
-    }
-    EXPECT_EQ(test::first_difference(test::HostState(*host), test::HostState(*twin)), "") << needle;
   }
   void finish_turn() {
     both(MsgKind::kExpertGrads, 0, sum(1, 1, 1.0f));
