@@ -160,7 +160,8 @@ std::vector<std::unique_ptr<CollabParty>> build_parties(const RunConfig& cfg, Sp
   std::vector<std::unique_ptr<CollabParty>> parties(n);
   for (int q = 0; q < n; ++q) {
     if (!here[q]) continue;
-    parties[q] = std::make_unique<CollabParty>(cfg.model, cfg.train, transport, q, n);
+    parties[q] = std::make_unique<CollabParty>(cfg.model, cfg.train, transport, q, n, 0, HostPrivacy{},
+                                               parse_wire_dtype(cfg.collab.wire_dtype), parse_exchange(cfg.collab.exchange));
     ExpertHost* host = &parties[q]->host;
     transport.serve(q, [host](MsgKind kind, int from, const Bytes& req) { return host->handle(kind, from, req); });
   }
@@ -257,12 +258,15 @@ int measure(const std::string& config_path, int n, int p) {
 
   const size_t total = layout_numel(param_layout(mc, ParamSelection{}));
   const size_t experts = total - layout_numel(param_layout(mc, backbone_selection()));
-  std::vector<int> served;  // the parties whose hidden states p's host ran its experts on
+  // The parties p's host served: ran its experts on their hidden states, or handed them its weights.
+  std::vector<int> served;
   for (const auto& [key, count] : transport.stats().by_kind_pair)
-    if (std::get<0>(key) == MsgKind::kExpertForward && std::get<2>(key) == p && std::get<1>(key) != p)
+    if ((std::get<0>(key) == MsgKind::kExpertForward || std::get<0>(key) == MsgKind::kExpertWeights) &&
+        std::get<2>(key) == p && std::get<1>(key) != p)
       served.push_back(std::get<1>(key));
   const nlohmann::json out = {{"parties", n},
                               {"party", p},
+                              {"exchange", cfg.collab.exchange},
                               {"arena_bytes", party_memory(party, 2 * transport.largest_payload())},
                               {"peak_rss_bytes", peak_rss_bytes()},
                               {"bytes_sent", transport.stats().bytes_sent(p)},

@@ -23,15 +23,22 @@ ParamSelection shard_selection(int party, int n_parties) {
 }
 
 ExpertHost::ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows,
-                       const HostPrivacy& privacy, WireDtype wire)
-    : cfg_(cfg), party_(party), n_parties_(n_parties), seed_(tc.seed), wire_(wire),
+                       const HostPrivacy& privacy, WireDtype wire, Exchange exchange)
+    : cfg_(cfg), party_(party), n_parties_(n_parties), seed_(tc.seed), wire_(wire), exchange_(exchange),
       local_(hosted_experts(cfg.n_experts, party, n_parties)), shard_(cfg, shard_selection(party, n_parties)),
-      compute_(cfg, shard_, max_rows, privacy.per_unit, /*keep_inputs=*/wire != WireDtype::kF32), opt_(shard_, tc),
-      layers_(cfg.n_layers), privacy_(privacy) {
+      // a weights-exchange host runs no expert: its owners do
+      compute_(cfg, shard_, exchange == Exchange::kWeights ? 0 : max_rows, privacy.per_unit,
+               /*keep_inputs=*/wire != WireDtype::kF32),
+      opt_(shard_, tc), layers_(cfg.n_layers), privacy_(privacy) {
   shard_.init(tc.seed);
-  // An fp32 reply always encodes; a narrower one fails on overflow after its backward has added
-  // the gradients, which undo_ then restores (keep_inputs keeps the forward that backward used).
-  if (wire != WireDtype::kF32) undo_.resize(local_.size() * 3 * (size_t)cfg.d_model * cfg.d_ff);
+  if (exchange == Exchange::kWeights) {
+    grad_in_.resize(expert_floats(cfg));
+    grads_seen_.assign((size_t)cfg.n_layers * local_.size(), 0);
+  } else if (wire != WireDtype::kF32) {
+    // An fp32 reply always encodes; a narrower one fails on overflow after its backward has added
+    // the gradients, which undo_ then restores (keep_inputs keeps the forward that backward used).
+    undo_.resize(local_.size() * 3 * (size_t)cfg.d_model * cfg.d_ff);
+  }
 }
 
 void ExpertHost::start_at(uint64_t turn) {
@@ -39,6 +46,7 @@ void ExpertHost::start_at(uint64_t turn) {
   holder_ = -1;
   summed_ = false;
   for (Layer& l : layers_) l.stage = Stage::kIdle;
+  std::fill(grads_seen_.begin(), grads_seen_.end(), 0);
 }
 
 void ExpertHost::end_turn() {
@@ -59,6 +67,15 @@ Bytes ExpertHost::handle(MsgKind kind, int from, const Bytes& request) {
 Bytes ExpertHost::serve(MsgKind kind, int from, const Bytes& request) {
   if (from < 0 || from >= n_parties_)
     throw std::runtime_error("the run's parties are 0.." + std::to_string(n_parties_ - 1));
+  const bool weights_kind = kind == MsgKind::kExpertWeights || kind == MsgKind::kExpertGrads;
+  const bool activations_kind = kind == MsgKind::kExpertForward || kind == MsgKind::kExpertBackward ||
+                                kind == MsgKind::kExpertBackwardUnits;
+  if (exchange_ == Exchange::kWeights && activations_kind)
+    throw std::runtime_error("this run exchanges weights (collab.exchange \"weights\"): its hosts take no hidden "
+                             "state or output gradient");
+  if (exchange_ == Exchange::kActivations && weights_kind)
+    throw std::runtime_error("this run exchanges activations (collab.exchange \"activations\"): its hosts hand out "
+                             "no weights and take no gradient sums");
   switch (kind) {
     case MsgKind::kExpertForward: return expert_call(Call::kForward, kind, from, request);
     case MsgKind::kExpertBackward: return expert_call(Call::kBackward, kind, from, request);
@@ -66,6 +83,8 @@ Bytes ExpertHost::serve(MsgKind kind, int from, const Bytes& request) {
       if (!privacy_.per_unit) throw std::runtime_error("this host is not set up for DP-SGD's per-unit calls");
       return expert_call(Call::kBackwardUnits, kind, from, request);
     case MsgKind::kControl: return control(from, request);
+    case MsgKind::kExpertWeights:
+    case MsgKind::kExpertGrads: return weights_call(kind, from, request);
     case MsgKind::kFedRound:
     case MsgKind::kFedGlobal: break;  // federated baselines only
   }
@@ -175,6 +194,7 @@ Bytes ExpertHost::control(int from, const Bytes& request) {
       if (const int h = turn_holder(seed_, n_parties_, (int64_t)turn); h != from)
         throw std::runtime_error("begin of turn " + std::to_string(turn) + ", which is party " + std::to_string(h) + "'s");
       shard_.zero_grads();
+      std::fill(grads_seen_.begin(), grads_seen_.end(), 0);
       holder_ = from;
       break;
     }
@@ -182,6 +202,7 @@ Bytes ExpertHost::control(int from, const Bytes& request) {
       r.expect_end();
       require_turn(from, "gradient norms", false);
       require_layers_idle("gradient norms");
+      require_all_grads("gradient norms");
       for (double s : grad_sq_sums(shard_)) w.f64(s);
       summed_ = true;
       break;
@@ -222,6 +243,11 @@ Bytes ExpertHost::control(int from, const Bytes& request) {
       require_turn(from, "a noisy update", true);
       if (!privacy_.per_unit) throw std::runtime_error("a noisy update to a host not set up for DP-SGD");
       require_layers_idle("a noisy update");
+      require_all_grads("a noisy update");
+      if (exchange_ == Exchange::kWeights && std != 0)
+        throw std::runtime_error("a noisy update with noise std " + std::to_string(std) +
+                                 " in a weights exchange, where the owner noises every gradient sum before it leaves "
+                                 "(std must be 0)");
       if (!finite_at_least(std, 0) || !(std::isfinite(scale) && scale > 0) || !finite_at_least(lr, 0))
         throw std::runtime_error("noisy-update order with noise std " + std::to_string(std) + ", scale " +
                                  std::to_string(scale) + " or lr " + std::to_string(lr) +

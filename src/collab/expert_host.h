@@ -8,6 +8,7 @@
 
 #include "collab/expert_wire.h"
 #include "collab/transport.h"
+#include "collab/weights_wire.h"
 #include "model/local_experts.h"
 #include "model/params.h"
 #include "privacy/noise.h"
@@ -23,8 +24,9 @@ ParamSelection shard_selection(int party, int n_parties);
 
 // Control operations (MsgKind::kControl), first u32 of the request. A turn's calls come from the
 // party that holds it, in this order: kBeginTurn; expert calls (each MoE layer's forward, then its
-// backward; DP-SGD: its per-unit backward, then kClipFactors); then kGradSqSums and kApplyUpdate,
-// or (DP-SGD) kApplyNoisyUpdate, which ends the turn.
+// backward; DP-SGD: its per-unit backward, then kClipFactors; collab.exchange "weights": weight
+// fetches and each hosted expert's gradient sum, once); then kGradSqSums and kApplyUpdate, or
+// (DP-SGD) kApplyNoisyUpdate, which ends the turn.
 enum class ControlOp : uint32_t {
   kBeginTurn = 1,    // u64 global turn index: the next turn, held by the caller (schedule.h);
                      // zero the shard's gradients: a party's batch starts
@@ -34,7 +36,8 @@ enum class ControlOp : uint32_t {
   kClipFactors = 4,  // u32 layer, u32 n_units, n_units x f32: add the units' clipped gradient sum
                      // of that layer's experts (rows of the last kExpertBackwardUnits)
   kApplyNoisyUpdate = 5,  // f32 noise std, f32 scale, f32 lr, u64 noise stream: add Gaussian noise
-                          // to every gradient coordinate of the shard, scale, step AdamW
+                          // to every gradient coordinate of the shard, scale, step AdamW (weights
+                          // exchange: std must be 0, the owner noised the sums before they left)
 };
 
 // What a host needs for DP-SGD turns.
@@ -48,12 +51,14 @@ class ExpertHost {
  public:
   // max_rows: the most routed rows one call may carry (a party's micro-batch tokens x top_k).
   // wire: the dtype of the rows of expert calls and their replies (collab.wire_dtype).
-  // Turns follow the schedule of (tc.seed, n_parties), from turn 0.
+  // exchange: the calls it serves, activations' expert calls or weights' fetches and gradient
+  // sums (the other kind is refused). Turns follow the schedule of (tc.seed, n_parties), from 0.
   ExpertHost(const ModelConfig& cfg, const TrainConfig& tc, int party, int n_parties, int max_rows,
-             const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32);
+             const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32,
+             Exchange exchange = Exchange::kActivations);
   // Serves one request of party `from`. While a turn is open only its holder is served, in the
-  // order of ControlOp; with no turn open, a forward is an evaluation (served to any party, kept
-  // for no backward) and kBeginTurn opens the next turn. Throws std::runtime_error naming
+  // order of ControlOp; with no turn open, a forward or a weight fetch is an evaluation (served
+  // to any party, kept for no backward) and kBeginTurn opens the next turn. Throws std::runtime_error naming
   // `from` on a malformed, out-of-turn or out-of-order call or a non-finite value, with no
   // state change; a call whose reply fails to encode changes nothing either.
   Bytes handle(MsgKind kind, int from, const Bytes& request);
@@ -70,8 +75,9 @@ class ExpertHost {
   const AdamW& optimizer() const { return opt_; }
   AdamW& optimizer() { return opt_; }  // to restore a checkpoint
   size_t activation_bytes() const { return compute_.activation_bytes(); }
-  // The undo copy of one layer's gradients (a narrow wire's backward reply may fail: handle).
-  size_t scratch_bytes() const { return undo_.size() * sizeof(float); }
+  // The undo copy of one layer's gradients (a narrow wire's backward reply may fail: handle), or
+  // (weights exchange) one expert's gradient sum as it is checked before it is kept.
+  size_t scratch_bytes() const { return (undo_.size() + grad_in_.size()) * sizeof(float); }
 
  private:
   enum class Call { kForward, kBackward, kBackwardUnits };
@@ -85,6 +91,10 @@ class ExpertHost {
   Bytes serve(MsgKind kind, int from, const Bytes& request);
   Bytes expert_call(Call call, MsgKind kind, int from, const Bytes& request);
   Bytes control(int from, const Bytes& request);
+  // collab.exchange "weights" (src/collab/weights_host.cpp): a weight fetch or a gradient sum.
+  Bytes weights_call(MsgKind kind, int from, const Bytes& request);
+  // Throws unless every hosted expert's gradient sum of the open turn has arrived (weights).
+  void require_all_grads(const std::string& what) const;
   // Throws unless `from` holds the open turn (and, gradients_open, its gradient norms have not
   // been taken yet: expert calls, clip factors and a noisy update come before).
   void require_turn(int from, const std::string& what, bool gradients_open) const;
@@ -98,6 +108,7 @@ class ExpertHost {
   int party_, n_parties_;
   uint64_t seed_;
   WireDtype wire_;
+  Exchange exchange_;
   std::vector<int> local_;  // hosted expert ids (the same in every MoE layer)
   ParamSet shard_;
   LocalExperts compute_;
@@ -109,6 +120,8 @@ class ExpertHost {
   ExpertRequest in_;  // the last expert call (its buffers reused)
   std::vector<float> out_;  // its results in fp32, before they are encoded for the wire
   std::vector<float> undo_;  // one layer's hosted gradients; empty when replies always encode
+  std::vector<float> grad_in_;       // weights: one expert's gradient sum, decoded and checked
+  std::vector<uint8_t> grads_seen_;  // weights: [layer][hosted index] its sum arrived this turn
   HostPrivacy privacy_;
   std::unique_ptr<NoiseSource> noise_;  // the secure source, when not seeded
 };

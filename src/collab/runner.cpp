@@ -115,7 +115,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
   const bool dp = private_run(sh);
   const HostPrivacy hp = dp ? HostPrivacy{true, sh.plans[0].seeded, sh.plans[0].test_seed} : HostPrivacy{};
   PcMoeSession session(dp ? sh.dp_model : cfg.model, cfg.train, n, net, dp ? sh.dp_max_batch : 0, hp,
-                       parse_wire_dtype(cfg.collab.wire_dtype));
+                       parse_wire_dtype(cfg.collab.wire_dtype), parse_exchange(cfg.collab.exchange));
   if (dp)
     for (int p = 0; p < n; ++p) session.party(p).model.set_aux_per_sequence(sh.plans[p].aux_per_unit);
   if (!cfg.collab.init_from.empty()) {
@@ -212,7 +212,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
     save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, whole, nullptr,
                     sh.rounds, sh.tokenizer_model);
   }
-  nlohmann::json out = {{"train_seconds", seconds}, {"parties", nlohmann::json::array()}};
+  nlohmann::json out = {{"train_seconds", seconds}, {"exchange", cfg.collab.exchange}, {"parties", nlohmann::json::array()}};
   const size_t transport_bytes = 2 * net.largest_payload();
   double end_loss = 0, end_sent = 0, end_received = 0;
   for (int p = 0; p < n; ++p) {

@@ -25,25 +25,34 @@ Bytes begin_message(int64_t turn) {
 }  // namespace
 
 CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id_, int n,
-                         int max_batch, const HostPrivacy& privacy, WireDtype wire)
+                         int max_batch, const HostPrivacy& privacy, WireDtype wire, Exchange exchange)
     : id(id_), backbone(cfg, backbone_selection()), optimizer(backbone, tc), experts(cfg, transport, id_, n, wire),
-      model(cfg, backbone, experts, max_batch > 0 ? max_batch : tc.batch_size, privacy.per_unit),
-      host(cfg, tc, id_, n, (max_batch > 0 ? max_batch : tc.batch_size) * cfg.seq_len * cfg.top_k, privacy, wire) {
+      weights(exchange == Exchange::kWeights
+                  ? std::make_unique<WeightsExchange>(cfg, transport, id_, n,
+                                                      (max_batch > 0 ? max_batch : tc.batch_size) * cfg.seq_len * cfg.top_k,
+                                                      privacy.per_unit, tc.grad_accum > 1 || privacy.per_unit, wire)
+                  : nullptr),
+      model(cfg, backbone, weights ? static_cast<ExpertBackend&>(*weights) : experts,
+            max_batch > 0 ? max_batch : tc.batch_size, privacy.per_unit),
+      host(cfg, tc, id_, n, (max_batch > 0 ? max_batch : tc.batch_size) * cfg.seq_len * cfg.top_k, privacy, wire,
+           exchange) {
   backbone.init(tc.seed);
 }
 
 nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes) {
   const size_t bb = p.backbone.numel() * sizeof(float), sh = p.host.params().numel() * sizeof(float);
+  const size_t owner_experts = p.weights ? p.weights->activation_bytes() : 0;
   nlohmann::json j = {{"parameters", bb + sh},
                       {"gradients", bb + sh},
                       {"optimizer", p.optimizer.state_bytes() + p.host.optimizer().state_bytes()},
-                      {"activations", p.model.activation_bytes() + p.host.activation_bytes()},
+                      {"activations", p.model.activation_bytes() + p.host.activation_bytes() + owner_experts},
                       {"scratch", p.model.scratch_bytes() + p.host.scratch_bytes()},
                       {"transport", transport_bytes},
+                      {"exchange", p.weights ? p.weights->exchange_bytes() : 0},
                       {"backbone_parameters", bb},
                       {"expert_parameters", sh}};
   size_t total = 0;
-  for (const char* k : {"parameters", "gradients", "optimizer", "activations", "scratch", "transport"})
+  for (const char* k : {"parameters", "gradients", "optimizer", "activations", "scratch", "transport", "exchange"})
     total += j[k].get<size_t>();
   j["total"] = total;
   return j;
@@ -59,13 +68,13 @@ TurnPlan::TurnPlan(const ModelConfig& cfg, int n_parties) {
 }
 
 PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport,
-                           int max_batch, const HostPrivacy& privacy, WireDtype wire)
+                           int max_batch, const HostPrivacy& privacy, WireDtype wire, Exchange exchange)
     : tc_(tc), transport_(transport), plan_(cfg, n_parties) {
   if (n_parties < 1 || n_parties > cfg.n_experts)
     throw std::runtime_error("need 1 <= parties <= n_experts (" + std::to_string(cfg.n_experts) + "), got " +
                              std::to_string(n_parties));
   for (int p = 0; p < n_parties; ++p) {
-    parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties, max_batch, privacy, wire));
+    parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties, max_batch, privacy, wire, exchange));
     ExpertHost* host = &parties_.back()->host;
     transport.serve(p, [host](MsgKind kind, int from, const Bytes& req) { return host->handle(kind, from, req); });
   }
@@ -81,6 +90,7 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
   const int p = me.id, n = (int)plan.host_tensors.size();
   order_all(transport, p, n, begin_message(turn));
   me.backbone.zero_grads();
+  if (me.weights) me.weights->begin_turn();
   DpTurnResult r;
   r.batch = accumulate_clipped(me.model, units, sampled, dp);
   r.turn.loss = r.batch.loss;
@@ -88,10 +98,11 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
   r.turn.lr = learning_rate(tc, me.turns);
   NoiseSource noise = noise_for(dp, noise_stream * 1024 + 1023);  // hosts use ids 0..1022
   privatise_gradients(me.backbone, noise, dp);
+  if (me.weights) me.weights->send_held_grads(&noise, dp.noise_std());
   me.optimizer.step(me.backbone, r.turn.lr);
   Writer w;
   w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
-  w.f32((float)dp.noise_std());
+  w.f32(me.weights ? 0.0f : (float)dp.noise_std());  // exchanging weights, the sums left noised
   w.f32(dp.average_scale());
   w.f32(r.turn.lr);
   w.u64(noise_stream);
@@ -104,8 +115,10 @@ TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc
                     const int32_t* windows) {
   const int p = me.id, n = (int)plan.host_tensors.size();
   order_all(transport, p, n, begin_message(turn));
+  if (me.weights) me.weights->begin_turn();
   TurnResult r;
   r.loss = accumulate_gradients(me.model, me.backbone, windows, tc.batch_size, tc.grad_accum);
+  if (me.weights) me.weights->send_held_grads(nullptr, 0);
 
   // The global gradient norm, with the tensors' sums added in the full model's order.
   std::unordered_map<std::string, double> sums;

@@ -10,6 +10,7 @@
 #include "collab/remote_experts.h"
 #include "collab/schedule.h"
 #include "collab/transport.h"
+#include "collab/weights_turn.h"
 #include "model/model.h"
 #include "privacy/dp_sgd.h"
 #include "train/adamw.h"
@@ -18,13 +19,16 @@ namespace pcmoe {
 
 struct CollabParty {
   // max_batch: sequences per micro-batch (0: tc.batch_size); privacy.per_unit plans DP-SGD;
-  // wire: the dtype of expert-call rows, as this party sends them and as its host answers.
+  // wire: the dtype of expert-call rows (or, exchanging weights, of weights and gradient sums), as
+  // this party sends them and as its host answers; exchange: collab.exchange.
   CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id, int n_parties,
-              int max_batch = 0, const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32);
+              int max_batch = 0, const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32,
+              Exchange exchange = Exchange::kActivations);
   int id;
   ParamSet backbone;  // embedding, attention, norms, routers, head: never leaves the party
   AdamW optimizer;    // for the backbone
-  RemoteExperts experts;
+  RemoteExperts experts;                     // the activations exchange's backend
+  std::unique_ptr<WeightsExchange> weights;  // the weights exchange's backend (else null)
   Model model;
   ExpertHost host;    // this party's shard of the experts, served to every party
   int64_t turns = 0;  // optimizer steps taken on this party's data (its lr schedule position)
@@ -32,8 +36,8 @@ struct CollabParty {
 
 // A party's planned memory in bytes by category: its backbone (parameters, gradients, AdamW
 // state), its expert shard (likewise), the activations of its model and of its host's experts,
-// scratch, and the transport buffers (`transport_bytes`: the largest request and response it
-// holds at once).
+// scratch, the transport buffers (`transport_bytes`: the largest request and response it holds
+// at once) and, exchanging weights, the fetched expert and the gradient sums it holds (`exchange`).
 nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes);
 
 struct TurnResult {
@@ -55,7 +59,8 @@ struct TurnPlan {
 // batch_size, T+1]: every host opens the turn and zeroes its gradients; forward and backward
 // through the hosts; the global gradient norm from the backbone's and every host's per-tensor
 // sums; one clipped update of the backbone here and of every expert on its host. A host's reply
-// that is malformed or not finite throws before the backbone changes.
+// that is malformed or not finite throws before the backbone changes. Exchanging weights, the
+// experts run here and each host gets its experts' gradient sums before the norms are taken.
 TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan, int64_t turn,
                     const int32_t* windows);
 
@@ -63,7 +68,9 @@ TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc
 // (backbone here, experts at their hosts, which report each unit's squared norm and receive the
 // clip factors), adds N(0, σ²C²) noise to its backbone while every host adds its own to all of
 // its experts, divides by the expected batch qN and updates everywhere. `noise_stream` names
-// (party, turn) for seeded noise. The party's own budget: its units, its plan.
+// (party, turn) for seeded noise. The party's own budget: its units, its plan. Exchanging
+// weights, the party clips every unit here and adds the noise to every expert gradient sum before
+// it leaves (after the backbone's, from the same source); the hosts add none.
 struct DpTurnResult {
   TurnResult turn;
   ClippedBatch batch;
@@ -75,7 +82,8 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
 class PcMoeSession {
  public:
   PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport, int max_batch = 0,
-               const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32);
+               const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32,
+               Exchange exchange = Exchange::kActivations);
   int n_parties() const { return (int)parties_.size(); }
   CollabParty& party(int p) { return *parties_[p]; }
   // The party that holds global turn `turn` (turn_holder).

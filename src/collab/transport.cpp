@@ -13,6 +13,8 @@ const char* to_string(MsgKind k) {
     case MsgKind::kExpertBackwardUnits: return "expert_backward_units";
     case MsgKind::kFedRound: return "fed_round";
     case MsgKind::kFedGlobal: return "fed_global";
+    case MsgKind::kExpertWeights: return "expert_weights";
+    case MsgKind::kExpertGrads: return "expert_grads";
   }
   return "unknown";
 }

@@ -27,6 +27,9 @@ enum class MsgKind : uint8_t {
   kFedGlobal = 6,       // federated deployment only: request: the final global model (server to
                         // party, after the last round, for the party's own evaluation); response:
                         // empty. The simulation evaluates the global model without sending it.
+  // collab.exchange "weights" (src/collab/weights_turn.h): the data owner runs every expert itself
+  kExpertWeights = 7,   // request: layer, expert; response: that expert's weights
+  kExpertGrads = 8,     // request: layer, expert, the turn's gradient sum of its weights; response: empty
 };
 const char* to_string(MsgKind k);
 

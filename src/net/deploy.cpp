@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -153,7 +154,9 @@ int fed_server_index(const DeployConfig& c) { return c.fed_server == "separate" 
 size_t max_payload_bytes(const RunConfig& run) {
   const ModelConfig& m = run.model;
   const size_t rows = (size_t)run.train.batch_size * m.seq_len * m.top_k;
-  return 8 + 4 * (size_t)m.n_experts + rows * m.d_model * sizeof(float) + 64 * 1024;
+  const size_t rows_call = 8 + 4 * (size_t)m.n_experts + rows * m.d_model * sizeof(float);
+  const size_t expert_call = 8 + 3 * (size_t)m.d_ff * m.d_model * sizeof(float);
+  return std::max(rows_call, expert_call) + 64 * 1024;
 }
 
 SectionHashes section_hashes(const DeployRun& dr) {

@@ -13,9 +13,10 @@
 namespace pcmoe::net {
 
 // Bump on any change to proto/pcmoe.proto or to the payload encodings of docs/protocol.md.
-constexpr uint32_t kProtocolVersion = 6;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation;
+constexpr uint32_t kProtocolVersion = 7;  // 2: CallStream, collab.wire_dtype; 3: resume negotiation;
                                           // 4: FED_ROUND, FED_GLOBAL; 5: begin carries the turn;
-                                          // 6: per-section join hashes, no loss in TurnDone
+                                          // 6: per-section join hashes, no loss in TurnDone;
+                                          // 7: EXPERT_WEIGHTS, EXPERT_GRADS (collab.exchange)
 
 struct PartyAddress {
   std::string name;     // the CN (and DNS name) of its certificate: [a-z0-9-], 1..63 characters;
@@ -67,7 +68,8 @@ DeployRun load_deploy_run(const std::string& path);
 DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& run);
 
 // The largest call payload a run of this config sends (an expert call of a whole micro-batch's
-// routed rows to one host, in fp32), plus headroom for control messages.
+// routed rows to one host, or one expert's weights or gradient sum, in fp32), plus headroom for
+// control messages.
 size_t max_payload_bytes(const RunConfig& run);
 
 // What every process of a deployment must agree on: one SHA-256 (hex) per section of the config,

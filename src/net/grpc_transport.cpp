@@ -192,7 +192,9 @@ Bytes GrpcTransport::call(int from, int to, MsgKind kind, const Bytes& request) 
   count(kind, from, to, request.size());
   if (tap_) tap_(kind, from, to, false, request);
   std::string p;
-  if (request.size() > deploy_.chunk_bytes) {
+  // A weight fetch's reply (one expert's weights) dwarfs its 8-byte request: it always streams,
+  // so the reply comes back in chunks too.
+  if (request.size() > deploy_.chunk_bytes || kind == MsgKind::kExpertWeights) {
     p = call_stream(to, kind, request);
   } else {
     wire::CallRequest req;

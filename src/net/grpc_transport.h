@@ -1,7 +1,8 @@
 // pcmoe::Transport over gRPC (service Party of proto/pcmoe.proto): a party's process serves its
 // own handler (its ExpertHost) and calls the other parties' servers. Mutual TLS unless built
 // insecure (loopback only); deadlines on every call; every message bounded; a payload above
-// deploy.chunk_bytes goes as a stream of chunks (Party.CallStream), its reply likewise; bytes
+// deploy.chunk_bytes (and every weight fetch, whose reply is one expert's weights) goes as a
+// stream of chunks (Party.CallStream), its reply likewise; bytes
 // counted in TrafficStats exactly as InProcessTransport counts them (payloads, each direction),
 // on the caller's side and on the host's side. A tap sees the requests this party serves and the
 // responses to its own calls: what the protocol hands it.

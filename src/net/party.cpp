@@ -162,7 +162,8 @@ nlohmann::json run_party(const PartyOptions& opts) {
   GrpcTransport net(dr.deploy, me, tls);  // refuses --insecure off loopback before any work
   const CollabData data = load_collab_data(cfg, me, true);
   const PartyStreams& own = data.parties[me];
-  CollabParty party(cfg.model, cfg.train, net, me, n, 0, {}, parse_wire_dtype(cfg.collab.wire_dtype));
+  CollabParty party(cfg.model, cfg.train, net, me, n, 0, {}, parse_wire_dtype(cfg.collab.wire_dtype),
+                    parse_exchange(cfg.collab.exchange));
   if (!cfg.collab.init_from.empty()) {
     InitSource init(cfg.collab.init_from, cfg.model);  // from a Hugging Face directory: only these tensors
     init.load(party.backbone);
@@ -331,6 +332,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
     report.update(traffic_report(training, me, tokens));
     report["transport"] = net.secure() ? "grpc+mtls" : "grpc-insecure";
     report["wire_dtype"] = cfg.collab.wire_dtype;
+    report["exchange"] = cfg.collab.exchange;
     report["peak_rss_bytes"] = peak_rss_bytes();  // this party's process, to set beside a centralised one
   } catch (const std::exception& e) {
     abandon_run(coord, coordinator.get(), net, e.what());

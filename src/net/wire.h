@@ -21,11 +21,14 @@ enum Kind : uint32_t {
   EXPERT_BACKWARD = 2,
   CONTROL = 3,
   FED_ROUND = 5,
-  FED_GLOBAL = 6
+  FED_GLOBAL = 6,
+  EXPERT_WEIGHTS = 7,
+  EXPERT_GRADS = 8
 };
 // A kind a Call may carry (the host's handler still refuses what its mode does not serve).
 inline bool known_kind(uint32_t k) {
-  return k == EXPERT_FORWARD || k == EXPERT_BACKWARD || k == CONTROL || k == FED_ROUND || k == FED_GLOBAL;
+  return k == EXPERT_FORWARD || k == EXPERT_BACKWARD || k == CONTROL || k == FED_ROUND || k == FED_GLOBAL ||
+         k == EXPERT_WEIGHTS || k == EXPERT_GRADS;
 }
 enum Poll : uint32_t { POLL_UNSPECIFIED = 0, READY = 1, WAIT = 2, STOPPED = 3 };
 

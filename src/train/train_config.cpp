@@ -67,7 +67,16 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   f.read("state_noise", c.state_noise);
   f.read("state_noise_seed", c.state_noise_seed);
   f.read("wire_dtype", c.wire_dtype);
+  f.read("exchange", c.exchange);
   f.reject_unknown();
+  if (c.exchange != "activations" && c.exchange != "weights")
+    throw std::runtime_error("config key 'collab.exchange' must be \"activations\" or \"weights\", not '" + c.exchange + "'");
+  if (c.exchange == "weights" && c.wire_dtype == "fp16")
+    throw std::runtime_error("config key 'collab.wire_dtype' must be fp32 or bf16 with collab.exchange \"weights\" "
+                             "(expert weights and gradient sums need fp32's range)");
+  if (c.exchange == "weights" && c.state_noise > 0)
+    throw std::runtime_error("config key 'collab.state_noise' perturbs hidden states, which collab.exchange \"weights\" "
+                             "never sends: set one of them");
   parse_wire_dtype(c.wire_dtype);  // a clear error for anything but fp32, bf16, fp16
   if (!(c.state_noise >= 0 && c.state_noise <= 100))
     throw std::runtime_error("config key 'collab.state_noise' must be in [0, 100] (a std relative to each row's RMS)");
@@ -80,8 +89,12 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
 }
 
 nlohmann::json to_json(const CollabConfig& c) {
-  return {{"modes", c.modes}, {"init_from", c.init_from}, {"state_noise", c.state_noise},
-          {"state_noise_seed", c.state_noise_seed}, {"wire_dtype", c.wire_dtype}};
+  nlohmann::json j = {{"modes", c.modes}, {"init_from", c.init_from}, {"state_noise", c.state_noise},
+                      {"state_noise_seed", c.state_noise_seed}, {"wire_dtype", c.wire_dtype}};
+  // Written only when not the default, so the hashes of earlier configs (joins, checkpoints,
+  // audit recordings) stay what they were.
+  if (c.exchange != "activations") j["exchange"] = c.exchange;
+  return j;
 }
 
 AuditConfig audit_config_from_json(const nlohmann::json& j, int n_parties) {

@@ -52,6 +52,11 @@ struct CollabConfig {
   // How pc-moe's expert calls carry their float rows (hidden states, output gradients and the
   // replies): "fp32", "bf16" or "fp16" (src/collab/expert_wire.h); DP-SGD runs take fp32 only.
   std::string wire_dtype = "fp32";
+  // What crosses a party boundary in a pc-moe turn (docs/protocol.md): "activations" (routed
+  // hidden states and their gradients go to the experts' hosts) or "weights" (the data owner
+  // fetches every expert's weights, runs them itself and sends each host its experts' gradient
+  // sums: src/collab/weights_turn.h). Weights mode takes wire_dtype fp32 or bf16.
+  std::string exchange = "activations";
 };
 CollabConfig collab_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const CollabConfig& c);

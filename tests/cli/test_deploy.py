@@ -74,6 +74,41 @@ d16 = json.load(open(os.path.join(tmp, "dep16", "report.json")))["parties"]
 check(all(d16[p]["report"]["bytes_sent_per_token"] == s16[p]["bytes_sent_per_token"] for p in range(2)),
       "bf16: bytes per token counted as in process")
 
+# (a'') the weights exchange (collab.exchange "weights"): deployed = simulated, in fp32 with every
+# expert's weights streamed in 4 KiB chunks and in bf16; in fp32 every turn is also the
+# activations exchange's turn (the simulation above with 4 parties is not: 3 parties here).
+for dtype in ("fp32", "bf16"):
+    w = deploy_config(data_dir, cache, 3, join_timeout_s=30, chunk_bytes=4096, max_message_bytes=8192)
+    w["collab"]["wire_dtype"] = dtype
+    acts = os.path.join(tmp, f"acts-{dtype}.json")
+    write_json(acts, w)
+    w["collab"]["exchange"] = "weights"
+    wpath = os.path.join(tmp, f"weights-{dtype}.json")
+    write_json(wpath, w)
+    check(run("collab", "--config", wpath, "--out", os.path.join(tmp, f"simw-{dtype}"))[0] == 0,
+          f"the simulation runs the weights exchange ({dtype})")
+    code, out, err = run("launch", "--config", wpath, "--out", os.path.join(tmp, f"depw-{dtype}"))
+    check(code == 0, f"launch: 3 parties exchanging weights ({dtype}) complete")
+    if code:
+        print(err[-2000:])
+    simw = [m for m in read_metrics(os.path.join(tmp, f"simw-{dtype}", "metrics.jsonl")) if m["mode"] == "pc-moe"]
+    depw = read_metrics(os.path.join(tmp, f"depw-{dtype}", "metrics.jsonl"))
+    turns = lambda ms: [(m["round"], m["party"], m["loss"], m["grad_norm"]) for m in ms]
+    check(turns(depw) == turns(simw) and len(depw) == 9,
+          f"weights ({dtype}): every deployed turn's loss and gradient norm identical to the simulation's")
+    sw = json.load(open(os.path.join(tmp, f"simw-{dtype}", "report.json")))["modes"]["pc-moe"]
+    dw = json.load(open(os.path.join(tmp, f"depw-{dtype}", "report.json")))["parties"]
+    check(all(dw[p]["report"]["val_loss_own"] == sw["parties"][p]["val_loss_own"] and
+              dw[p]["report"]["bytes_sent_per_token"] == sw["parties"][p]["bytes_sent_per_token"] and
+              dw[p]["report"]["exchange"] == "weights" for p in range(3)),
+          f"weights ({dtype}): validation losses and bytes per token as simulated")
+    kinds = {t["kind"] for t in sw["traffic"]}
+    check(kinds == {"expert_weights", "expert_grads", "control"}, f"weights ({dtype}): only {sorted(kinds)} cross")
+    if dtype == "fp32":
+        check(run("collab", "--config", acts, "--out", os.path.join(tmp, "sima"))[0] == 0, "the activations twin runs")
+        sima = [m for m in read_metrics(os.path.join(tmp, "sima", "metrics.jsonl")) if m["mode"] == "pc-moe"]
+        check(turns(sima) == turns(simw), "weights (fp32): every turn's loss and gradient norm are the activations exchange's")
+
 # (b) refusals: party 0 (good) against a bad party 1; both must exit non-zero with clear errors.
 def pair(cfg0, cfg1, certs0, certs1, name, insecure1=False):
     p0, p1 = os.path.join(tmp, name + "-0.json"), os.path.join(tmp, name + "-1.json")

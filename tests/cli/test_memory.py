@@ -1,9 +1,11 @@
 """`pcmoe memory`: one party of a 4-party PC-MoE, measured in its own process while the other
 parties train their turns in another (its host serves them all), needs about (1 - f) + f/4 of
 the centralised memory when the experts hold a fraction f of the parameters; its parameter bytes
-are exactly its backbone and its own experts; bad usage is refused."""
+are exactly its backbone and its own experts; in the weights exchange a party adds one fetched
+expert's weights and gradients and stays under 35% of the centralised; bad usage is refused."""
 import json
 import os
+import tempfile
 
 from common import SOURCE, check, finish, run
 
@@ -35,8 +37,8 @@ def param_counts(m, n_parties, party):
     return backbone, experts
 
 
-def measure(n, party=0):
-    code, out, err = run("memory", "--config", CONFIG, "--parties", str(n), "--party", str(party))
+def measure(n, party=0, config=CONFIG):
+    code, out, err = run("memory", "--config", config, "--parties", str(n), "--party", str(party))
     check(code == 0, f"pcmoe memory --parties {n} --party {party} runs")
     if code != 0:
         print("   stderr was:", err.strip()[:500])
@@ -68,6 +70,23 @@ check(central["arena_bytes"]["transport"] == 0 and central["bytes_sent"] == cent
 check(four["served_parties"] == [0, 2, 3] and four["bytes_sent"] > 0 and four["bytes_received"] > 0,
       f"party 1's host served the other parties' expert calls ({four['served_parties']})")
 check(four["peak_rss_bytes"] < central["peak_rss_bytes"] * 0.5, "a party's peak RSS is well below the centralised")
+
+# The weights exchange: the party runs every expert on fetched weights, one expert at a time.
+cfg = json.load(open(CONFIG))
+cfg.setdefault("collab", {})["exchange"] = "weights"
+for key in ("path", "cache_dir"):
+    cfg["data"][key] = os.path.join(SOURCE, cfg["data"][key])
+wpath = os.path.join(tempfile.mkdtemp(prefix="pcmoe-memory-"), "weights.json")
+json.dump(cfg, open(wpath, "w"))
+wts = measure(4, party=1, config=wpath)
+wratio = wts["arena_bytes"]["total"] / central["arena_bytes"]["total"]
+one_expert = 3 * model["d_ff"] * model["d_model"] * 4
+print(f"weights exchange: n=4 arena ratio {wratio:.4f}")
+check(wts["exchange"] == "weights" and wratio <= 0.35, f"weights exchange: a party of 4 needs <= 35% ({wratio:.4f})")
+check(wts["arena_bytes"]["exchange"] == 2 * one_expert,
+      f"it holds one fetched expert's weights and one's gradients ({wts['arena_bytes']['exchange']} bytes)")
+check(wts["arena_bytes"]["parameters"] == four["arena_bytes"]["parameters"], "and the same parameters as before")
+check(wts["served_parties"] == [0, 2, 3], f"its host handed its weights to every other party ({wts['served_parties']})")
 
 
 def expect_usage_error(args, needle, what):

@@ -6,8 +6,9 @@
 // decode or be refused with std::runtime_error (or a gRPC status), never crash. A twin host is
 // handed only the inputs the host accepted: after every input the two are the same bit for bit
 // (weights, gradients, AdamW state and step, turn) and answer alike, so a refused input changed
-// nothing, its forward state included. Build with -fsanitize=address,undefined to check memory
-// safety too.
+// nothing, its forward state included. The weights exchange's host (weight fetches and gradient
+// sums, collab.exchange "weights") gets a run of its own. Build with -fsanitize=address,undefined
+// to check memory safety too.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -15,6 +16,7 @@
 
 #include "collab/expert_host.h"
 #include "collab/expert_wire.h"
+#include "collab/weights_wire.h"
 #include "net/grpc_transport.h"
 #include "net/wire.h"
 #include "tensor/rng.h"
@@ -237,6 +239,76 @@ TEST(Fuzz, DecodersRefuseOrAcceptNeverCrash) {
   EXPECT_GT(host.turn(), 100u) << "whole turns, their updates included, are served between the refusals";
   std::printf("fuzz: %d inputs, %d accepted everywhere, %d refused somewhere; host: %d served, %d refused, %llu turns ended\n",
               n, accepted, refused, host_accepted, host_refused, (unsigned long long)host.turn());
+}
+
+// The weights exchange's host and its codec: mutated fetches, gradient sums (fp32 and bf16) and
+// control messages, mostly from the turn's holder. Refused inputs change nothing; whole turns
+// (every hosted expert's sum, the norms, the update) are served between them.
+TEST(Fuzz, WeightsExchangeHostRefusesOrServesNeverCrashes) {
+  const ModelConfig m = fuzz_model();
+  TrainConfig t;
+  t.batch_size = 2;
+  t.threads = 1;
+  const int max_rows = t.batch_size * m.seq_len * m.top_k;
+  const std::vector<int> hosted = {1, 3};  // party 1 of 2; layer 1 is the only MoE layer
+  std::vector<float> g(expert_floats(m));
+  for (size_t i = 0; i < g.size(); ++i) g[i] = 0.01f * float(i % 11) - 0.05f;
+  const size_t fc = g.size() / 3;
+  std::vector<std::pair<MsgKind, std::string>> seeds;
+  for (int e : hosted) {
+    seeds.push_back({MsgKind::kExpertWeights, string_of(encode_weights_request(1, e))});
+    const ExpertRef ref{1, e};
+    seeds.push_back({MsgKind::kExpertGrads, string_of(encode_expert_floats(g.data(), g.data() + fc, g.data() + 2 * fc, m,
+                                                                           WireDtype::kF32, &ref))});
+  }
+  Writer sums, upd;
+  sums.u32(static_cast<uint32_t>(ControlOp::kGradSqSums));
+  seeds.push_back({MsgKind::kControl, string_of(sums.take())});
+  upd.u32(3);
+  upd.f32(0.5f);
+  upd.f32(1e-3f);
+  seeds.push_back({MsgKind::kControl, string_of(upd.take())});
+  const size_t begin_seed = seeds.size();
+  seeds.push_back({MsgKind::kControl, string_of(test::begin_message(0))});
+  std::vector<std::string> pool;
+  for (const auto& [k, s] : seeds) pool.push_back(s);
+
+  ExpertHost host(m, t, 1, 2, max_rows, {}, WireDtype::kF32, Exchange::kWeights),
+      twin(m, t, 1, 2, max_rows, {}, WireDtype::kF32, Exchange::kWeights);
+  Rng rng(20261127);
+  const int n = 30000;
+  int host_accepted = 0, host_refused = 0, codec_accepted = 0;
+  std::vector<float> out(g.size());
+  for (int i = 0; i < n; ++i) {
+    const size_t which = rng.next_u64() % seeds.size();
+    const MsgKind kind = seeds[which].first;
+    const std::string s = which == begin_seed ? string_of(test::begin_message(host.turn())) : seeds[which].second;
+    const std::string msg = rng.next_u64() % 4 ? mutate(rng, s, pool) : s;
+    if (i % 3 == 0) {  // the codec alone, both dtypes
+      const WireDtype d = rng.next_u64() % 2 ? WireDtype::kF32 : WireDtype::kBF16;
+      const Bytes b = bytes_of(msg);
+      codec_accepted += accepts([&] { decode_weights_request(b, m, hosted); });
+      codec_accepted += accepts([&] { decode_weights_reply(b, m, d, out.data(), out.data() + fc, out.data() + 2 * fc); });
+      codec_accepted += accepts([&] { decode_grads_request(b, m, hosted, d, out.data(), out.data() + fc, out.data() + 2 * fc); });
+      continue;
+    }
+    const int holder = host.holder() >= 0 ? host.holder() : turn_holder(t.seed, 2, (int64_t)host.turn());
+    const int from = rng.next_u64() % 8 ? holder : (int)(rng.next_u64() % 3);
+    Bytes reply;
+    const bool ok = accepts([&] { reply = host.handle(kind, from, bytes_of(msg)); });
+    if (ok) {
+      EXPECT_EQ(twin.handle(kind, from, bytes_of(msg)), reply) << "input " << i;
+    }
+    ASSERT_EQ(test::first_difference(test::HostState(host), test::HostState(twin)), "")
+        << "input " << i << (ok ? ", accepted," : ", refused,") << " left the host unlike its twin";
+    (ok ? host_accepted : host_refused)++;
+  }
+  EXPECT_GT(host_accepted, 1000);
+  EXPECT_GT(host_refused, 1000);
+  EXPECT_GT(codec_accepted, 100);
+  EXPECT_GT(host.turn(), 20u) << "whole turns, their updates included, are served between the refusals";
+  std::printf("weights fuzz: host %d served, %d refused, %llu turns ended\n", host_accepted, host_refused,
+              (unsigned long long)host.turn());
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 // Test helpers around expert hosts: a session started at one party's turn, the message that
-// opens a turn, and a bitwise snapshot of a host's whole state.
+// opens a turn, a bitwise snapshot of a host's whole state, and a host driven beside a twin.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -68,5 +71,31 @@ inline std::string first_difference(const HostState& a, const HostState& b) {
   if (a.holder != b.holder) return "holder " + std::to_string(a.holder) + " vs " + std::to_string(b.holder);
   return "";
 }
+
+// Party 1's host and a twin that sees only the calls the host accepts: an accepted call answers
+// alike on both; a refused one names the caller ("party 1 refused <kind> from party <from>") and
+// `needle`, and leaves the host its twin's equal bit for bit.
+struct HostTwins {
+  std::unique_ptr<ExpertHost> host, twin;
+
+  Bytes both(MsgKind kind, int from, const Bytes& request) {
+    const Bytes reply = host->handle(kind, from, request);
+    EXPECT_EQ(twin->handle(kind, from, request), reply);
+    return reply;
+  }
+  void refused(MsgKind kind, int from, const Bytes& request, const std::string& needle) {
+    try {
+      host->handle(kind, from, request);
+      ADD_FAILURE() << "accepted; expected: " << needle;
+    } catch (const std::runtime_error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("party 1 refused " + std::string(to_string(kind)) + " from party " + std::to_string(from)),
+                std::string::npos)
+          << what;
+      EXPECT_NE(what.find(needle), std::string::npos) << what;
+    }
+    EXPECT_EQ(first_difference(HostState(*host), HostState(*twin)), "") << needle;
+  }
+};
 
 }  // namespace pcmoe::test

@@ -49,7 +49,7 @@ Bytes clip_factors(uint32_t layer, std::vector<float> factors) {
 
 // Party 1 of 3 hosts experts 1 and 4 of the tiny model; party 0 holds turn `turn`, where the
 // hosts start.
-class HostTurns : public ::testing::Test {
+class HostTurns : public ::testing::Test, public test::HostTwins {
  protected:
   const ModelConfig m = tiny::model();
   const TrainConfig t = tiny::train();
@@ -57,7 +57,6 @@ class HostTurns : public ::testing::Test {
   const std::vector<int> hosted = hosted_experts(m.n_experts, 1, 3);
   const std::vector<int> offsets = {0, 2, 5, 6, 8, 12, 13};  // rows per expert 2, 3, 1, 2, 4, 1
   const std::vector<int> units = {0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2};  // 3 units, ascending
-  std::unique_ptr<ExpertHost> host, twin;
 
   void make(const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32) {
     const int max_rows = t.batch_size * m.seq_len * m.top_k;
@@ -74,28 +73,6 @@ class HostTurns : public ::testing::Test {
     const bool per_unit = kind == MsgKind::kExpertBackwardUnits;
     return encode_expert_request(kind, m, layer, hosted, offsets.data(), x.data(), per_unit ? units.data() : nullptr,
                                  per_unit ? 3 : 0, wire);
-  }
-
-  // An accepted call: host and twin answer alike.
-  Bytes both(MsgKind kind, int from, const Bytes& request) {
-    const Bytes reply = host->handle(kind, from, request);
-    EXPECT_EQ(twin->handle(kind, from, request), reply);
-    return reply;
-  }
-
-  // A refused call: the error names the caller and `needle`; the host is still its twin.
-  void refused(MsgKind kind, int from, const Bytes& request, const std::string& needle) {
-    try {
-      host->handle(kind, from, request);
-      ADD_FAILURE() << "accepted; expected: " << needle;
-    } catch (const std::runtime_error& e) {
-      const std::string what = e.what();
-      EXPECT_NE(what.find("party 1 refused " + std::string(to_string(kind)) + " from party " + std::to_string(from)),
-                std::string::npos)
-          << what;
-      EXPECT_NE(what.find(needle), std::string::npos) << what;
-    }
-    EXPECT_EQ(test::first_difference(test::HostState(*host), test::HostState(*twin)), "") << needle;
   }
 
   // The rest of party 0's plain turn on both, from an open turn with layer 0 forwarded; then
