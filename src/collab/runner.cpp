@@ -17,6 +17,7 @@
 #include "tensor/gemm.h"
 #include "tensor/safetensors.h"
 #include "train/checkpoint.h"
+#include "train/dp_step.h"
 #include "train/local_model.h"
 #include "train/step.h"
 #include "train/trainer.h"
