@@ -9,6 +9,7 @@
 
 #include "collab/runner.h"
 #include "common/sha256.h"
+#include "eval/fed_server_audit.h"
 #include "eval/loaded_model.h"
 #include "fed/fed_runner.h"
 #include "net/certs.h"
@@ -200,7 +201,7 @@ int cmd_collab(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out"}, {});
   RunConfig cfg = net::load_deploy_run(need(a, "--config")).run;  // a deploy section is allowed (and checked)
   const std::string out = need(a, "--out");
-  nlohmann::json r = run_collab(cfg, out, fed::fed_modes());
+  nlohmann::json r = run_collab(cfg, out, fed::fed_modes(eval::fed_server_audit));
   auto cell = [](const nlohmann::json& row, const char* mode) -> std::string {
     if (!row.contains(mode)) return "-";
     char buf[48];
