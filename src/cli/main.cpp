@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "collab/collab_config.h"
 #include "collab/runner.h"
 #include "common/sha256.h"
 #include "eval/fed_server_audit.h"
@@ -118,6 +119,7 @@ double number(const std::map<std::string, std::string>& a, const std::string& ke
 int cmd_train(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out", "--until"}, {"--resume"});
   RunConfig cfg = load_run_config(need(a, "--config"));
+  check_collab_config(cfg.collab);
   TrainOptions opts{need(a, "--out"), a.count("--resume") > 0, (int64_t)number(a, "--until", -1)};
   nlohmann::json r = run_training(cfg, opts);
   std::printf("final train loss %.4f | validation loss %.4f (perplexity %.1f) | unigram entropy %.4f\n",

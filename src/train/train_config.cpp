@@ -5,7 +5,6 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "collab/expert_wire.h"
 #include "common/json_fields.h"
 
 namespace pcmoe {
@@ -68,7 +67,6 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   f.read("state_noise_seed", c.state_noise_seed);
   f.read("wire_dtype", c.wire_dtype);
   f.reject_unknown();
-  parse_wire_dtype(c.wire_dtype);  // a clear error for anything but fp32, bf16, fp16
   if (!(c.state_noise >= 0 && c.state_noise <= 100))
     throw std::runtime_error("config key 'collab.state_noise' must be in [0, 100] (a std relative to each row's RMS)");
   if (c.modes.empty()) throw std::runtime_error("config key 'collab.modes' must name at least one mode");
