@@ -68,6 +68,41 @@ CurvePlotText curve_text(const Shared& sh, const nlohmann::json& report) {
   return t;
 }
 
+// The report's per-party table (validation loss on its own data and on the pooled data, for each
+// mode) and its learning curves, local-only's as the mean over the parties' own full models.
+void add_tables(nlohmann::json& report, const Shared& sh, const std::map<std::string, ExtraMode>& extra_modes) {
+  const int n = (int)sh.parties.size();
+  nlohmann::json table = nlohmann::json::array();
+  for (int p = 0; p < n; ++p) {
+    nlohmann::json row = {{"party", p}, {"categories", sh.parties[p].categories}, {"val_windows", sh.parties[p].n_val}};
+    const auto& modes = report["modes"];
+    if (modes.contains("pc-moe")) row["pc-moe"] = modes["pc-moe"]["parties"][p];
+    if (modes.contains("centralised")) row["centralised"] = modes["centralised"]["eval"][p];
+    if (modes.contains("local-only-full")) row["local-only-full"] = modes["local-only-full"][p]["eval"];
+    if (modes.contains("local-only-budget")) row["local-only-budget"] = modes["local-only-budget"][p]["eval"];
+    for (const auto& [m, run] : extra_modes)
+      if (modes.contains(m)) row[m] = modes[m]["parties"][p];
+    table.push_back(row);
+  }
+  report["per_party"] = table;
+  nlohmann::json curves = nlohmann::json::object();
+  for (const auto& [m, run] : report["modes"].items()) {
+    if (m == "local-only-budget") continue;
+    if (m != "local-only-full") {
+      curves[m] = run["curve"];
+      continue;
+    }
+    nlohmann::json mean = run[0]["curve"];
+    for (size_t i = 0; i < mean.size(); ++i) {
+      double loss = 0;
+      for (const auto& party : run) loss += party["curve"][i]["val_loss_pooled"].get<double>() / run.size();
+      mean[i]["val_loss_pooled"] = loss;
+    }
+    curves["local-only"] = mean;
+  }
+  report["curves"] = curves;
+}
+
 }  // namespace
 
 nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
@@ -149,37 +184,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   for (const std::string& m : cfg.collab.modes)
     if (extra_modes.count(m)) report["modes"][m] = extra_modes.at(m)(context);
 
-  // Per party: validation loss on its own data and on the pooled data, for each mode.
-  nlohmann::json table = nlohmann::json::array();
-  for (int p = 0; p < n; ++p) {
-    nlohmann::json row = {{"party", p}, {"categories", sh.parties[p].categories}, {"val_windows", sh.parties[p].n_val}};
-    const auto& modes = report["modes"];
-    if (modes.contains("pc-moe")) row["pc-moe"] = modes["pc-moe"]["parties"][p];
-    if (modes.contains("centralised")) row["centralised"] = modes["centralised"]["eval"][p];
-    if (modes.contains("local-only-full")) row["local-only-full"] = modes["local-only-full"][p]["eval"];
-    if (modes.contains("local-only-budget")) row["local-only-budget"] = modes["local-only-budget"][p]["eval"];
-    for (const auto& [m, run] : extra_modes)
-      if (modes.contains(m)) row[m] = modes[m]["parties"][p];
-    table.push_back(row);
-  }
-  report["per_party"] = table;
-  // The learning curves, local-only's as the mean over the parties' own full models.
-  nlohmann::json curves = nlohmann::json::object();
-  for (const auto& [m, run] : report["modes"].items()) {
-    if (m == "local-only-budget") continue;
-    if (m != "local-only-full") {
-      curves[m] = run["curve"];
-      continue;
-    }
-    nlohmann::json mean = run[0]["curve"];
-    for (size_t i = 0; i < mean.size(); ++i) {
-      double loss = 0;
-      for (const auto& party : run) loss += party["curve"][i]["val_loss_pooled"].get<double>() / run.size();
-      mean[i]["val_loss_pooled"] = loss;
-    }
-    curves["local-only"] = mean;
-  }
-  report["curves"] = curves;
+  add_tables(report, sh, extra_modes);
   if (report["modes"].contains("pc-moe") && report["modes"].contains("centralised")) {
     size_t largest = 0;
     for (const auto& pp : report["modes"]["pc-moe"]["parties"]) largest = std::max(largest, pp["memory"]["total"].get<size_t>());
@@ -196,7 +201,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   report["evaluation"] = {{"seconds", sh.eval_seconds}, {"cpu_seconds", sh.eval_cpu_seconds}, {"windows", sh.eval_windows}};
   report["config"] = to_json(cfg);
   std::ofstream(fs::path(out_dir) / "report.json") << report.dump(2) << "\n";
-  write_curve_plot(curves, out_dir, curve_text(sh, report));
+  write_curve_plot(report["curves"], out_dir, curve_text(sh, report));
   return report;
 }
 
