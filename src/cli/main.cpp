@@ -7,8 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "collab/collab_config.h"
 #include "collab/runner.h"
 #include "common/sha256.h"
+#include "eval/fed_server_audit.h"
 #include "eval/loaded_model.h"
 #include "fed/fed_runner.h"
 #include "net/certs.h"
@@ -125,6 +127,7 @@ double number(const std::map<std::string, std::string>& a, const std::string& ke
 int cmd_train(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out", "--until", "--init-from"}, {"--resume"});
   RunConfig cfg = load_run_config(need(a, "--config"));
+  check_collab_config(cfg.collab);
   TrainOptions opts{need(a, "--out"), a.count("--resume") > 0, (int64_t)number(a, "--until", -1),
                     a.count("--init-from") ? a.at("--init-from") : ""};
   nlohmann::json r = run_training(cfg, opts);
@@ -209,7 +212,7 @@ int cmd_collab(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out"}, {});
   RunConfig cfg = net::load_deploy_run(need(a, "--config")).run;  // a deploy section is allowed (and checked)
   const std::string out = need(a, "--out");
-  nlohmann::json r = run_collab(cfg, out, fed::fed_modes());
+  nlohmann::json r = run_collab(cfg, out, fed::fed_modes(eval::fed_server_audit));
   auto cell = [](const nlohmann::json& row, const char* mode) -> std::string {
     if (!row.contains(mode)) return "-";
     char buf[48];

@@ -6,7 +6,6 @@
 
 #include "collab/recorder.h"
 #include "common/stopwatch.h"
-#include "eval/bag_of_words.h"
 #include "fed/fedavg.h"
 #include "train/checkpoint.h"
 #include "train/hf_checkpoint.h"
@@ -44,120 +43,6 @@ nlohmann::json pretrain_tgap(const RunConfig& cfg, const data::TokenStream& pub,
           {"held_out_mse_untrained", before},       {"held_out_mse_pretrained", reconstruction_loss(ae, held)},
           {"train_mse_pretrained", reconstruction_loss(ae, train)}, {"seconds", seconds_since(t0)}};
 }
-
-// Where tensor `name` starts in the gather() order of `params`.
-size_t gather_offset(const ParamSet& params, const std::string& name) {
-  size_t offset = 0;
-  for (const ParamTensor& t : params.tensors()) {
-    if (t.name == name) return offset;
-    offset += t.numel;
-  }
-  throw std::logic_error("no tensor " + name + " to audit");
-}
-
-// The leakage audit's federated server (config section "audit"): it runs a shadow party of its
-// own every round — the round's global model, trained local_steps steps on public text with an
-// AdamW state that persists across rounds as a party's does — and at each recorded round fits
-// the bag-of-words rule on the shadow's update and applies it to each party's decoded update;
-// the party's batches score it. Full-model modes are read from the embedding rows, fedavg-lora
-// from the A matrices of the first layer's attention adapters (eval/bag_of_words.h).
-class ServerAudit {
- public:
-  ServerAudit(CollabContext& ctx, const std::string& mode, const std::vector<float>& base)
-      : ctx_(ctx), cfg_(ctx.config()), pub_(ctx.public_tokens(cfg_.fed.public_categories)),
-        sampler_(pub_, cfg_.model.seq_len, cfg_.train.seed + 7919) {
-    const int V = cfg_.model.vocab_size, C = cfg_.model.d_model;
-    if (mode != "fedavg-lora") {
-      full_ = std::make_unique<LocalModel>(cfg_.model, cfg_.train);
-      wte_ = gather_offset(full_->params, "wte");
-      return;
-    }
-    lora_ = std::make_unique<LoraModel>(cfg_.model, cfg_.train, cfg_.fed.lora);
-    scatter(base.data(), lora_->base);
-    for (const char* w : {"wq", "wk", "wv"})
-      if (lora_->lora.params().has(layer_param(0, w) + ".lora_a"))
-        lora_a_.push_back(gather_offset(lora_->lora.params(), layer_param(0, w) + ".lora_a"));
-    if (lora_a_.empty())
-      throw std::runtime_error("the audit's LoRA attack reads the first layer's wq, wk or wv adapters; fed.lora_targets has none");
-    // Each token's input to those projections: its embedding RMS-normalised, times the norm's weight.
-    const float* wte = lora_->base.value("wte");
-    const float* norm = lora_->base.value(layer_param(0, "attn_norm"));
-    inputs_.resize((size_t)V * C);
-    for (int v = 0; v < V; ++v) {
-      double ss = 0;
-      for (int c = 0; c < C; ++c) ss += (double)wte[(size_t)v * C + c] * wte[(size_t)v * C + c];
-      const float inv = (float)(1 / std::sqrt(ss / C + cfg_.model.norm_eps));
-      for (int c = 0; c < C; ++c) inputs_[(size_t)v * C + c] = wte[(size_t)v * C + c] * inv * norm[c];
-    }
-  }
-  // Every round, before the parties' updates; `fit`: a recorded round.
-  void begin_round(int round, const std::vector<float>& global, bool fit) {
-    const TrainConfig& tc = cfg_.train;
-    const int E = cfg_.fed.local_steps, V = cfg_.model.vocab_size;
-    round_ = round;
-    ParamSet& params = full_ ? full_->params : lora_->lora.params();
-    Model& model = full_ ? full_->model : lora_->model;
-    AdamW& opt = full_ ? full_->opt : lora_->opt;
-    global_ = global;
-    scatter(global.data(), params);
-    shadow_present_.assign(V, 0);
-    std::vector<int32_t> w((size_t)tc.grad_accum * tc.batch_size * (cfg_.model.seq_len + 1));
-    for (int s = 0; s < E; ++s) {
-      const int64_t step = (int64_t)round * E + s;
-      for (int k = 0; k < tc.grad_accum; ++k)
-        sampler_.sample(step, k, tc.batch_size, w.data() + (size_t)k * tc.batch_size * (cfg_.model.seq_len + 1));
-      for (int32_t t : w) shadow_present_[t] = 1;
-      accumulate_gradients(model, params, w.data(), tc.batch_size, tc.grad_accum);
-      apply_update(params, opt, tc, step);
-    }
-    if (!fit) return;
-    std::vector<float> delta(global.size());
-    gather(params, delta.data());
-    for (size_t i = 0; i < delta.size(); ++i) delta[i] -= global[i];
-    rule_.fit(features(delta), shadow_present_);
-  }
-  void party_update(int p, const std::vector<float>& update) {
-    const TrainConfig& tc = cfg_.train;
-    const int E = cfg_.fed.local_steps, V = cfg_.model.vocab_size;
-    std::vector<int32_t> w((size_t)tc.grad_accum * tc.batch_size * (cfg_.model.seq_len + 1));
-    std::vector<uint8_t> actual(V, 0);
-    for (int s = 0; s < E; ++s) {
-      ctx_.fill_turn(p, (int64_t)round_ * E + s, w.data());
-      for (int32_t t : w) actual[t] = 1;
-    }
-    const eval::TokenSetScore sc = eval::score_token_set(rule_.predict(features(update)), actual);
-    // The best guess without the update: the tokens of the server's own public round.
-    const eval::TokenSetScore prior = eval::score_token_set(shadow_present_, actual);
-    cells_.push_back({{"round", round_}, {"party", p}, {"precision", sc.precision}, {"recall", sc.recall},
-                      {"predicted", sc.predicted}, {"actual", sc.actual}, {"chance_precision", (double)sc.actual / V},
-                      {"prior_precision", prior.precision}, {"prior_recall", prior.recall}});
-  }
-  const nlohmann::json& cells() const { return cells_; }
-
- private:
-  eval::TokenFeatures features(const std::vector<float>& update) const {
-    const int V = cfg_.model.vocab_size, C = cfg_.model.d_model;
-    if (full_) return eval::embedding_row_features(update.data() + wte_, global_.data() + wte_, V, C);
-    std::vector<const float*> a;
-    for (size_t offset : lora_a_) a.push_back(update.data() + offset);
-    return eval::lora_input_features(a, cfg_.fed.lora.rank, inputs_.data(), V, C);
-  }
-
-  CollabContext& ctx_;
-  const RunConfig& cfg_;
-  data::TokenStream pub_;
-  data::BatchSampler sampler_;
-  std::unique_ptr<LocalModel> full_;  // the shadow party: full-model modes
-  std::unique_ptr<LoraModel> lora_;   // fedavg-lora
-  size_t wte_ = 0;                    // full: the embedding rows in the trainable state
-  std::vector<size_t> lora_a_;        // fedavg-lora: the first layer's A matrices in the adapters' state
-  std::vector<float> inputs_;         // fedavg-lora: [V, C] each token's input to those adapters
-  int round_ = 0;
-  std::vector<float> global_;
-  std::vector<uint8_t> shadow_present_;
-  eval::TokenRule rule_;
-  nlohmann::json cells_ = nlohmann::json::array();
-};
 
 }  // namespace
 
@@ -220,7 +105,7 @@ nlohmann::json round_line(const std::string& mode, const FedConfig& fc, int64_t 
   return line;
 }
 
-nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
+nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode, const ServerObserverFactory& server_audit) {
   const RunConfig& cfg = ctx.config();
   const FedConfig& fc = cfg.fed;
   const int n = ctx.n_parties();
@@ -253,13 +138,7 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
   };
   add_point(0);
   const auto t_train = clock_type::now();
-  std::unique_ptr<ServerAudit> audit;
-  if (cfg.audit.enabled) {
-    if (fc.public_categories.empty())
-      out["audit"] = "skipped: the server's attack needs public text (fed.public_categories)";
-    else
-      audit = std::make_unique<ServerAudit>(ctx, mode, start.base);
-  }
+  std::unique_ptr<ServerObserver> audit = server_audit ? server_audit(ctx, mode, start.base, out) : nullptr;
   for (int r = 0; r < rounds; ++r) {
     if (audit) audit->begin_round(r, s.server().global(), recorded_round(cfg.audit, rounds, r));
     if (audit && recorded_round(cfg.audit, rounds, r)) {
@@ -322,10 +201,10 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode) {
   return out;
 }
 
-std::map<std::string, ExtraMode> fed_modes() {
+std::map<std::string, ExtraMode> fed_modes(const ServerObserverFactory& server_audit) {
   std::map<std::string, ExtraMode> m;
   for (const char* name : {"fedavg", "int8", "topk-ef", "cg-fedllm", "fedavg-lora"})
-    m[name] = [mode = std::string(name)](CollabContext& ctx) { return run_fed_mode(ctx, mode); };
+    m[name] = [mode = std::string(name), server_audit](CollabContext& ctx) { return run_fed_mode(ctx, mode, server_audit); };
   return m;
 }
 

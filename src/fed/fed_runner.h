@@ -36,12 +36,30 @@ std::unique_ptr<BlockAutoencoder> server_autoencoder(const RunConfig& cfg, const
 // Party p's line of metrics.jsonl for round r, as collab writes it (and a deployed party).
 nlohmann::json round_line(const std::string& mode, const FedConfig& fc, int64_t round, int party, const PartyRound& pr);
 
+// What watches a mode's rounds from the server's seat, beside the training: the leakage audit's
+// federated server (eval/fed_server_audit.h), reached through this door so that fed/ holds no
+// attack and does not depend on eval/.
+class ServerObserver {
+ public:
+  virtual ~ServerObserver() = default;
+  // Every round, before the parties' updates, with the round's global state; `recorded`: the
+  // audit's round, whose parties' decoded updates follow through party_update.
+  virtual void begin_round(int round, const std::vector<float>& global, bool recorded) = 0;
+  virtual void party_update(int party, const std::vector<float>& update) = 0;
+  virtual nlohmann::json cells() const = 0;  // the mode report's "audit_bag_of_words"
+};
+// A mode's observer (null: none; it may note why in the mode's report `facts`), given
+// fedavg-lora's frozen base (empty in the other modes).
+using ServerObserverFactory = std::function<std::unique_ptr<ServerObserver>(
+    CollabContext& ctx, const std::string& mode, const std::vector<float>& base, nlohmann::json& facts)>;
+
 // Runs one mode; its report: per party validation losses, bytes up (sent) and down (received)
 // per trained token, planned memory, reconstruction cosine and SNR; the server's memory, the
-// rounds, the codec's uplink bytes and, for cg-fedllm, TGAP's pre-training losses.
-nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode);
+// rounds, the codec's uplink bytes and, for cg-fedllm, TGAP's pre-training losses; with
+// `server_audit`, its observer's cells.
+nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode, const ServerObserverFactory& server_audit);
 
-// The five modes, for run_collab's extra_modes.
-std::map<std::string, ExtraMode> fed_modes();
+// The five modes, for run_collab's extra_modes, each watched by `server_audit` (if given).
+std::map<std::string, ExtraMode> fed_modes(const ServerObserverFactory& server_audit = {});
 
 }  // namespace pcmoe::fed

@@ -118,4 +118,11 @@ void ParamSet::copy_values_from(const ParamSet& part) {
   for (const ParamTensor& t : part.tensors()) std::copy_n(part.value(t.name), t.numel, value(t.name));
 }
 
+void scale_grads(ParamSet& params, float coef) {
+  if (coef == 1.0f) return;
+  float* g = params.grads();
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < params.numel(); ++i) g[i] *= coef;
+}
+
 }  // namespace pcmoe

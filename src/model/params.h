@@ -75,4 +75,7 @@ std::string layer_param(int layer, const char* what);
 std::string expert_param(int layer, int expert, const char* what);
 std::string dense_param(int layer, const char* what);
 
+// Every gradient of `params` times `coef` (clipping, and DP-SGD's division by the expected batch).
+void scale_grads(ParamSet& params, float coef);
+
 }  // namespace pcmoe

@@ -9,9 +9,8 @@
 #include "model/model.h"
 #include "privacy/accountant.h"
 #include "privacy/noise.h"
+#include "privacy/privacy_config.h"
 #include "privacy/sampling.h"
-#include "train/adamw.h"
-#include "train/train_config.h"
 
 namespace pcmoe {
 
@@ -92,10 +91,5 @@ NoiseSource noise_for(const DpPlan& plan, uint64_t stream);
 
 // What the optimizer gets: every gradient coordinate += N(0, σ²C²), then divided by qN.
 void privatise_gradients(ParamSet& params, NoiseSource& noise, const DpPlan& plan);
-
-// One centralised DP-SGD step: zero the gradients, clipped sum over step `step`'s Poisson batch,
-// Gaussian noise N(0, σ²C²) on every coordinate, division by the expected batch qN, AdamW at `lr`.
-ClippedBatch dp_local_step(Model& model, ParamSet& params, AdamW& opt, NoiseSource& noise, const PrivacyUnits& units,
-                           const DpPlan& plan, const PoissonSampler& batches, int64_t step, float lr);
 
 }  // namespace pcmoe

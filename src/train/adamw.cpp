@@ -37,13 +37,6 @@ float clip_coefficient(double norm, float max_norm) {
   return coef < 1.0f ? coef : 1.0f;
 }
 
-void scale_grads(ParamSet& params, float coef) {
-  if (coef == 1.0f) return;
-  float* g = params.grads();
-#pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < params.numel(); ++i) g[i] *= coef;
-}
-
 AdamW::AdamW(const ParamSet& params, const TrainConfig& c)
     : beta1_(c.beta1), beta2_(c.beta2), eps_(c.eps), weight_decay_(c.weight_decay),
       m_(params.numel() * sizeof(float)), v_(params.numel() * sizeof(float)) {}

@@ -21,7 +21,6 @@ double grad_norm(const ParamSet& params);
 // torch.nn.utils.clip_grad_norm_'s factor: max_norm / (norm + 1e-6) when that is below 1, else 1
 // (and 1 when clipping is off, max_norm = 0).
 float clip_coefficient(double norm, float max_norm);
-void scale_grads(ParamSet& params, float coef);
 
 class AdamW {
  public:

@@ -11,7 +11,7 @@
 #include <optional>
 #include <sstream>
 
-#include "privacy/dp_sgd.h"
+#include "train/dp_step.h"
 #include "train/local_model.h"
 #include "tensor/gemm.h"
 #include "train/checkpoint.h"
