@@ -59,8 +59,36 @@ nlohmann::json to_json(const FedConfig& c) {
           {"server_beta2", c.server_beta2}, {"server_tau", c.server_tau}};
 }
 
-bool is_fed_mode(const std::string& m) {
-  return m == "fedavg" || m == "int8" || m == "topk-ef" || m == "cg-fedllm" || m == "fedavg-lora";
+const std::vector<FedMode>& fed_mode_table() {
+  static const std::vector<FedMode> table = {
+      {"fedavg", FedCodec::fp32, false},
+      {"int8", FedCodec::int8, false},
+      {"topk-ef", FedCodec::topk_ef, false},
+      {"cg-fedllm", FedCodec::autoencoder, false},
+      {"fedavg-lora", FedCodec::fp32, true},
+  };
+  return table;
+}
+
+const FedMode* find_fed_mode(const std::string& mode) {
+  for (const FedMode& m : fed_mode_table())
+    if (mode == m.name) return &m;
+  return nullptr;
+}
+
+const FedMode& fed_mode(const std::string& mode) {
+  if (const FedMode* m = find_fed_mode(mode)) return *m;
+  throw std::runtime_error("unknown federated mode '" + mode + "' (expected " + fed_mode_names(" or ") + ")");
+}
+
+bool is_fed_mode(const std::string& mode) { return find_fed_mode(mode) != nullptr; }
+
+std::string fed_mode_names(const std::string& last_separator) {
+  const std::vector<FedMode>& table = fed_mode_table();
+  std::string names;
+  for (size_t i = 0; i < table.size(); ++i)
+    names += (i == 0 ? "" : i + 1 == table.size() ? last_separator : ", ") + std::string(table[i].name);
+  return names;
 }
 
 void check_fed_config(const FedConfig& c, const ModelConfig& model, int train_steps,
@@ -70,14 +98,20 @@ void check_fed_config(const FedConfig& c, const ModelConfig& model, int train_st
     throw std::runtime_error("config key 'fed.local_steps' (" + std::to_string(c.local_steps) +
                              ") must divide train.steps (" + std::to_string(train_steps) +
                              "): every party trains the same tokens in every mode");
-  if (std::find(modes.begin(), modes.end(), "fedavg-lora") != modes.end()) {
+  const auto any_mode = [&modes](auto row_matches) {
+    return std::any_of(modes.begin(), modes.end(), [&](const std::string& m) {
+      const FedMode* row = find_fed_mode(m);
+      return row && row_matches(*row);
+    });
+  };
+  if (any_mode([](const FedMode& m) { return m.lora; })) {
     try {
       lora_layout(model, c.lora);
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string("invalid fed config (lora_rank, lora_alpha, lora_targets): ") + e.what());
     }
   }
-  if (std::find(modes.begin(), modes.end(), "cg-fedllm") != modes.end() && c.tgap_steps > 0 &&
+  if (any_mode([](const FedMode& m) { return m.codec == FedCodec::autoencoder; }) && c.tgap_steps > 0 &&
       c.autoencoder.empty() && c.public_categories.empty())
     throw std::runtime_error("mode cg-fedllm pre-trains its autoencoder (TGAP) on public data: set "
                              "'fed.public_categories' to corpus categories no party holds, or 'fed.tgap_steps' to 0");

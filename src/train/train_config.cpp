@@ -82,7 +82,7 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   for (const std::string& m : c.modes)
     if (m != "pc-moe" && m != "centralised" && m != "local-only" && !is_fed_mode(m))
       throw std::runtime_error("config key 'collab.modes': unknown mode '" + m +
-                               "' (expected pc-moe, centralised, local-only, fedavg, int8, topk-ef, cg-fedllm)");
+                               "' (expected pc-moe, centralised, local-only, " + fed_mode_names() + ")");
   return c;
 }
 
