@@ -6,29 +6,37 @@
 #include "common/json_fields.h"
 
 namespace pcmoe {
+namespace {
+
+// The section's keys, each declared once (common/json_fields.h).
+const auto fed_fields = [](auto& c, auto&& field) {
+  field("local_steps", c.local_steps);
+  field("block_size", c.block_size);
+  field("latent_ratio", c.latent_ratio);
+  field("ae_lr", c.ae_lr);
+  field("ae_batch", c.ae_batch);
+  field("tgap_steps", c.tgap_steps);
+  field("tgap_blocks", c.tgap_blocks);
+  field("tgap_epochs", c.tgap_epochs);
+  field("faf_steps", c.faf_steps);
+  field("public_categories", c.public_categories);
+  field("autoencoder", c.autoencoder);
+  field("lora_rank", c.lora.rank);
+  field("lora_alpha", c.lora.alpha);
+  field("lora_targets", c.lora.targets);
+  field("server_optimizer", c.server_optimizer);
+  field("server_lr", c.server_lr);
+  field("server_beta1", c.server_beta1);
+  field("server_beta2", c.server_beta2);
+  field("server_tau", c.server_tau);
+};
+
+}  // namespace
 
 FedConfig fed_config_from_json(const nlohmann::json& j) {
   FedConfig c;
   JsonFields f(j, "fed");
-  f.read("local_steps", c.local_steps);
-  f.read("block_size", c.block_size);
-  f.read("latent_ratio", c.latent_ratio);
-  f.read("ae_lr", c.ae_lr);
-  f.read("ae_batch", c.ae_batch);
-  f.read("tgap_steps", c.tgap_steps);
-  f.read("tgap_blocks", c.tgap_blocks);
-  f.read("tgap_epochs", c.tgap_epochs);
-  f.read("faf_steps", c.faf_steps);
-  f.read("public_categories", c.public_categories);
-  f.read("autoencoder", c.autoencoder);
-  f.read("lora_rank", c.lora.rank);
-  f.read("lora_alpha", c.lora.alpha);
-  f.read("lora_targets", c.lora.targets);
-  f.read("server_optimizer", c.server_optimizer);
-  f.read("server_lr", c.server_lr);
-  f.read("server_beta1", c.server_beta1);
-  f.read("server_beta2", c.server_beta2);
-  f.read("server_tau", c.server_tau);
+  read_fields(f, c, fed_fields);
   f.reject_unknown();
   auto require = [](bool ok, const char* what) {
     if (!ok) throw std::runtime_error(std::string("invalid fed config: ") + what);
@@ -49,15 +57,7 @@ FedConfig fed_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
-nlohmann::json to_json(const FedConfig& c) {
-  return {{"local_steps", c.local_steps}, {"block_size", c.block_size}, {"latent_ratio", c.latent_ratio},
-          {"ae_lr", c.ae_lr},             {"ae_batch", c.ae_batch},     {"tgap_steps", c.tgap_steps},
-          {"tgap_blocks", c.tgap_blocks}, {"tgap_epochs", c.tgap_epochs}, {"faf_steps", c.faf_steps},
-          {"public_categories", c.public_categories}, {"autoencoder", c.autoencoder},
-          {"lora_rank", c.lora.rank}, {"lora_alpha", c.lora.alpha}, {"lora_targets", c.lora.targets},
-          {"server_optimizer", c.server_optimizer}, {"server_lr", c.server_lr}, {"server_beta1", c.server_beta1},
-          {"server_beta2", c.server_beta2}, {"server_tau", c.server_tau}};
-}
+nlohmann::json to_json(const FedConfig& c) { return fields_to_json(c, fed_fields); }
 
 const std::vector<FedMode>& fed_mode_table() {
   static const std::vector<FedMode> table = {
