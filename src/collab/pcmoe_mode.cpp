@@ -9,15 +9,11 @@
 
 namespace pcmoe {
 
-// PC-MoE: every party trains on its own data in the seeded round-robin; experts on their hosts.
-nlohmann::json run_pcmoe(Shared& sh) {
+namespace {
+
+// Each party's start: DP's per-sequence aux weight, the Hugging Face init, the state noise.
+void prepare_parties(PcMoeSession& session, const Shared& sh, int n, bool dp) {
   const RunConfig& cfg = sh.cfg;
-  const int n = (int)sh.parties.size();
-  InProcessTransport net;
-  const bool dp = private_run(sh);
-  const HostPrivacy hp = dp ? HostPrivacy{true, sh.plans[0].seeded, sh.plans[0].test_seed} : HostPrivacy{};
-  PcMoeSession session(dp ? sh.dp_model : cfg.model, cfg.train, n, net, dp ? sh.dp_max_batch : 0, hp,
-                       parse_wire_dtype(cfg.collab.wire_dtype), parse_exchange(cfg.collab.exchange));
   if (dp)
     for (int p = 0; p < n; ++p) session.party(p).model.set_aux_per_sequence(sh.plans[p].aux_per_unit);
   if (!cfg.collab.init_from.empty()) {
@@ -33,6 +29,29 @@ nlohmann::json run_pcmoe(Shared& sh) {
                                                cfg.collab.state_noise_seed
                                                    ? NoiseSource::seeded(cfg.collab.state_noise_seed, (uint64_t)p + 1)
                                                    : NoiseSource::secure());
+}
+
+// The training traffic, one row per (message kind, sender, receiver).
+nlohmann::json traffic_by_kind(const TrafficStats& training) {
+  nlohmann::json traffic = nlohmann::json::array();
+  for (const auto& [key, c] : training.by_kind_pair)
+    traffic.push_back({{"kind", to_string(std::get<0>(key))}, {"from", std::get<1>(key)}, {"to", std::get<2>(key)},
+                       {"messages", c.messages}, {"bytes", c.bytes}});
+  return traffic;
+}
+
+}  // namespace
+
+// PC-MoE: every party trains on its own data in the seeded round-robin; experts on their hosts.
+nlohmann::json run_pcmoe(Shared& sh) {
+  const RunConfig& cfg = sh.cfg;
+  const int n = (int)sh.parties.size();
+  InProcessTransport net;
+  const bool dp = private_run(sh);
+  const HostPrivacy hp = dp ? HostPrivacy{true, sh.plans[0].seeded, sh.plans[0].test_seed} : HostPrivacy{};
+  PcMoeSession session(dp ? sh.dp_model : cfg.model, cfg.train, n, net, dp ? sh.dp_max_batch : 0, hp,
+                       parse_wire_dtype(cfg.collab.wire_dtype), parse_exchange(cfg.collab.exchange));
+  prepare_parties(session, sh, n, dp);
   std::unique_ptr<Recorder> recorder;
   const fs::path audit_dir = sh.out_dir / "audit";
   if (cfg.audit.enabled) {
@@ -130,11 +149,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
   }
   curve.push_back(curve_point(sh.rounds, sh, end_sent, end_received, end_loss));
   out["curve"] = curve;
-  nlohmann::json traffic = nlohmann::json::array();
-  for (const auto& [key, c] : training.by_kind_pair)
-    traffic.push_back({{"kind", to_string(std::get<0>(key))}, {"from", std::get<1>(key)}, {"to", std::get<2>(key)},
-                       {"messages", c.messages}, {"bytes", c.bytes}});
-  out["traffic"] = traffic;
+  out["traffic"] = traffic_by_kind(training);
   if (recorder)
     out["audit_recording"] = {{"observer", cfg.audit.observer}, {"records", recorder->records()},
                               {"bytes", recorder->bytes()}, {"dir", audit_dir.string()}};

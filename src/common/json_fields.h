@@ -53,4 +53,22 @@ class JsonFields {
   std::set<std::string> seen_;
 };
 
+// A config section declares each field once, as a list `fields(config, field)` that calls
+// field("key", config.member) per field; both JSON directions walk that one list. A key added
+// after configs were saved passes its default as a third argument: it is written only when it
+// differs, so the hashes of earlier configs (joins, checkpoints, recordings) stay what they were.
+template <class Config, class Fields>
+void read_fields(JsonFields& f, Config& c, const Fields& fields) {
+  fields(c, [&f](const char* key, auto& member, const auto&...) { f.read(key, member); });
+}
+
+template <class Config, class Fields>
+nlohmann::json fields_to_json(const Config& c, const Fields& fields) {
+  nlohmann::json j = nlohmann::json::object();
+  fields(c, [&j](const char* key, const auto& member, const auto&... unwritten_default) {
+    if (!(... || (member == unwritten_default))) j[key] = member;
+  });
+  return j;
+}
+
 }  // namespace pcmoe

@@ -19,6 +19,19 @@ void require_one_of(const std::string& value, const std::string& key,
   throw std::runtime_error("config key '" + key + "' is '" + value + "'; expected one of: " + list);
 }
 
+// The section's keys, each declared once (common/json_fields.h). vocab_size is not one: it
+// belongs to the model section.
+const auto data_fields = [](auto& c, auto&& field) {
+  field("corpus", c.corpus);
+  field("path", c.path);
+  field("categories", c.categories);
+  field("val_fraction", c.val_fraction);
+  field("split_seed", c.split_seed);
+  field("tokenizer_type", c.tokenizer_type);
+  field("cache_dir", c.cache_dir);
+  field("tokenizer", c.tokenizer);
+};
+
 }  // namespace
 
 DataConfig data_config_from_json(const nlohmann::json& j) {
@@ -28,14 +41,7 @@ DataConfig data_config_from_json(const nlohmann::json& j) {
     throw std::runtime_error("unknown config key 'data.vocab_size' (set model.vocab_size instead)");
   }
   DataConfig c;
-  fields.read("corpus", c.corpus);
-  fields.read("path", c.path);
-  fields.read("categories", c.categories);
-  fields.read("val_fraction", c.val_fraction);
-  fields.read("split_seed", c.split_seed);
-  fields.read("tokenizer_type", c.tokenizer_type);
-  fields.read("cache_dir", c.cache_dir);
-  fields.read("tokenizer", c.tokenizer);
+  read_fields(fields, c, data_fields);
   fields.reject_unknown();
 
   require_one_of(c.corpus, "data.corpus", {"brown", "text", "jsonl"});
@@ -49,16 +55,6 @@ DataConfig data_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
-nlohmann::json to_json(const DataConfig& c) {
-  // vocab_size is left out: it belongs to the model section (see data_config_from_json).
-  return {{"corpus", c.corpus},
-          {"path", c.path},
-          {"categories", c.categories},
-          {"val_fraction", c.val_fraction},
-          {"split_seed", c.split_seed},
-          {"tokenizer_type", c.tokenizer_type},
-          {"cache_dir", c.cache_dir},
-          {"tokenizer", c.tokenizer}};
-}
+nlohmann::json to_json(const DataConfig& c) { return fields_to_json(c, data_fields); }
 
 }  // namespace pcmoe::data

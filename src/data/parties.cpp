@@ -248,26 +248,28 @@ void assign_by_path(const Corpus& corpus, const Split& split, PartyLists& train,
   for (size_t i : split.val) val[party_of_prefixed(corpus.docs[i], val.size())].push_back(i);
 }
 
+// The section's keys, each declared once (common/json_fields.h).
+const auto party_split_fields = [](auto& c, auto&& field) {
+  field("mode", c.mode);
+  field("n_parties", c.n_parties);
+  field("alpha", c.alpha);
+  field("seed", c.seed);
+  field("genres", c.genres);
+  field("paths", c.paths);
+};
+
 }  // namespace
 
 PartySplitConfig party_split_config_from_json(const nlohmann::json& j) {
   JsonFields fields(j, "parties");
   PartySplitConfig c;
-  fields.read("mode", c.mode);
-  fields.read("n_parties", c.n_parties);
-  fields.read("alpha", c.alpha);
-  fields.read("seed", c.seed);
-  fields.read("genres", c.genres);
-  fields.read("paths", c.paths);
+  read_fields(fields, c, party_split_fields);
   fields.reject_unknown();
   validate(c);
   return c;
 }
 
-nlohmann::json to_json(const PartySplitConfig& c) {
-  return {{"mode", c.mode}, {"n_parties", c.n_parties}, {"alpha", c.alpha},
-          {"seed", c.seed}, {"genres", c.genres},       {"paths", c.paths}};
-}
+nlohmann::json to_json(const PartySplitConfig& c) { return fields_to_json(c, party_split_fields); }
 
 std::vector<PartyData> assign_parties(const Corpus& corpus, const Split& split, const PartySplitConfig& cfg,
                                       int only) {

@@ -133,6 +133,48 @@ void routing_trace_cells(const std::vector<Trace>& pub, const std::vector<Trace>
   }
 }
 
+// The rounds the observer's views were saved at (view_r<round>), in order.
+std::vector<int64_t> viewed_rounds(const fs::path& rec_dir) {
+  std::vector<int64_t> rounds;
+  for (const auto& entry : fs::directory_iterator(rec_dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("view_r", 0) == 0) rounds.push_back(std::stoll(name.substr(6)));
+  }
+  std::sort(rounds.begin(), rounds.end());
+  if (rounds.empty()) throw std::runtime_error("'" + rec_dir.string() + "' holds no observer views (view_r<round>)");
+  return rounds;
+}
+
+// The scorer's truth for the per-string report: each victim's rebuilt batch of this round, and
+// every recorded row's position in it checked against the token recorded there.
+void check_rows_against_batches(SecretsAudit& secrets, const RunConfig& cfg, const Recording& rec,
+                                const CollabData& data, int64_t round, const std::map<int, Rows>& vic) {
+  std::vector<int32_t> batch((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
+  for (int victim = 0; victim < rec.n_parties; ++victim) {
+    if (victim == rec.observer) continue;
+    fill_turn(cfg, data.parties[victim], round, batch.data());
+    secrets.set_batch(round, victim, batch);
+  }
+  for (const auto& [layer, v] : vic) {
+    for (int i = 0; i < v.n(); ++i) secrets.check(v.input_at[i], v.input[i]);
+    for (size_t i = 0; i < v.target.size(); ++i) secrets.check(v.target_at[i], v.target[i]);
+  }
+}
+
+// The federated server's attack runs where the server decodes (collab's fed modes); its results
+// are in each run's report, per mode.
+nlohmann::json gather_bag_of_words(const std::vector<fs::path>& runs) {
+  nlohmann::json bag_of_words = nlohmann::json::object();
+  for (const fs::path& run : runs) {
+    const fs::path report_path = run / "report.json";
+    if (!fs::exists(report_path)) continue;
+    nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
+    for (const auto& [mode, r] : report["modes"].items())  // none in a deployment's report
+      if (r.contains("audit_bag_of_words")) bag_of_words[mode] = r["audit_bag_of_words"];
+  }
+  return bag_of_words;
+}
+
 }  // namespace
 
 nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir, const AuditOptions& opt) {
@@ -142,13 +184,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
     throw std::runtime_error("'" + run_dir + "' has no recording (audit/recording.bin): train it with an \"audit\" "
                              "section in the config (docs/audit.md)");
   const Recording rec = read_recording(rec_dir.string());
-  std::vector<int64_t> rounds;
-  for (const auto& entry : fs::directory_iterator(rec_dir)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("view_r", 0) == 0) rounds.push_back(std::stoll(name.substr(6)));
-  }
-  std::sort(rounds.begin(), rounds.end());
-  if (rounds.empty()) throw std::runtime_error("'" + rec_dir.string() + "' holds no observer views (view_r<round>)");
+  const std::vector<int64_t> rounds = viewed_rounds(rec_dir);
   const fs::path first_view = rec_dir / ("view_r" + std::to_string(rounds[0]));
   const RunConfig cfg = read_checkpoint_config(first_view.string());
   if (run_fingerprint(read_config_json((first_view / "config.json").string())) != rec.fingerprint)
@@ -183,18 +219,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
     routing_trace_cells(pub.traces, victim_traces(cfg, rec, round), moe_layers(mc), round, C, V, cells, links);
     // Per (signal, attack): its guesses over every layer, placed by the truth's positions.
     std::map<std::pair<std::string, std::string>, std::pair<Reconstruction, Reading>> rebuilt;
-    if (secrets) {
-      std::vector<int32_t> batch((size_t)cfg.train.grad_accum * cfg.train.batch_size * (T + 1));
-      for (int victim = 0; victim < rec.n_parties; ++victim) {
-        if (victim == rec.observer) continue;
-        fill_turn(cfg, data.parties[victim], round, batch.data());
-        secrets->set_batch(round, victim, batch);
-      }
-      for (const auto& [layer, v] : vic) {
-        for (int i = 0; i < v.n(); ++i) secrets->check(v.input_at[i], v.input[i]);
-        for (size_t i = 0; i < v.target.size(); ++i) secrets->check(v.target_at[i], v.target[i]);
-      }
-    }
+    if (secrets) check_rows_against_batches(*secrets, cfg, rec, data, round, vic);
     for (const auto& [layer, v] : vic) {
       const Rows& p = pub.rows.at(layer);
       // The attacker's own public rows each attack is also scored on (its trust in a layer).
@@ -254,15 +279,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
   runs.insert(runs.end(), opt.fed_runs.begin(), opt.fed_runs.end());
   const nlohmann::json membership =
       membership_cells(runs, rec.observer, rec.n_parties, rec_dir / ("view_r" + std::to_string(rounds[0])));
-  // The federated server's attack runs where the server decodes (collab's fed modes); gather it.
-  nlohmann::json bag_of_words = nlohmann::json::object();
-  for (const fs::path& run : runs) {
-    const fs::path report_path = run / "report.json";
-    if (!fs::exists(report_path)) continue;
-    nlohmann::json report = nlohmann::json::parse(std::ifstream(report_path));
-    for (const auto& [mode, r] : report["modes"].items())  // none in a deployment's report
-      if (r.contains("audit_bag_of_words")) bag_of_words[mode] = r["audit_bag_of_words"];
-  }
+  const nlohmann::json bag_of_words = gather_bag_of_words(runs);
   nlohmann::json out = {{"run", run_dir},   {"observer", rec.observer},   {"rounds", rounds},
                         {"public_windows", n_windows}, {"cells", cells}, {"links", links}, {"membership", membership},
                         {"bag_of_words", bag_of_words}};

@@ -9,6 +9,7 @@
 #include "eval/membership.h"
 #include "privacy/dp_sgd.h"
 #include "train/checkpoint.h"
+#include "train/fed_config.h"
 
 namespace fs = std::filesystem;
 
@@ -22,8 +23,7 @@ std::vector<std::pair<std::string, fs::path>> released_models(const fs::path& ru
       {"pc-moe, the observer's model", run / ("party" + std::to_string(observer)) / "checkpoint"},
       {"centralised", run / "centralised" / "checkpoint"},
       {"local-only, the victim's model", run / "local-only" / ("party" + std::to_string(v)) / "checkpoint"}};
-  for (const char* mode : {"fedavg", "int8", "topk-ef", "cg-fedllm", "fedavg-lora"})
-    out.push_back({mode, run / mode / "checkpoint"});
+  for (const FedMode& mode : fed_mode_table()) out.push_back({mode.name, run / mode.name / "checkpoint"});
   // Not saved: a deployment keeps no party's whole model.
   std::erase_if(out, [](const auto& m) { return !fs::exists(m.second / "model.safetensors"); });
   return out;

@@ -4,6 +4,7 @@
 
 #include "eval/bag_of_words.h"
 #include "fed/lora_model.h"
+#include "train/fed_config.h"
 #include "train/step.h"
 
 namespace pcmoe::eval {
@@ -35,7 +36,7 @@ class ServerAudit : public fed::ServerObserver {
       : ctx_(ctx), cfg_(ctx.config()), pub_(ctx.public_tokens(cfg_.fed.public_categories)),
         sampler_(pub_, cfg_.model.seq_len, cfg_.train.seed + 7919) {
     const int V = cfg_.model.vocab_size, C = cfg_.model.d_model;
-    if (mode != "fedavg-lora") {
+    if (!fed_mode(mode).lora) {
       full_ = std::make_unique<LocalModel>(cfg_.model, cfg_.train);
       wte_ = gather_offset(full_->params, "wte");
       return;

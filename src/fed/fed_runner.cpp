@@ -56,10 +56,10 @@ FedStart fed_start(const RunConfig& cfg, const std::string& mode) {
     s.global.resize(trainable_numel(init));
     gather(init, s.global.data());
   }
-  if ((mode == "int8" || mode == "topk-ef" || mode == "cg-fedllm") && (size_t)fc.block_size > s.global.size())
+  if (fed_mode(mode).compressed() && (size_t)fc.block_size > s.global.size())
     throw std::runtime_error("config key 'fed.block_size' (" + std::to_string(fc.block_size) + ") is larger than the update (" +
                              std::to_string(s.global.size()) + " floats) that mode " + mode + " cuts into blocks");
-  if (mode == "fedavg-lora") {
+  if (fed_mode(mode).lora) {
     // The full model is the frozen shared start; the global trainable state is the adapters.
     s.base = std::move(s.global);
     LoraAdapters lora(cfg.model, fc.lora, 1);
@@ -74,9 +74,9 @@ nlohmann::json fed_facts(const RunConfig& cfg, const std::string& mode, size_t t
   const FedConfig& fc = cfg.fed;
   nlohmann::json out = {{"rounds", cfg.train.steps / fc.local_steps}, {"local_steps", fc.local_steps},
                         {"trainable_floats", trainable_floats}, {"server_optimizer", fc.server_optimizer}};
-  if (mode == "fedavg-lora")
+  if (fed_mode(mode).lora)
     out["lora"] = {{"rank", fc.lora.rank}, {"alpha", fc.lora.alpha}, {"targets", fc.lora.targets}};
-  if (mode == "topk-ef") out["topk_k"] = matched_topk(trainable_floats, fc.block_size, fc.latent());
+  if (fed_mode(mode).codec == FedCodec::topk_ef) out["topk_k"] = matched_topk(trainable_floats, fc.block_size, fc.latent());
   return out;
 }
 
@@ -84,7 +84,7 @@ std::unique_ptr<BlockAutoencoder> server_autoencoder(const RunConfig& cfg, const
                                                      const std::vector<float>& initial,
                                                      const std::function<data::TokenStream()>& public_text,
                                                      nlohmann::json& facts) {
-  if (mode != "cg-fedllm") return nullptr;
+  if (fed_mode(mode).codec != FedCodec::autoencoder) return nullptr;
   const FedConfig& fc = cfg.fed;
   auto ae = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), cfg.train.seed);
   if (!fc.autoencoder.empty()) load_autoencoder(fc.autoencoder, *ae);
@@ -97,11 +97,11 @@ std::unique_ptr<BlockAutoencoder> server_autoencoder(const RunConfig& cfg, const
 nlohmann::json round_line(const std::string& mode, const FedConfig& fc, int64_t round, int party, const PartyRound& pr) {
   nlohmann::json line = {{"mode", mode}, {"round", round}, {"party", party}, {"loss", pr.loss.total}, {"ce", pr.loss.ce},
                          {"lr", pr.lr}, {"grad_norm", pr.grad_norm}};
-  if (mode != "fedavg" && mode != "fedavg-lora") {
+  if (fed_mode(mode).compressed()) {
     line["cosine"] = pr.fidelity.cosine;
     line["snr_db"] = pr.fidelity.snr_db;
   }
-  if (mode == "cg-fedllm" && fc.faf_steps > 0) line["faf_mse"] = pr.faf_loss;
+  if (fed_mode(mode).codec == FedCodec::autoencoder && fc.faf_steps > 0) line["faf_mse"] = pr.faf_loss;
   return line;
 }
 
@@ -162,8 +162,8 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode, const S
   out["curve"] = curve;
   const TrafficStats training = net.stats();
   const double tokens = (double)cfg.train.steps * ctx.tokens_per_turn();
-  if (mode == "cg-fedllm") {
-    const std::filesystem::path dir = std::filesystem::path(ctx.out_dir()) / "cg-fedllm";
+  if (s.server().autoencoder()) {
+    const std::filesystem::path dir = std::filesystem::path(ctx.out_dir()) / mode;
     std::filesystem::create_directories(dir);
     save_autoencoder(*s.server().autoencoder(), (dir / "autoencoder.safetensors").string());
   }
@@ -171,7 +171,7 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode, const S
     // The released model (the base with the adapters merged, in fedavg-lora): the membership
     // audit's target.
     ParamSet released(cfg.model, ParamSelection{});
-    if (mode == "fedavg-lora") {
+    if (fed_mode(mode).lora) {
       LoraAdapters lora(cfg.model, fc.lora, 1);
       scatter(s.server().global().data(), lora.params());
       scatter(start.base.data(), released);
@@ -189,7 +189,7 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode, const S
     j["bytes_sent_per_token"] = training.bytes_sent(p) / tokens;
     j["bytes_received_per_token"] = training.bytes_received(p) / tokens;
     j["memory"] = s.party(p).memory();
-    if (mode != "fedavg" && mode != "fedavg-lora") {
+    if (fed_mode(mode).compressed()) {
       j["reconstruction_cosine"] = cos_sum[p] / rounds;
       j["reconstruction_snr_db"] = snr_sum[p] / rounds;
     }
@@ -203,8 +203,8 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode, const S
 
 std::map<std::string, ExtraMode> fed_modes(const ServerObserverFactory& server_audit) {
   std::map<std::string, ExtraMode> m;
-  for (const char* name : {"fedavg", "int8", "topk-ef", "cg-fedllm", "fedavg-lora"})
-    m[name] = [mode = std::string(name), server_audit](CollabContext& ctx) { return run_fed_mode(ctx, mode, server_audit); };
+  for (const FedMode& row : fed_mode_table())
+    m[row.name] = [mode = std::string(row.name), server_audit](CollabContext& ctx) { return run_fed_mode(ctx, mode, server_audit); };
   return m;
 }
 

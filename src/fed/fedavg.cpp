@@ -19,25 +19,29 @@ Bytes slice(const Bytes& b, size_t from, size_t len) {
   return Bytes(b.begin() + from, b.begin() + from + len);
 }
 
-bool faf(const std::string& mode, const FedConfig& fc) { return mode == "cg-fedllm" && fc.faf_steps > 0; }
+bool faf(const std::string& mode, const FedConfig& fc) {
+  return fed_mode(mode).codec == FedCodec::autoencoder && fc.faf_steps > 0;
+}
 
 }  // namespace
 
 std::unique_ptr<UpdateCodec> make_codec(const std::string& mode, size_t n, const FedConfig& fc,
                                         const BlockAutoencoder* ae) {
-  if (mode == "fedavg" || mode == "fedavg-lora") return std::make_unique<Fp32Codec>();
-  if (mode == "int8") return std::make_unique<Int8Codec>(fc.block_size);
-  if (mode == "topk-ef") return std::make_unique<TopKCodec>(n, matched_topk(n, fc.block_size, fc.latent()));
-  if (mode == "cg-fedllm") {
-    if (!ae) throw std::logic_error("cg-fedllm codec needs an autoencoder");
-    return std::make_unique<AutoencoderCodec>(*ae);
+  switch (fed_mode(mode).codec) {
+    case FedCodec::fp32: return std::make_unique<Fp32Codec>();
+    case FedCodec::int8: return std::make_unique<Int8Codec>(fc.block_size);
+    case FedCodec::topk_ef: return std::make_unique<TopKCodec>(n, matched_topk(n, fc.block_size, fc.latent()));
+    case FedCodec::autoencoder:
+      if (!ae) throw std::logic_error("the autoencoder codec (" + mode + ") needs an autoencoder");
+      return std::make_unique<AutoencoderCodec>(*ae);
   }
-  throw std::runtime_error("unknown federated mode '" + mode + "'");
+  throw std::logic_error("a federated mode's codec has no factory");
 }
 
 size_t largest_round_message(const std::string& mode, size_t n, const FedConfig& fc, uint64_t seed) {
   std::unique_ptr<BlockAutoencoder> ae;
-  if (mode == "cg-fedllm") ae = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), seed);
+  if (fed_mode(mode).codec == FedCodec::autoencoder)
+    ae = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), seed);
   const size_t ae_n = ae ? ae->numel() : 0;
   const size_t down = 4 * (n + ae_n);
   const size_t up = 8 + make_codec(mode, n, fc, ae.get())->encoded_bytes(n) + (faf(mode, fc) ? 4 * ae_n : 0);
@@ -47,16 +51,17 @@ size_t largest_round_message(const std::string& mode, size_t n, const FedConfig&
 FedParty::FedParty(const ModelConfig& mc, const TrainConfig& tc, const FedConfig& fc, const std::string& mode, int id,
                    int local_steps, BatchFn data, const std::vector<float>& base)
     : id_(id), local_steps_(local_steps), tc_(tc), fc_(fc),
-      full_(mode == "fedavg-lora" ? nullptr : std::make_unique<LocalModel>(mc, tc)),
-      lora_(mode == "fedavg-lora" ? std::make_unique<LoraModel>(mc, tc, fc.lora) : nullptr), data_(std::move(data)),
+      full_(fed_mode(mode).lora ? nullptr : std::make_unique<LocalModel>(mc, tc)),
+      lora_(fed_mode(mode).lora ? std::make_unique<LoraModel>(mc, tc, fc.lora) : nullptr), data_(std::move(data)),
       n_(trainable_numel(trainable())), global_(n_), update_(n_), decoded_(n_),
       windows_((size_t)tc.grad_accum * tc.batch_size * (mc.seq_len + 1)) {
   if (lora_) {
     if (base.size() != trainable_numel(lora_->base))
-      throw std::logic_error("fedavg-lora needs the frozen base model of every party");
+      throw std::logic_error(mode + " needs the frozen base model of every party");
     scatter(base.data(), lora_->base);
   }
-  if (mode == "cg-fedllm") ae_ = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), tc.seed);
+  if (fed_mode(mode).codec == FedCodec::autoencoder)
+    ae_ = std::make_unique<BlockAutoencoder>(fc.block_size, fc.latent(), tc.seed);
   codec_ = make_codec(mode, n_, fc, ae_.get());
 }
 

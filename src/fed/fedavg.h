@@ -23,9 +23,8 @@
 
 namespace pcmoe::fed {
 
-// The codec of a mode ("fedavg" and "fedavg-lora": fp32, "int8", "topk-ef", "cg-fedllm") for
-// updates of n floats;
-// cg-fedllm's codes with `ae`.
+// The codec of a mode (its row's FedCodec, train/fed_config.h) for updates of n floats; the
+// autoencoder codec codes with `ae`.
 std::unique_ptr<UpdateCodec> make_codec(const std::string& mode, size_t n, const FedConfig& fc,
                                         const BlockAutoencoder* ae);
 

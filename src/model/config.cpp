@@ -29,27 +29,37 @@ void ModelConfig::validate() const {
   require(aux_loss_weight >= 0 && z_loss_weight >= 0, "loss weights must be >= 0");
 }
 
+namespace {
+
+// The section's keys, each declared once (common/json_fields.h); compute_dtype, a name in JSON
+// and a Dtype here, is read and written beside them.
+const auto model_fields = [](auto& c, auto&& field) {
+  field("vocab_size", c.vocab_size);
+  field("d_model", c.d_model);
+  field("n_layers", c.n_layers);
+  field("n_heads", c.n_heads);
+  field("n_kv_heads", c.n_kv_heads);
+  field("d_ff", c.d_ff);
+  field("d_ff_dense", c.d_ff_dense);
+  field("n_experts", c.n_experts);
+  field("top_k", c.top_k);
+  field("moe_every", c.moe_every);
+  field("seq_len", c.seq_len);
+  field("renormalize", c.renormalize);
+  field("tie_embeddings", c.tie_embeddings);
+  field("qk_norm", c.qk_norm);
+  field("rope_theta", c.rope_theta);
+  field("norm_eps", c.norm_eps);
+  field("aux_loss_weight", c.aux_loss_weight);
+  field("z_loss_weight", c.z_loss_weight);
+};
+
+}  // namespace
+
 ModelConfig model_config_from_json(const nlohmann::json& j) {
   ModelConfig c;
   JsonFields f(j, "model");
-  f.read("vocab_size", c.vocab_size);
-  f.read("d_model", c.d_model);
-  f.read("n_layers", c.n_layers);
-  f.read("n_heads", c.n_heads);
-  f.read("n_kv_heads", c.n_kv_heads);
-  f.read("d_ff", c.d_ff);
-  f.read("d_ff_dense", c.d_ff_dense);
-  f.read("n_experts", c.n_experts);
-  f.read("top_k", c.top_k);
-  f.read("moe_every", c.moe_every);
-  f.read("seq_len", c.seq_len);
-  f.read("renormalize", c.renormalize);
-  f.read("tie_embeddings", c.tie_embeddings);
-  f.read("qk_norm", c.qk_norm);
-  f.read("rope_theta", c.rope_theta);
-  f.read("norm_eps", c.norm_eps);
-  f.read("aux_loss_weight", c.aux_loss_weight);
-  f.read("z_loss_weight", c.z_loss_weight);
+  read_fields(f, c, model_fields);
   std::string compute = to_string(c.compute_dtype);
   f.read("compute_dtype", compute);
   c.compute_dtype = parse_dtype(compute, "model.compute_dtype");
@@ -62,13 +72,9 @@ ModelConfig model_config_from_json(const nlohmann::json& j) {
 }
 
 nlohmann::json to_json(const ModelConfig& c) {
-  return {{"vocab_size", c.vocab_size}, {"d_model", c.d_model}, {"n_layers", c.n_layers},
-          {"n_heads", c.n_heads}, {"n_kv_heads", c.n_kv_heads}, {"d_ff", c.d_ff},
-          {"d_ff_dense", c.d_ff_dense}, {"n_experts", c.n_experts}, {"top_k", c.top_k},
-          {"moe_every", c.moe_every}, {"seq_len", c.seq_len}, {"renormalize", c.renormalize},
-          {"tie_embeddings", c.tie_embeddings}, {"qk_norm", c.qk_norm}, {"rope_theta", c.rope_theta},
-          {"norm_eps", c.norm_eps}, {"aux_loss_weight", c.aux_loss_weight},
-          {"z_loss_weight", c.z_loss_weight}, {"compute_dtype", to_string(c.compute_dtype)}};
+  nlohmann::json j = fields_to_json(c, model_fields);
+  j["compute_dtype"] = to_string(c.compute_dtype);
+  return j;
 }
 
 nlohmann::json architecture_json(const ModelConfig& c) {

@@ -83,8 +83,8 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
     throw std::runtime_error("config key 'deploy.parties' lists " + std::to_string(c.parties.size()) +
                              " parties but parties.n_parties is " + std::to_string(n));
   if (c.mode != "pc-moe" && !is_fed_mode(c.mode))
-    throw std::runtime_error("config key 'deploy.mode' is '" + c.mode +
-                             "': expected pc-moe, fedavg, fedavg-lora, int8, topk-ef or cg-fedllm");
+    throw std::runtime_error("config key 'deploy.mode' is '" + c.mode + "': expected pc-moe, " +
+                             fed_mode_names(" or "));
   if (c.fed_server != "party0" && c.fed_server != "separate")
     throw std::runtime_error("config key 'deploy.fed_server' is '" + c.fed_server + "': expected party0 or separate");
   if (c.fed_server == "separate" && !is_federated(c))

@@ -112,7 +112,7 @@ nlohmann::json drive_rounds(const DeployRun& dr, GrpcTransport& net, FedStart st
   rep["train_seconds"] = seconds_since(t0);
   training = net.traffic();
   if (server.autoencoder()) {
-    const fs::path dir = fs::path(out_dir) / "cg-fedllm";
+    const fs::path dir = fs::path(out_dir) / mode;
     fs::create_directories(dir);
     save_autoencoder(*server.autoencoder(), (dir / "autoencoder.safetensors").string());
   }
@@ -196,7 +196,7 @@ nlohmann::json run_fed_party(const PartyOptions& opts, const DeployRun& dr) {
     rep["tokens"] = tokens;
     rep.update(traffic_report(training, me, tokens));
     rep["memory"] = party.memory();
-    if (mode != "fedavg" && mode != "fedavg-lora") {
+    if (fed_mode(mode).compressed()) {
       rep["reconstruction_cosine"] = cos_sum / party.rounds();
       rep["reconstruction_snr_db"] = snr_sum / party.rounds();
     }

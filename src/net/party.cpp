@@ -133,6 +133,155 @@ double cpu_seconds() {
   return (double)u.ru_utime.tv_sec + (double)u.ru_stime.tv_sec + 1e-6 * (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
+// What a party's training loop and its save points share; everything in it is run_party's.
+struct PartyRun {
+  const RunConfig& cfg;
+  const DeployRun& dr;
+  const std::string& name;
+  int me, n;
+  GrpcTransport& net;
+  CollabParty& party;
+  CoordinatorClient& coord;
+  const CollabData& data;
+  const fs::path &ckpt, &audit_dir;
+  const std::string& hash;
+  bool observer;  // this party records the audit (and saves its backbone in the views)
+  int64_t end_turn;
+};
+
+// What the training loop did in this process.
+struct TurnsDone {
+  double seconds = 0, busy = 0;  // the loop's wall time; the time in this party's own turns
+  int64_t trained = 0;           // turns of this run (a resumed party's earlier ones are in party.turns)
+};
+
+// Rejects a config a deployed pc-moe party cannot run.
+void check_party_config(const RunConfig& cfg, int me, int n) {
+  if (me < 0 || me >= n) throw std::runtime_error("--party must be in [0, " + std::to_string(n) + ")");
+  if (n > cfg.model.n_experts)
+    throw std::runtime_error("need parties.n_parties <= model.n_experts (" + std::to_string(cfg.model.n_experts) + ")");
+  if (cfg.privacy.enabled)
+    throw std::runtime_error("DP-SGD (the privacy section) runs in `pcmoe collab` only; deployed parties do not "
+                             "carry per-unit turns yet");
+}
+
+// The leakage audit's recording side (docs/audit.md).
+struct PartyAudit {
+  std::unique_ptr<Recorder> recorder;
+  std::unique_ptr<SentTruthWriter> sent_truth;
+  std::mutex mu;
+};
+
+// The observer records what it receives; every other party keeps the truth of the expert requests
+// it sends the observer (the scorer's, not the observer's).
+void start_audit_tap(PartyAudit& audit, GrpcTransport& net, CollabParty& party, const RunConfig& cfg, int me, int n,
+                     const fs::path& audit_dir, bool resume) {
+  if (resume)
+    throw std::runtime_error("an audited deployment (the audit section) cannot be resumed: its recording covers one "
+                             "unbroken run");
+  const int observer = cfg.audit.observer;
+  if (me == observer)
+    audit.recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(to_json(cfg)));
+  else audit.sent_truth = std::make_unique<SentTruthWriter>(audit_dir.string());
+  const Tap record = audit.recorder ? audit.recorder->tap() : Tap{};
+  net.set_tap([&audit, &net, &party, &cfg, me, n, observer, record](MsgKind kind, int from, int to, bool is_response,
+                                                                     const Bytes& payload) {
+    std::lock_guard<std::mutex> lock(audit.mu);
+    // A request to this party's host is of the host's turn (a peer's step label is not trusted).
+    const uint64_t step = to == me && !is_response ? party.host.turn() : net.step();
+    const int64_t round = (int64_t)step / n;
+    const bool recorded = round < cfg.train.steps && recorded_round(cfg.audit, cfg.train.steps, round);
+    if (audit.recorder) {
+      audit.recorder->set_round(round, recorded);
+      record(kind, from, to, is_response, payload);
+    } else if (recorded && to == observer && is_expert_request(kind, is_response)) {
+      audit.sent_truth->add(round, kind, expert_call_truth(party.model, payload, observer, n));
+    }
+  });
+}
+
+// Every party checkpoints at the same turns: once all turns before one are done (barrier), each
+// saves, and once all have saved (barrier), each drops its older checkpoints.
+void checkpoint_at(const PartyRun& r, int64_t turn) {
+  r.coord.barrier("checkpoint " + std::to_string(turn));
+  save_party_checkpoint(r.ckpt, turn, r.cfg, r.party, r.hash, r.data.tokenizer_model);
+  r.coord.barrier("saved " + std::to_string(turn));
+  drop_checkpoints_but(r.ckpt, turn);
+  std::fprintf(stderr, "%s: checkpoint at turn %lld\n", r.name.c_str(), (long long)turn);
+}
+
+// The audit's views: at each recorded round's start every party saves its shard, the observer its
+// backbone too, while no turn runs.
+int64_t next_view_from(const PartyRun& r, int64_t turn) {
+  for (int64_t round = (turn + r.n - 1) / r.n; r.cfg.audit.enabled && round < r.cfg.train.steps; ++round)
+    if (recorded_round(r.cfg.audit, r.cfg.train.steps, round)) return round * r.n;
+  return r.end_turn;
+}
+
+void save_view(const PartyRun& r, int64_t turn) {
+  const std::string round = std::to_string(turn / r.n);
+  r.coord.barrier("view " + round);
+  save_checkpoint((r.audit_dir / ("shard_r" + round)).string(), r.cfg, r.party.host.params(), nullptr, turn / r.n, "");
+  if (r.observer)
+    save_checkpoint((r.audit_dir / ("backbone_r" + round)).string(), r.cfg, r.party.backbone, nullptr, turn / r.n,
+                    r.data.tokenizer_model);
+  r.coord.barrier("view saved " + round);
+}
+
+// This party's turn `mine`, once the coordinator hands it out; returns its seconds.
+double train_own_turn(const PartyRun& r, const TurnPlan& plan, int64_t mine, int32_t* windows, std::ostream& metrics) {
+  const Turn t = r.coord.next_turn();
+  if (t.done || (int64_t)t.turn != mine)
+    throw std::runtime_error("the coordinator handed out turn " + std::to_string(t.turn) + ", this party's next is " +
+                             std::to_string(mine));
+  const auto t_turn = clock_type::now();
+  fill_turn(r.cfg, r.data.parties[r.me], (int64_t)t.round, windows);
+  r.net.set_step(t.turn);
+  const TurnResult res = run_turn(r.party, r.net, r.cfg.train, plan, (int64_t)t.turn, windows);
+  const double seconds = seconds_since(t_turn);
+  metrics << nlohmann::json{{"mode", "pc-moe"}, {"round", t.round}, {"party", r.me}, {"loss", res.loss.total},
+                            {"ce", res.loss.ce}, {"lr", res.lr}, {"grad_norm", res.grad_norm}, {"turn", t.turn}}.dump()
+          << "\n";
+  metrics.flush();
+  r.coord.turn_done(t.turn);
+  std::fprintf(stderr, "%s: turn %llu (round %llu) loss %.4f\n", r.name.c_str(), (unsigned long long)t.turn,
+               (unsigned long long)t.round, res.loss.ce);
+  return seconds;
+}
+
+// Turns first_turn .. end_turn-1 in the seeded order: this party's own, with the checkpoints and
+// audit views that fall before each, then every party's barrier "trained".
+TurnsDone train_turns(const PartyRun& r, int64_t first_turn, const fs::path& metrics_path) {
+  std::ofstream metrics(metrics_path, first_turn > 0 ? std::ios::app : std::ios::trunc);
+  const TurnPlan plan(r.cfg.model, r.n);
+  std::vector<int32_t> windows((size_t)r.cfg.train.grad_accum * r.cfg.train.batch_size * (r.cfg.model.seq_len + 1));
+  const int64_t every = (int64_t)r.dr.deploy.checkpoint_every * r.n;
+  int64_t next_checkpoint = every > 0 ? (first_turn / every + 1) * every : r.end_turn;
+  int64_t next_view = next_view_from(r, first_turn);
+  const auto t0 = clock_type::now();
+  TurnsDone done;
+  for (int64_t from = first_turn;;) {
+    const int64_t mine = next_turn_of(r.cfg.train.seed, r.n, r.me, from, r.end_turn);
+    for (int64_t stop; (stop = std::min(next_checkpoint, next_view)) < r.end_turn && stop <= mine;) {
+      if (stop == next_view) {
+        save_view(r, stop);
+        next_view = next_view_from(r, stop + 1);
+      }
+      if (stop == next_checkpoint) {
+        checkpoint_at(r, stop);
+        next_checkpoint += every;
+      }
+    }
+    if (mine >= r.end_turn) break;
+    done.busy += train_own_turn(r, plan, mine, windows.data(), metrics);
+    ++done.trained;
+    from = mine + 1;
+  }
+  r.coord.barrier("trained");
+  done.seconds = seconds_since(t0);
+  return done;
+}
+
 }  // namespace
 
 nlohmann::json run_party(const PartyOptions& opts) {
@@ -140,12 +289,7 @@ nlohmann::json run_party(const PartyOptions& opts) {
   if (is_federated(dr.deploy)) return run_fed_party(opts, dr);
   const RunConfig& cfg = dr.run;
   const int n = cfg.parties.n_parties, me = opts.party;
-  if (me < 0 || me >= n) throw std::runtime_error("--party must be in [0, " + std::to_string(n) + ")");
-  if (n > cfg.model.n_experts)
-    throw std::runtime_error("need parties.n_parties <= model.n_experts (" + std::to_string(cfg.model.n_experts) + ")");
-  if (cfg.privacy.enabled)
-    throw std::runtime_error("DP-SGD (the privacy section) runs in `pcmoe collab` only; deployed parties do not "
-                             "carry per-unit turns yet");
+  check_party_config(cfg, me, n);
   const std::string name = dr.deploy.parties[me].name;
   std::optional<TlsFiles> tls;
   if (!opts.insecure) tls = read_tls_files(opts.certs_dir, name);
@@ -172,35 +316,11 @@ nlohmann::json run_party(const PartyOptions& opts) {
                              "): pass --resume to continue it, or give another --out");
   const int64_t end_turn = (int64_t)n * (opts.until >= 0 ? std::min<int64_t>(opts.until, cfg.train.steps) : cfg.train.steps);
   net.count_turns_below((uint64_t)end_turn);  // the report's traffic is training traffic, as in collab
-  // The leakage audit (docs/audit.md): the observer records what it receives; every other party
-  // keeps the truth of the expert requests it sends the observer (the scorer's, not the
-  // observer's); at each recorded round's start all save their state for the audit's views.
+  // The leakage audit (docs/audit.md): at each recorded round's start all save their state for the
+  // audit's views.
   const fs::path audit_dir = fs::path(opts.out_dir) / "audit";
-  const int observer = cfg.audit.observer;
-  std::unique_ptr<Recorder> recorder;
-  std::unique_ptr<SentTruthWriter> sent_truth;
-  std::mutex tap_mu;
-  if (cfg.audit.enabled) {
-    if (opts.resume)
-      throw std::runtime_error("an audited deployment (the audit section) cannot be resumed: its recording covers one "
-                               "unbroken run");
-    if (me == observer) recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(to_json(cfg)));
-    else sent_truth = std::make_unique<SentTruthWriter>(audit_dir.string());
-    const Tap record = recorder ? recorder->tap() : Tap{};
-    net.set_tap([&, record](MsgKind kind, int from, int to, bool is_response, const Bytes& payload) {
-      std::lock_guard<std::mutex> lock(tap_mu);
-      // A request to this party's host is of the host's turn (a peer's step label is not trusted).
-      const uint64_t step = to == me && !is_response ? party.host.turn() : net.step();
-      const int64_t round = (int64_t)step / n;
-      const bool recorded = round < cfg.train.steps && recorded_round(cfg.audit, cfg.train.steps, round);
-      if (recorder) {
-        recorder->set_round(round, recorded);
-        record(kind, from, to, is_response, payload);
-      } else if (recorded && to == observer && is_expert_request(kind, is_response)) {
-        sent_truth->add(round, kind, expert_call_truth(party.model, payload, observer, n));
-      }
-    });
-  }
+  PartyAudit audit;
+  if (cfg.audit.enabled) start_audit_tap(audit, net, party, cfg, me, n, audit_dir, opts.resume);
   std::unique_ptr<CoordinatorService> coordinator;
   if (me == 0)
     coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), sections, cfg.train.seed, end_turn);
@@ -238,74 +358,9 @@ nlohmann::json run_party(const PartyOptions& opts) {
     coord.barrier("serving");
     std::fprintf(stderr, "%s: all %d parties joined, %.2f s after this process started; training turns %lld..%lld\n",
                  name.c_str(), n, report["started_to_joined_s"].get<double>(), (long long)first_turn, (long long)end_turn - 1);
-    std::ofstream metrics(metrics_path, first_turn > 0 ? std::ios::app : std::ios::trunc);
-    const TurnPlan plan(cfg.model, n);
-    std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
-    // Every party checkpoints at the same turns: once all turns before one are done (barrier),
-    // each saves, and once all have saved (barrier), each drops its older checkpoints.
-    const int64_t every = (int64_t)dr.deploy.checkpoint_every * n;
-    int64_t next_checkpoint = every > 0 ? (first_turn / every + 1) * every : end_turn;
-    const auto checkpoint_at = [&](int64_t turn) {
-      coord.barrier("checkpoint " + std::to_string(turn));
-      save_party_checkpoint(ckpt, turn, cfg, party, hash, data.tokenizer_model);
-      coord.barrier("saved " + std::to_string(turn));
-      drop_checkpoints_but(ckpt, turn);
-      std::fprintf(stderr, "%s: checkpoint at turn %lld\n", name.c_str(), (long long)turn);
-    };
-    // The audit's views: at each recorded round's start every party saves its shard, the observer
-    // its backbone too, while no turn runs.
-    const auto next_view_from = [&](int64_t turn) {
-      for (int64_t r = (turn + n - 1) / n; cfg.audit.enabled && r < cfg.train.steps; ++r)
-        if (recorded_round(cfg.audit, cfg.train.steps, r)) return r * n;
-      return end_turn;
-    };
-    int64_t next_view = next_view_from(first_turn);
-    const auto save_view = [&](int64_t turn) {
-      const std::string round = std::to_string(turn / n);
-      coord.barrier("view " + round);
-      save_checkpoint((audit_dir / ("shard_r" + round)).string(), cfg, party.host.params(), nullptr, turn / n, "");
-      if (recorder)
-        save_checkpoint((audit_dir / ("backbone_r" + round)).string(), cfg, party.backbone, nullptr, turn / n,
-                        data.tokenizer_model);
-      coord.barrier("view saved " + round);
-    };
-    const auto t0 = clock_type::now();
-    double busy = 0;
-    int64_t trained = 0;  // turns of this run (a resumed party's earlier ones are in party.turns)
-    for (int64_t from = first_turn;;) {
-      const int64_t mine = next_turn_of(cfg.train.seed, n, me, from, end_turn);
-      for (int64_t stop; (stop = std::min(next_checkpoint, next_view)) < end_turn && stop <= mine;) {
-        if (stop == next_view) {
-          save_view(stop);
-          next_view = next_view_from(stop + 1);
-        }
-        if (stop == next_checkpoint) {
-          checkpoint_at(stop);
-          next_checkpoint += every;
-        }
-      }
-      if (mine >= end_turn) break;
-      const Turn t = coord.next_turn();
-      if (t.done || (int64_t)t.turn != mine)
-        throw std::runtime_error("the coordinator handed out turn " + std::to_string(t.turn) + ", this party's next is " +
-                                 std::to_string(mine));
-      const auto t_turn = clock_type::now();
-      fill_turn(cfg, own, (int64_t)t.round, windows.data());
-      net.set_step(t.turn);
-      const TurnResult r = run_turn(party, net, cfg.train, plan, (int64_t)t.turn, windows.data());
-      busy += seconds_since(t_turn);
-      ++trained;
-      metrics << nlohmann::json{{"mode", "pc-moe"}, {"round", t.round}, {"party", me}, {"loss", r.loss.total},
-                                {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}, {"turn", t.turn}}.dump()
-              << "\n";
-      metrics.flush();
-      coord.turn_done(t.turn);
-      std::fprintf(stderr, "%s: turn %llu (round %llu) loss %.4f\n", name.c_str(), (unsigned long long)t.turn,
-                   (unsigned long long)t.round, r.loss.ce);
-      from = mine + 1;
-    }
-    coord.barrier("trained");
-    const double seconds = seconds_since(t0);
+    const PartyRun run{cfg, dr, name, me, n, net, party, coord, data, ckpt, audit_dir, hash,
+                       audit.recorder != nullptr, end_turn};
+    const TurnsDone done = train_turns(run, first_turn, metrics_path);
     const TrafficStats training = net.traffic();  // every training call to or from this party is done
                                                   // (later calls to its host are not counted)
     save_party_checkpoint(ckpt, end_turn, cfg, party, hash, data.tokenizer_model);
@@ -315,13 +370,13 @@ nlohmann::json run_party(const PartyOptions& opts) {
     drop_checkpoints_but(ckpt, end_turn);
     coord.stop_heartbeat();
     if (coordinator) coordinator->wait_released("finished", dr.deploy.call_timeout_s);
-    const double tokens = (double)trained * data.tokens_per_turn;
-    report["turns"] = trained;
+    const double tokens = (double)done.trained * data.tokens_per_turn;
+    report["turns"] = done.trained;
     report["turns_total"] = party.turns;
     report["tokens"] = tokens;
-    report["train_seconds"] = seconds;
-    report["own_turn_seconds"] = busy;
-    report["tokens_per_s_own_turns"] = busy > 0 ? tokens / busy : 0.0;
+    report["train_seconds"] = done.seconds;
+    report["own_turn_seconds"] = done.busy;
+    report["tokens_per_s_own_turns"] = done.busy > 0 ? tokens / done.busy : 0.0;
     report.update(traffic_report(training, me, tokens));
     report["transport"] = net.secure() ? "grpc+mtls" : "grpc-insecure";
     report["wire_dtype"] = cfg.collab.wire_dtype;

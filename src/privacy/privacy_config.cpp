@@ -6,24 +6,34 @@
 #include "common/json_fields.h"
 
 namespace pcmoe {
+namespace {
+
+// The section's keys, each declared once (common/json_fields.h). epsilon, delta and
+// noise_multiplier may be absent (0 stands for "not given", which the checks below keep to):
+// absent keys stay absent, so a checkpoint's config reads back.
+const auto privacy_fields = [](auto& c, auto&& field) {
+  field("epsilon", c.epsilon, 0.0);
+  field("delta", c.delta, 0.0);
+  field("allow_weak_delta", c.allow_weak_delta);
+  field("clip", c.clip);
+  field("sampling_rate", c.sampling_rate);
+  field("noise_multiplier", c.noise_multiplier, 0.0);
+  field("accountant", c.accountant);
+  field("conversion", c.conversion);
+  field("unit", c.unit);
+  field("aux_loss", c.aux_loss);
+  field("clipping", c.clipping);
+  field("test_seed", c.test_seed);
+  field("sampling", c.sampling);
+};
+
+}  // namespace
 
 PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
   PrivacyConfig c;
   c.enabled = true;
   JsonFields f(j, "privacy");
-  f.read("epsilon", c.epsilon);
-  f.read("delta", c.delta);
-  f.read("allow_weak_delta", c.allow_weak_delta);
-  f.read("clip", c.clip);
-  f.read("sampling_rate", c.sampling_rate);
-  f.read("noise_multiplier", c.noise_multiplier);
-  f.read("accountant", c.accountant);
-  f.read("conversion", c.conversion);
-  f.read("unit", c.unit);
-  f.read("aux_loss", c.aux_loss);
-  f.read("clipping", c.clipping);
-  f.read("test_seed", c.test_seed);
-  f.read("sampling", c.sampling);
+  read_fields(f, c, privacy_fields);
   // The key before test_seed: -1 ("secure") is what configs saved in checkpoints still carry.
   int64_t noise_seed = -1;
   f.read("noise_seed", noise_seed);
@@ -50,16 +60,6 @@ PrivacyConfig privacy_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
-nlohmann::json to_json(const PrivacyConfig& c) {
-  nlohmann::json j = {{"clip", c.clip},         {"sampling_rate", c.sampling_rate}, {"accountant", c.accountant},
-                      {"conversion", c.conversion}, {"unit", c.unit},             {"aux_loss", c.aux_loss},
-                      {"clipping", c.clipping},     {"test_seed", c.test_seed},     {"sampling", c.sampling},
-                      {"allow_weak_delta", c.allow_weak_delta}};
-  // Absent keys stay absent (0 stands for "not given"), so a checkpoint's config reads back.
-  if (c.epsilon > 0) j["epsilon"] = c.epsilon;
-  if (c.delta > 0) j["delta"] = c.delta;
-  if (c.noise_multiplier > 0) j["noise_multiplier"] = c.noise_multiplier;
-  return j;
-}
+nlohmann::json to_json(const PrivacyConfig& c) { return fields_to_json(c, privacy_fields); }
 
 }  // namespace pcmoe

@@ -6,29 +6,37 @@
 #include "common/json_fields.h"
 
 namespace pcmoe {
+namespace {
+
+// The section's keys, each declared once (common/json_fields.h).
+const auto fed_fields = [](auto& c, auto&& field) {
+  field("local_steps", c.local_steps);
+  field("block_size", c.block_size);
+  field("latent_ratio", c.latent_ratio);
+  field("ae_lr", c.ae_lr);
+  field("ae_batch", c.ae_batch);
+  field("tgap_steps", c.tgap_steps);
+  field("tgap_blocks", c.tgap_blocks);
+  field("tgap_epochs", c.tgap_epochs);
+  field("faf_steps", c.faf_steps);
+  field("public_categories", c.public_categories);
+  field("autoencoder", c.autoencoder);
+  field("lora_rank", c.lora.rank);
+  field("lora_alpha", c.lora.alpha);
+  field("lora_targets", c.lora.targets);
+  field("server_optimizer", c.server_optimizer);
+  field("server_lr", c.server_lr);
+  field("server_beta1", c.server_beta1);
+  field("server_beta2", c.server_beta2);
+  field("server_tau", c.server_tau);
+};
+
+}  // namespace
 
 FedConfig fed_config_from_json(const nlohmann::json& j) {
   FedConfig c;
   JsonFields f(j, "fed");
-  f.read("local_steps", c.local_steps);
-  f.read("block_size", c.block_size);
-  f.read("latent_ratio", c.latent_ratio);
-  f.read("ae_lr", c.ae_lr);
-  f.read("ae_batch", c.ae_batch);
-  f.read("tgap_steps", c.tgap_steps);
-  f.read("tgap_blocks", c.tgap_blocks);
-  f.read("tgap_epochs", c.tgap_epochs);
-  f.read("faf_steps", c.faf_steps);
-  f.read("public_categories", c.public_categories);
-  f.read("autoencoder", c.autoencoder);
-  f.read("lora_rank", c.lora.rank);
-  f.read("lora_alpha", c.lora.alpha);
-  f.read("lora_targets", c.lora.targets);
-  f.read("server_optimizer", c.server_optimizer);
-  f.read("server_lr", c.server_lr);
-  f.read("server_beta1", c.server_beta1);
-  f.read("server_beta2", c.server_beta2);
-  f.read("server_tau", c.server_tau);
+  read_fields(f, c, fed_fields);
   f.reject_unknown();
   auto require = [](bool ok, const char* what) {
     if (!ok) throw std::runtime_error(std::string("invalid fed config: ") + what);
@@ -49,18 +57,38 @@ FedConfig fed_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
-nlohmann::json to_json(const FedConfig& c) {
-  return {{"local_steps", c.local_steps}, {"block_size", c.block_size}, {"latent_ratio", c.latent_ratio},
-          {"ae_lr", c.ae_lr},             {"ae_batch", c.ae_batch},     {"tgap_steps", c.tgap_steps},
-          {"tgap_blocks", c.tgap_blocks}, {"tgap_epochs", c.tgap_epochs}, {"faf_steps", c.faf_steps},
-          {"public_categories", c.public_categories}, {"autoencoder", c.autoencoder},
-          {"lora_rank", c.lora.rank}, {"lora_alpha", c.lora.alpha}, {"lora_targets", c.lora.targets},
-          {"server_optimizer", c.server_optimizer}, {"server_lr", c.server_lr}, {"server_beta1", c.server_beta1},
-          {"server_beta2", c.server_beta2}, {"server_tau", c.server_tau}};
+nlohmann::json to_json(const FedConfig& c) { return fields_to_json(c, fed_fields); }
+
+const std::vector<FedMode>& fed_mode_table() {
+  static const std::vector<FedMode> table = {
+      {"fedavg", FedCodec::fp32, false},
+      {"int8", FedCodec::int8, false},
+      {"topk-ef", FedCodec::topk_ef, false},
+      {"cg-fedllm", FedCodec::autoencoder, false},
+      {"fedavg-lora", FedCodec::fp32, true},
+  };
+  return table;
 }
 
-bool is_fed_mode(const std::string& m) {
-  return m == "fedavg" || m == "int8" || m == "topk-ef" || m == "cg-fedllm" || m == "fedavg-lora";
+const FedMode* find_fed_mode(const std::string& mode) {
+  for (const FedMode& m : fed_mode_table())
+    if (mode == m.name) return &m;
+  return nullptr;
+}
+
+const FedMode& fed_mode(const std::string& mode) {
+  if (const FedMode* m = find_fed_mode(mode)) return *m;
+  throw std::runtime_error("unknown federated mode '" + mode + "' (expected " + fed_mode_names(" or ") + ")");
+}
+
+bool is_fed_mode(const std::string& mode) { return find_fed_mode(mode) != nullptr; }
+
+std::string fed_mode_names(const std::string& last_separator) {
+  const std::vector<FedMode>& table = fed_mode_table();
+  std::string names;
+  for (size_t i = 0; i < table.size(); ++i)
+    names += (i == 0 ? "" : i + 1 == table.size() ? last_separator : ", ") + std::string(table[i].name);
+  return names;
 }
 
 void check_fed_config(const FedConfig& c, const ModelConfig& model, int train_steps,
@@ -70,14 +98,20 @@ void check_fed_config(const FedConfig& c, const ModelConfig& model, int train_st
     throw std::runtime_error("config key 'fed.local_steps' (" + std::to_string(c.local_steps) +
                              ") must divide train.steps (" + std::to_string(train_steps) +
                              "): every party trains the same tokens in every mode");
-  if (std::find(modes.begin(), modes.end(), "fedavg-lora") != modes.end()) {
+  const auto any_mode = [&modes](auto row_matches) {
+    return std::any_of(modes.begin(), modes.end(), [&](const std::string& m) {
+      const FedMode* row = find_fed_mode(m);
+      return row && row_matches(*row);
+    });
+  };
+  if (any_mode([](const FedMode& m) { return m.lora; })) {
     try {
       lora_layout(model, c.lora);
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string("invalid fed config (lora_rank, lora_alpha, lora_targets): ") + e.what());
     }
   }
-  if (std::find(modes.begin(), modes.end(), "cg-fedllm") != modes.end() && c.tgap_steps > 0 &&
+  if (any_mode([](const FedMode& m) { return m.codec == FedCodec::autoencoder; }) && c.tgap_steps > 0 &&
       c.autoencoder.empty() && c.public_categories.empty())
     throw std::runtime_error("mode cg-fedllm pre-trains its autoencoder (TGAP) on public data: set "
                              "'fed.public_categories' to corpus categories no party holds, or 'fed.tgap_steps' to 0");

@@ -40,7 +40,28 @@ nlohmann::json to_json(const FedConfig& c);
 // public data, fedavg-lora's adapters must fit the model. Throws std::runtime_error naming the key.
 void check_fed_config(const FedConfig& c, const ModelConfig& model, int train_steps,
                       const std::vector<std::string>& modes);
+
+// How a federated mode's update crosses the wire: as it is, or through one of fed/'s codecs
+// (fed::make_codec builds each).
+enum class FedCodec { fp32, int8, topk_ef, autoencoder };
+
+// The federated modes of `pcmoe collab` and of a deployment, one row each: the one place their
+// names are written. The config checks, the runner, the deployment and the audit read the rows.
+struct FedMode {
+  const char* name;
+  FedCodec codec;
+  bool lora;  // trains LoRA adapters over a frozen shared base, not the whole model
+  // The update loses precision on the wire (its fidelity is reported), cut into fed.block_size blocks.
+  bool compressed() const { return codec != FedCodec::fp32; }
+};
+const std::vector<FedMode>& fed_mode_table();
+// The row named `mode`, or nullptr when it is not a federated mode.
+const FedMode* find_fed_mode(const std::string& mode);
+// The row named `mode`; throws std::runtime_error when there is none.
+const FedMode& fed_mode(const std::string& mode);
 // The modes of `pcmoe collab` that are federated baselines.
 bool is_fed_mode(const std::string& mode);
+// The table's names in order, joined by ", " (the last by `last_separator`), for error messages.
+std::string fed_mode_names(const std::string& last_separator = ", ");
 
 }  // namespace pcmoe

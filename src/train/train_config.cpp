@@ -24,49 +24,62 @@ void TrainConfig::validate() const {
           "eval_every >= 0, eval_windows >= 1, log_every >= 1, checkpoint_every >= 0");
 }
 
+namespace {
+
+// The train section's keys, each declared once (common/json_fields.h).
+const auto train_fields = [](auto& c, auto&& field) {
+  field("batch_size", c.batch_size);
+  field("grad_accum", c.grad_accum);
+  field("steps", c.steps);
+  field("lr", c.lr);
+  field("min_lr", c.min_lr);
+  field("warmup", c.warmup);
+  field("weight_decay", c.weight_decay);
+  field("beta1", c.beta1);
+  field("beta2", c.beta2);
+  field("eps", c.eps);
+  field("grad_clip", c.grad_clip);
+  field("seed", c.seed);
+  field("threads", c.threads);
+  field("eval_every", c.eval_every);
+  field("eval_windows", c.eval_windows);
+  field("log_every", c.log_every);
+  field("checkpoint_every", c.checkpoint_every);
+};
+
+// The collab section's keys; exchange came later and is written only when not "activations".
+const auto collab_fields = [](auto& c, auto&& field) {
+  field("modes", c.modes);
+  field("init_from", c.init_from);
+  field("state_noise", c.state_noise);
+  field("state_noise_seed", c.state_noise_seed);
+  field("wire_dtype", c.wire_dtype);
+  field("exchange", c.exchange, std::string("activations"));
+};
+
+// The audit section's keys.
+const auto audit_fields = [](auto& c, auto&& field) {
+  field("observer", c.observer);
+  field("record_every", c.record_every);
+};
+
+}  // namespace
+
 TrainConfig train_config_from_json(const nlohmann::json& j) {
   TrainConfig c;
   JsonFields f(j, "train");
-  f.read("batch_size", c.batch_size);
-  f.read("grad_accum", c.grad_accum);
-  f.read("steps", c.steps);
-  f.read("lr", c.lr);
-  f.read("min_lr", c.min_lr);
-  f.read("warmup", c.warmup);
-  f.read("weight_decay", c.weight_decay);
-  f.read("beta1", c.beta1);
-  f.read("beta2", c.beta2);
-  f.read("eps", c.eps);
-  f.read("grad_clip", c.grad_clip);
-  f.read("seed", c.seed);
-  f.read("threads", c.threads);
-  f.read("eval_every", c.eval_every);
-  f.read("eval_windows", c.eval_windows);
-  f.read("log_every", c.log_every);
-  f.read("checkpoint_every", c.checkpoint_every);
+  read_fields(f, c, train_fields);
   f.reject_unknown();
   c.validate();
   return c;
 }
 
-nlohmann::json to_json(const TrainConfig& c) {
-  return {{"batch_size", c.batch_size}, {"grad_accum", c.grad_accum}, {"steps", c.steps},
-          {"lr", c.lr}, {"min_lr", c.min_lr}, {"warmup", c.warmup},
-          {"weight_decay", c.weight_decay}, {"beta1", c.beta1}, {"beta2", c.beta2},
-          {"eps", c.eps}, {"grad_clip", c.grad_clip}, {"seed", c.seed}, {"threads", c.threads},
-          {"eval_every", c.eval_every}, {"eval_windows", c.eval_windows},
-          {"log_every", c.log_every}, {"checkpoint_every", c.checkpoint_every}};
-}
+nlohmann::json to_json(const TrainConfig& c) { return fields_to_json(c, train_fields); }
 
 CollabConfig collab_config_from_json(const nlohmann::json& j) {
   CollabConfig c;
   JsonFields f(j, "collab");
-  f.read("modes", c.modes);
-  f.read("init_from", c.init_from);
-  f.read("state_noise", c.state_noise);
-  f.read("state_noise_seed", c.state_noise_seed);
-  f.read("wire_dtype", c.wire_dtype);
-  f.read("exchange", c.exchange);
+  read_fields(f, c, collab_fields);
   f.reject_unknown();
   if (c.exchange != "activations" && c.exchange != "weights")
     throw std::runtime_error("config key 'collab.exchange' must be \"activations\" or \"weights\", not '" + c.exchange + "'");
@@ -82,25 +95,17 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   for (const std::string& m : c.modes)
     if (m != "pc-moe" && m != "centralised" && m != "local-only" && !is_fed_mode(m))
       throw std::runtime_error("config key 'collab.modes': unknown mode '" + m +
-                               "' (expected pc-moe, centralised, local-only, fedavg, int8, topk-ef, cg-fedllm)");
+                               "' (expected pc-moe, centralised, local-only, " + fed_mode_names() + ")");
   return c;
 }
 
-nlohmann::json to_json(const CollabConfig& c) {
-  nlohmann::json j = {{"modes", c.modes}, {"init_from", c.init_from}, {"state_noise", c.state_noise},
-                      {"state_noise_seed", c.state_noise_seed}, {"wire_dtype", c.wire_dtype}};
-  // Written only when not the default, so the hashes of earlier configs (joins, checkpoints,
-  // audit recordings) stay what they were.
-  if (c.exchange != "activations") j["exchange"] = c.exchange;
-  return j;
-}
+nlohmann::json to_json(const CollabConfig& c) { return fields_to_json(c, collab_fields); }
 
 AuditConfig audit_config_from_json(const nlohmann::json& j, int n_parties) {
   AuditConfig c;
   c.enabled = true;
   JsonFields f(j, "audit");
-  f.read("observer", c.observer);
-  f.read("record_every", c.record_every);
+  read_fields(f, c, audit_fields);
   f.reject_unknown();
   if (c.observer < 0 || c.observer >= n_parties)
     throw std::runtime_error("config key 'audit.observer' must name a party in 0.." + std::to_string(n_parties - 1));
@@ -108,7 +113,7 @@ AuditConfig audit_config_from_json(const nlohmann::json& j, int n_parties) {
   return c;
 }
 
-nlohmann::json to_json(const AuditConfig& c) { return {{"observer", c.observer}, {"record_every", c.record_every}}; }
+nlohmann::json to_json(const AuditConfig& c) { return fields_to_json(c, audit_fields); }
 
 int64_t tokens_per_step(const RunConfig& cfg) {
   return (int64_t)cfg.train.grad_accum * cfg.train.batch_size * cfg.model.seq_len;

@@ -39,7 +39,7 @@ nlohmann::json to_json(const TrainConfig& c);
 struct CollabConfig {
   // "pc-moe", "centralised", "local-only" (each party alone, with the full model and with a
   // model of its own memory budget: the backbone and its share of the experts), and the
-  // federated baselines "fedavg", "int8", "topk-ef", "cg-fedllm" (src/fed/)
+  // federated baselines (the rows of fed_mode_table(), train/fed_config.h; run by src/fed/)
   std::vector<std::string> modes = {"pc-moe", "centralised", "local-only"};
   // A `pcmoe train` checkpoint directory every party's backbone and every expert starts from
   // (the same model config), with its tokenizer; empty: the seeded initialisation of train.seed

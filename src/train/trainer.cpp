@@ -124,6 +124,57 @@ void write_tokenizer(const RunConfig& cfg, const std::string& out_file) {
   fs::copy_file(tok.model_file(), out_file);
 }
 
+namespace {
+
+void print_dp_plan(const DpPlan& plan) {
+  std::fprintf(stderr,
+               "DP-SGD: %d units (%s), q %.4g (expected %.1f units a step), noise multiplier %.4f%s, clip %.4g "
+               "(%s), delta %.3g; epsilon after %lld steps %.3f | %s\n",
+               plan.n_units, plan.unit.c_str(), plan.q, plan.expected_batch(), plan.sigma,
+               plan.sigma_calibrated ? " (calibrated)" : "", plan.clip, plan.per_layer ? "per-layer" : "flat",
+               plan.delta, (long long)plan.budget_steps, plan.epsilon_after(plan.budget_steps),
+               plan.randomness().c_str());
+}
+
+// The step the run starts at: a resumed run's checkpoint (its later metrics dropped), else 0 from
+// the initial weights if any (and fresh metrics).
+int64_t resume_or_init(const TrainOptions& opts, const ModelConfig& mc, const fs::path& ckpt,
+                       const fs::path& metrics_path, ParamSet& params, AdamW& opt) {
+  if (opts.resume) {
+    const int64_t start = load_checkpoint(ckpt.string(), mc, params, &opt);
+    std::fprintf(stderr, "resuming from %s at step %lld\n", ckpt.c_str(), (long long)start);
+    truncate_metrics(metrics_path, start);
+    return start;
+  }
+  if (!opts.init_from.empty()) InitSource(opts.init_from, mc).load(params);
+  fs::remove(metrics_path);
+  return 0;
+}
+
+// The step the run stops before: --until, the configured steps, or where DP's budget runs out.
+int64_t last_step_of_run(const TrainOptions& opts, const TrainConfig& tc, const DpPlan* plan) {
+  int64_t stop = opts.until >= 0 ? std::min<int64_t>(opts.until, tc.steps) : tc.steps;
+  if (plan && plan->budget_steps < stop) {
+    std::fprintf(stderr, "DP-SGD: the privacy budget epsilon %.4g allows %lld steps; stopping there\n",
+                 plan->epsilon_budget, (long long)plan->budget_steps);
+    stop = plan->budget_steps;
+  }
+  return stop;
+}
+
+// The validation loss after `steps`, into the metrics and onto the terminal.
+double validate(Model& model, const std::vector<int32_t>& val, int n_val, int64_t steps, std::ofstream& metrics,
+                bool tty) {
+  const double loss = evaluate(model, val, n_val);
+  metrics << nlohmann::json{{"step", steps}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}}.dump() << "\n";
+  metrics.flush();
+  std::fprintf(stderr, "%sstep %lld: validation loss %.4f (perplexity %.1f)\n", tty ? "\n" : "", (long long)steps,
+               loss, std::exp(loss));
+  return loss;
+}
+
+}  // namespace
+
 nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
@@ -145,13 +196,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
     plan = plan_dp(cfg.privacy, units.n_units(), tc.steps);
     batches = sampler_for(plan, tc.seed);
     if (!plan.aux_per_unit) model_cfg.aux_loss_weight = 0;
-    std::fprintf(stderr,
-                 "DP-SGD: %d units (%s), q %.4g (expected %.1f units a step), noise multiplier %.4f%s, clip %.4g "
-                 "(%s), delta %.3g; epsilon after %lld steps %.3f | %s\n",
-                 plan.n_units, plan.unit.c_str(), plan.q, plan.expected_batch(), plan.sigma,
-                 plan.sigma_calibrated ? " (calibrated)" : "", plan.clip, plan.per_layer ? "per-layer" : "flat",
-                 plan.delta, (long long)plan.budget_steps, plan.epsilon_after(plan.budget_steps),
-                 plan.randomness().c_str());
+    print_dp_plan(plan);
   }
   fs::create_directories(opts.out_dir);  // after the plan: a refused privacy section writes nothing
   LocalModel lm(model_cfg, tc, dp ? std::max(tc.batch_size, units.max_windows()) : 0, dp);
@@ -159,15 +204,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   ParamSet& params = lm.params;
   Model& model = lm.model;
   AdamW& opt = lm.opt;
-  int64_t start = 0;
-  if (opts.resume) {
-    start = load_checkpoint(ckpt.string(), mc, params, &opt);
-    std::fprintf(stderr, "resuming from %s at step %lld\n", ckpt.c_str(), (long long)start);
-    truncate_metrics(metrics_path, start);
-  } else {
-    if (!opts.init_from.empty()) InitSource(opts.init_from, mc).load(params);
-    fs::remove(metrics_path);
-  }
+  const int64_t start = resume_or_init(opts, mc, ckpt, metrics_path, params, opt);
 
   data::BatchSampler sampler(ds.train, mc.seq_len, tc.seed);
   int n_val = 0;
@@ -187,12 +224,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
   const auto t0 = clock::now();
   double train_seconds = 0, last_val = NAN;
   LossStats last{};
-  int64_t stop = opts.until >= 0 ? std::min<int64_t>(opts.until, tc.steps) : tc.steps;
-  if (dp && plan.budget_steps < stop) {
-    std::fprintf(stderr, "DP-SGD: the privacy budget epsilon %.4g allows %lld steps; stopping there\n",
-                 plan.epsilon_budget, (long long)plan.budget_steps);
-    stop = plan.budget_steps;
-  }
+  const int64_t stop = last_step_of_run(opts, tc, dp ? &plan : nullptr);
   int64_t tokens_done = 0;
   for (int64_t step = start; step < stop; ++step) {
     const auto ts = clock::now();
@@ -231,14 +263,8 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
       metrics << line.dump() << "\n";
       metrics.flush();
     }
-    const bool last_step = step + 1 == tc.steps;
-    if ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || last_step) {
-      last_val = evaluate(model, val, n_val);
-      metrics << nlohmann::json{{"step", step + 1}, {"val_loss", last_val}, {"val_ppl", std::exp(last_val)}}.dump() << "\n";
-      metrics.flush();
-      std::fprintf(stderr, "%sstep %lld: validation loss %.4f (perplexity %.1f)\n", tty ? "\n" : "",
-                   (long long)step + 1, last_val, std::exp(last_val));
-    }
+    if ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || step + 1 == tc.steps)
+      last_val = validate(model, val, n_val, step + 1, metrics, tty);
     if ((tc.checkpoint_every > 0 && (step + 1) % tc.checkpoint_every == 0) || step + 1 == stop)
       save_checkpoint(ckpt.string(), cfg, params, &opt, step + 1, ds.tokenizer.model_file());
   }

@@ -174,7 +174,7 @@ def refused(change, needle, what, *command):
 
 
 refused(lambda c: c["deploy"].update(mode="fedprox"),
-        "'deploy.mode' is 'fedprox': expected pc-moe, fedavg, fedavg-lora, int8, topk-ef or cg-fedllm", "an unknown mode")
+        "'deploy.mode' is 'fedprox': expected pc-moe, fedavg, int8, topk-ef, cg-fedllm or fedavg-lora", "an unknown mode")
 refused(lambda c: c["deploy"].update(fed_server="separate"), "give the server process its", "a separate server without an address")
 refused(lambda c: c["deploy"].update(fed_server="separate", server={"name": "srv"}), "'deploy.server.address' is missing",
         "a separate server with a name only")
