@@ -73,8 +73,22 @@ void print_secrets(const nlohmann::json& s) {
   }
 }
 
+// Weights mode: per round and victim, the bag of words the host read off its experts' gradient sums.
+void print_weights_table(const nlohmann::json& report) {
+  std::printf("\nwhat party %d (an expert host) receives in weights mode: no hidden state, output gradient or "
+              "expert id (not sent in weights mode); its experts' gradient sums per turn, read as a bag of words "
+              "of the turn\n", report["observer"].get<int>());
+  std::printf("%-6s %-6s %6s %10s %8s %10s %10s %8s\n", "round", "victim", "layer", "precision", "recall", "chance",
+              "own-text", "tokens");
+  for (const auto& c : report["weights_bag_of_words"])
+    std::printf("%-6lld %-6d %6d %9.1f%% %7.1f%% %9.1f%% %9.1f%% %8lld\n", (long long)c["round"].get<int64_t>(),
+                c["party"].get<int>(), c["layer"].get<int>(), 100 * c["precision"].get<double>(),
+                100 * c["recall"].get<double>(), 100 * c["chance_precision"].get<double>(),
+                100 * c["prior_precision"].get<double>(), (long long)c["actual"].get<int64_t>());
+}
+
 // The last round's cells as a table: per signal and attack, top-1 / top-10 per layer and chance.
-void print_table(const nlohmann::json& report) {
+void print_activations_table(const nlohmann::json& report) {
   const int64_t last = report["rounds"].back().get<int64_t>();
   std::printf("\nwhat party %d (an expert host) recovers of the other parties' tokens, round %lld\n",
               report["observer"].get<int>(), (long long)last);
@@ -114,6 +128,11 @@ void print_table(const nlohmann::json& report) {
     }
     std::printf("\n");
   }
+}
+
+void print_table(const nlohmann::json& report) {
+  if (report.value("exchange", std::string("activations")) == "weights") print_weights_table(report);
+  else print_activations_table(report);
   if (!report["membership"].empty()) {
     std::printf("\nmembership inference (AUC; 0.5 = no leak): the victim's training windows vs its held-out ones\n");
     std::printf("%-7s %-32s %6s %10s %11s\n", "victim", "model", "steps", "loss", "calibrated");

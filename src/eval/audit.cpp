@@ -13,11 +13,13 @@
 #include "collab/expert_host.h"
 #include "collab/recorder.h"
 #include "collab/runner.h"
+#include "collab/weights_wire.h"
 #include "common/stopwatch.h"
 #include "eval/audit_membership.h"
 #include "eval/audit_rows.h"
 #include "eval/routing_trace.h"
 #include "eval/secrets.h"
+#include "eval/weights_attack.h"
 #include "tensor/gemm.h"
 #include "train/checkpoint.h"
 
@@ -195,11 +197,15 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
 
   // Public text: the observer's own training documents (genres no victim holds).
   std::fprintf(stderr, "audit: loading the observer's public text\n");
+  // Weights mode sends the host no hidden state or output gradient: only its experts' gradient sums.
+  const bool weights = parse_exchange(cfg.collab.exchange) == Exchange::kWeights;
+  if (weights && !opt.secrets.empty())
+    throw std::runtime_error("--secrets scores the attacks on hidden states and output gradients; weights mode sends none");
   // Outside DP-SGD the scorer rebuilds the victims' batches, for the per-string report and samples.
-  const bool rebuild = !cfg.privacy.enabled;
+  const bool rebuild = !cfg.privacy.enabled && !weights;
   if (!rebuild && !opt.secrets.empty())
     throw std::runtime_error("--secrets needs batches the config draws; DP-SGD's Poisson batches are not rebuilt");
-  const CollabData data = load_collab_data(cfg, rebuild ? -1 : rec.observer);
+  const CollabData data = load_collab_data(cfg, rebuild || weights ? -1 : rec.observer);
   const std::vector<int32_t>& stream = data.parties[rec.observer].train.tokens;
   const int n_windows = std::min<int>(opt.public_windows, (int)((stream.size() - 1) / T));
   if (n_windows < 16) throw std::runtime_error("the observer holds too little text to train the attacks");
@@ -210,7 +216,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
   std::unique_ptr<SecretsAudit> secrets;
   if (rebuild) secrets = std::make_unique<SecretsAudit>(opt.secrets, data.tokenizer.token_texts(), stream, T);
   nlohmann::json cells = nlohmann::json::array(), links = nlohmann::json::array();
-  for (size_t ri = 0; ri < rounds.size(); ++ri) {
+  for (size_t ri = 0; !weights && ri < rounds.size(); ++ri) {  // the attacks on activations
     const int64_t round = rounds[ri];
     const bool mlp = opt.mlp_every_round || ri + 1 == rounds.size();
     const PublicView pub =
@@ -274,6 +280,8 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
     std::fprintf(stderr, "audit: round %lld done (%zu/%zu), %.0fs\n", (long long)round, ri + 1, rounds.size(),
                  seconds_since(t0));
   }
+  const nlohmann::json weights_cells =
+      weights ? weights_bag_of_words(run_dir, cfg, rec, rounds, data, windows, n_windows) : nlohmann::json::array();
   std::fprintf(stderr, "audit: membership inference against the released models\n");
   std::vector<fs::path> runs = {run_dir};
   runs.insert(runs.end(), opt.fed_runs.begin(), opt.fed_runs.end());
@@ -281,6 +289,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
       membership_cells(runs, rec.observer, rec.n_parties, rec_dir / ("view_r" + std::to_string(rounds[0])));
   const nlohmann::json bag_of_words = gather_bag_of_words(runs);
   nlohmann::json out = {{"run", run_dir},   {"observer", rec.observer},   {"rounds", rounds},
+                        {"exchange", cfg.collab.exchange}, {"weights_bag_of_words", weights_cells},
                         {"public_windows", n_windows}, {"cells", cells}, {"links", links}, {"membership", membership},
                         {"bag_of_words", bag_of_words}};
   fs::create_directories(out_dir);

@@ -140,8 +140,9 @@ nlohmann::json run_fed_mode(CollabContext& ctx, const std::string& mode, const S
   const auto t_train = clock_type::now();
   std::unique_ptr<ServerObserver> audit = server_audit ? server_audit(ctx, mode, start.base, out) : nullptr;
   for (int r = 0; r < rounds; ++r) {
-    if (audit) audit->begin_round(r, s.server().global(), recorded_round(cfg.audit, rounds, r));
-    if (audit && recorded_round(cfg.audit, rounds, r)) {
+    const bool recorded = recorded_round(cfg.audit, rounds, r);
+    if (audit) audit->begin_round(r, s.server().global(), s.server().autoencoder(), recorded);
+    if (audit && recorded) {
       s.round([&audit](int p, const std::vector<float>& update) { audit->party_update(p, update); });
     } else {
       s.round();

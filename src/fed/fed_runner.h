@@ -42,9 +42,10 @@ nlohmann::json round_line(const std::string& mode, const FedConfig& fc, int64_t 
 class ServerObserver {
  public:
   virtual ~ServerObserver() = default;
-  // Every round, before the parties' updates, with the round's global state; `recorded`: the
-  // audit's round, whose parties' decoded updates follow through party_update.
-  virtual void begin_round(int round, const std::vector<float>& global, bool recorded) = 0;
+  // Every round, before the parties' updates, with the round's global state and the server's
+  // autoencoder that round (cg-fedllm; else null), the one the parties encode with; `recorded`:
+  // the audit's round, whose parties' decoded updates follow through party_update.
+  virtual void begin_round(int round, const std::vector<float>& global, const BlockAutoencoder* ae, bool recorded) = 0;
   virtual void party_update(int party, const std::vector<float>& update) = 0;
   virtual nlohmann::json cells() const = 0;  // the mode report's "audit_bag_of_words"
 };

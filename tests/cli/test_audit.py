@@ -167,6 +167,36 @@ code, out, err = run("audit", "--run", os.path.join(tmp, "dp"), "--out", os.path
                      "--public-windows", "16")
 check(code == 1 and "dp_batches.json: missing" in err, f"a DP run without its record is refused: {err.strip()[-120:]}")
 
+# Weights mode: the host receives its experts' gradient sums and no hidden state or output
+# gradient; the audit reads each victim's turn as a bag of words off them (truth: the turn's
+# batch, or under DP-SGD its recorded Poisson units) and prints no activation table.
+for name, extra in (("weights", {}), ("weights_dp", {"privacy": {"epsilon": 8.0, "sampling_rate": 0.3}})):
+    wcfg = config(**extra)
+    wcfg["collab"] = {"modes": ["pc-moe"], "exchange": "weights"}
+    collab(name, wcfg)
+    code, out, err = run("audit", "--run", os.path.join(tmp, name), "--out", os.path.join(tmp, "audit_" + name),
+                         "--public-windows", "16")
+    check(code == 0, f"audit of a {name} run completes")
+    if code:
+        print(err[-3000:])
+        continue
+    a = json.load(open(os.path.join(tmp, "audit_" + name, "audit.json")))
+    wcells = a["weights_bag_of_words"]
+    check(a["exchange"] == "weights" and a["cells"] == [] and a["links"] == [] and
+          "not sent in weights mode" in out and "top-1" not in out,
+          f"{name}: no activation attack is reported, the table says so")
+    check(sorted((c["round"], c["party"]) for c in wcells) == [(0, 1), (3, 1), (5, 1)] and
+          all(0 <= c["precision"] <= 1 and 0 < c["actual"] <= 384 and c["predicted"] > 0 and
+              abs(c["chance_precision"] - c["actual"] / 384) < 1e-12 for c in wcells),
+          f"{name}: the victim's turn of every recorded round is scored next to chance")
+    check(any(m["model"] == "pc-moe, the victim's model" for m in a["membership"]),
+          f"{name}: membership inference attacks the released model")
+    if name == "weights":
+        r0 = [c for c in wcells if c["round"] == 0][0]
+        check(r0["precision"] > r0["chance_precision"],
+              f"round 0 (the shared start), exact sums: precision {r0['precision']:.3f} above chance "
+              f"{r0['chance_precision']:.3f}")
+
 # refusals
 report_plain = collab("plain", config(audit=False))
 code, out, err = run("audit", "--run", os.path.join(tmp, "plain"), "--out", os.path.join(tmp, "audit2"))
