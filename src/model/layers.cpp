@@ -1,10 +1,12 @@
 #include "model/layers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "tensor/gemm.h"
+#include "tensor/gemm_strided.h"
 
 namespace pcmoe {
 
@@ -56,62 +58,77 @@ void rope_apply(float* x, int B, int T, int heads, int D, float theta, bool inve
   std::vector<float> inv_freq(half);
   for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0f * i / D);
   const float sign = inverse ? -1.0f : 1.0f;
+  // One table per position, shared by every sequence of the batch.
+  std::vector<float> cs((size_t)T * half), sn((size_t)T * half);
 #pragma omp parallel for schedule(static)
-  for (int bt = 0; bt < B * T; ++bt) {
-    const int pos = bt % T;
-    float cs[256], sn[256];  // D <= 512 is checked by the model
+  for (int pos = 0; pos < T; ++pos)
     for (int i = 0; i < half; ++i) {
       float a = pos * inv_freq[i];
-      cs[i] = std::cos(a);
-      sn[i] = sign * std::sin(a);
+      cs[(size_t)pos * half + i] = std::cos(a);
+      sn[(size_t)pos * half + i] = sign * std::sin(a);
     }
+#pragma omp parallel for schedule(static)
+  for (int bt = 0; bt < B * T; ++bt) {
+    const float* c = cs.data() + (size_t)(bt % T) * half;
+    const float* s = sn.data() + (size_t)(bt % T) * half;
     for (int h = 0; h < heads; ++h) {
       float* v = x + ((size_t)bt * heads + h) * D;
+#pragma omp simd
       for (int i = 0; i < half; ++i) {
         float a = v[i], b = v[i + half];
-        v[i] = a * cs[i] - b * sn[i];
-        v[i + half] = b * cs[i] + a * sn[i];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
       }
     }
   }
 }
 
+namespace {
+// Query rows per block: a block's products span only the keys up to its last row, so the
+// causal upper triangle is mostly skipped while each product stays a GEMM.
+constexpr int kAttBlock = 64;
+
+// Rows t0..t1-1 of one head's unscaled scores into probabilities, in place; the masked entries
+// up to column t1 become 0 so the block's products over keys 0..t1-1 ignore them.
+void causal_softmax_rows(float* att, int T, int t0, int t1, float scale) {
+  for (int t = t0; t < t1; ++t) {
+    float* p = att + (size_t)t * T;
+    float mx = -INFINITY;
+    for (int s = 0; s <= t; ++s) {
+      p[s] *= scale;
+      mx = std::max(mx, p[s]);
+    }
+    float sum = 0;
+    for (int s = 0; s <= t; ++s) {
+      p[s] = std::exp(p[s] - mx);
+      sum += p[s];
+    }
+    const float inv = 1.0f / sum;
+    for (int s = 0; s <= t; ++s) p[s] *= inv;
+    for (int s = t + 1; s < t1; ++s) p[s] = 0;
+  }
+}
+}  // namespace
+
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
                        int B, int T, int H, int KV, int D) {
   const int group = H / KV;
   const float scale = 1.0f / std::sqrt((float)D);
-  const size_t qs = (size_t)H * D, ks = (size_t)KV * D;
+  const int qs = H * D, ks = KV * D;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h) {
-      const int kh = h / group;
-      for (int t = 0; t < T; ++t) {
-        const float* qt = q + ((size_t)b * T + t) * qs + (size_t)h * D;
-        float* p = att + (((size_t)b * H + h) * T + t) * T;
-        float mx = -INFINITY;
-        for (int s = 0; s <= t; ++s) {
-          const float* ks_ = k + ((size_t)b * T + s) * ks + (size_t)kh * D;
-          float dot = 0;
-#pragma omp simd reduction(+ : dot)
-          for (int d = 0; d < D; ++d) dot += qt[d] * ks_[d];
-          p[s] = dot * scale;
-          mx = std::max(mx, p[s]);
-        }
-        float sum = 0;
-        for (int s = 0; s <= t; ++s) {
-          p[s] = std::exp(p[s] - mx);
-          sum += p[s];
-        }
-        const float inv = 1.0f / sum;
-        float* ot = out + ((size_t)b * T + t) * qs + (size_t)h * D;
-        for (int d = 0; d < D; ++d) ot[d] = 0;
-        for (int s = 0; s <= t; ++s) {
-          p[s] *= inv;
-          const float* vs = v + ((size_t)b * T + s) * ks + (size_t)kh * D;
-          const float ps = p[s];
-#pragma omp simd
-          for (int d = 0; d < D; ++d) ot[d] += ps * vs[d];
-        }
+      const float* qh = q + (size_t)b * T * qs + (size_t)h * D;
+      const float* kh = k + (size_t)b * T * ks + (size_t)(h / group) * D;
+      const float* vh = v + (size_t)b * T * ks + (size_t)(h / group) * D;
+      float* p = att + ((size_t)b * H + h) * T * T;
+      float* oh = out + (size_t)b * T * qs + (size_t)h * D;
+      for (int t0 = 0; t0 < T; t0 += kAttBlock) {
+        const int t1 = std::min(T, t0 + kAttBlock), rows = t1 - t0;
+        float* pb = p + (size_t)t0 * T;
+        matmul_nt_ld(pb, T, qh + (size_t)t0 * qs, qs, kh, ks, rows, t1, D, false);
+        causal_softmax_rows(p, T, t0, t1, scale);
+        matmul_nn_ld(oh + (size_t)t0 * qs, qs, pb, T, vh, ks, rows, D, t1, false);
       }
     }
 }
@@ -120,48 +137,44 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D) {
   const int group = H / KV;
   const float scale = 1.0f / std::sqrt((float)D);
-  const size_t qs = (size_t)H * D, ks = (size_t)KV * D;
-  // One task per (sequence, key/value head): the query heads of a group all write the same dk
-  // and dv rows, so they run in one task, in a fixed order.
+  const int qs = H * D, ks = KV * D;
+  // One task per (sequence, key/value head): the query heads of a group all add into the same
+  // dk and dv rows, so they run in one task, in a fixed order.
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)
-    for (int kh = 0; kh < KV; ++kh) {
-      std::vector<float> dp(T);
+    for (int kvh = 0; kvh < KV; ++kvh) {
+      std::vector<float> ds((size_t)std::min(T, kAttBlock) * T);
+      const float* kh = k + (size_t)b * T * ks + (size_t)kvh * D;
+      const float* vh = v + (size_t)b * T * ks + (size_t)kvh * D;
+      float* dkh = dk + (size_t)b * T * ks + (size_t)kvh * D;
+      float* dvh = dv + (size_t)b * T * ks + (size_t)kvh * D;
       for (int s = 0; s < T; ++s) {
-        std::memset(dk + ((size_t)b * T + s) * ks + (size_t)kh * D, 0, D * sizeof(float));
-        std::memset(dv + ((size_t)b * T + s) * ks + (size_t)kh * D, 0, D * sizeof(float));
+        std::memset(dkh + (size_t)s * ks, 0, D * sizeof(float));
+        std::memset(dvh + (size_t)s * ks, 0, D * sizeof(float));
       }
-      for (int h = kh * group; h < (kh + 1) * group; ++h)
-        for (int t = 0; t < T; ++t) {
-          const float* p = att + (((size_t)b * H + h) * T + t) * T;
-          const float* go = dout + ((size_t)b * T + t) * qs + (size_t)h * D;
-          const float* qt = q + ((size_t)b * T + t) * qs + (size_t)h * D;
-          float* dqt = dq + ((size_t)b * T + t) * qs + (size_t)h * D;
-          float pdp = 0;
-          for (int s = 0; s <= t; ++s) {
-            const float* vs = v + ((size_t)b * T + s) * ks + (size_t)kh * D;
-            float dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int d = 0; d < D; ++d) dot += go[d] * vs[d];
-            dp[s] = dot;
-            pdp += p[s] * dot;
-            float* dvs = dv + ((size_t)b * T + s) * ks + (size_t)kh * D;
-            const float ps = p[s];
-#pragma omp simd
-            for (int d = 0; d < D; ++d) dvs[d] += ps * go[d];
+      for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
+        const float* p = att + ((size_t)b * H + h) * T * T;
+        const float* goh = dout + (size_t)b * T * qs + (size_t)h * D;
+        const float* qh = q + (size_t)b * T * qs + (size_t)h * D;
+        float* dqh = dq + (size_t)b * T * qs + (size_t)h * D;
+        for (int t0 = 0; t0 < T; t0 += kAttBlock) {
+          const int t1 = std::min(T, t0 + kAttBlock), rows = t1 - t0;
+          const float* pb = p + (size_t)t0 * T;
+          // dP = dO Vᵀ, then dS = P (dP - rowsum(P dP)) scale, zero where masked.
+          matmul_nt_ld(ds.data(), T, goh + (size_t)t0 * qs, qs, vh, ks, rows, t1, D, false);
+          matmul_tn_ld(dvh, ks, pb, T, goh + (size_t)t0 * qs, qs, t1, D, rows, true);
+          for (int t = t0; t < t1; ++t) {
+            const float* pt = pb + (size_t)(t - t0) * T;
+            float* dst = ds.data() + (size_t)(t - t0) * T;
+            float pdp = 0;
+            for (int s = 0; s <= t; ++s) pdp += pt[s] * dst[s];
+            for (int s = 0; s <= t; ++s) dst[s] = pt[s] * (dst[s] - pdp) * scale;
+            for (int s = t + 1; s < t1; ++s) dst[s] = 0;
           }
-          for (int d = 0; d < D; ++d) dqt[d] = 0;
-          for (int s = 0; s <= t; ++s) {
-            const float ds = p[s] * (dp[s] - pdp) * scale;
-            const float* ks_ = k + ((size_t)b * T + s) * ks + (size_t)kh * D;
-            float* dks = dk + ((size_t)b * T + s) * ks + (size_t)kh * D;
-#pragma omp simd
-            for (int d = 0; d < D; ++d) {
-              dqt[d] += ds * ks_[d];
-              dks[d] += ds * qt[d];
-            }
-          }
+          matmul_nn_ld(dqh + (size_t)t0 * qs, qs, ds.data(), T, kh, ks, rows, D, t1, false);
+          matmul_tn_ld(dkh, ks, ds.data(), T, qh + (size_t)t0 * qs, qs, t1, D, rows, true);
         }
+      }
     }
 }
 
