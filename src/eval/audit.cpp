@@ -177,6 +177,15 @@ nlohmann::json gather_bag_of_words(const std::vector<fs::path>& runs) {
   return bag_of_words;
 }
 
+// The run's config, from its first recorded view, refused unless it is the recording's.
+RunConfig recorded_config(const fs::path& rec_dir, const Recording& rec, int64_t first_round) {
+  const fs::path first_view = rec_dir / ("view_r" + std::to_string(first_round));
+  RunConfig cfg = read_checkpoint_config(first_view.string());
+  if (run_fingerprint(read_config_json((first_view / "config.json").string())) != rec.fingerprint)
+    throw std::runtime_error("the recording in '" + rec_dir.string() + "' was made by another config than the run's");
+  return cfg;
+}
+
 }  // namespace
 
 nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir, const AuditOptions& opt) {
@@ -187,10 +196,7 @@ nlohmann::json run_audit(const std::string& run_dir, const std::string& out_dir,
                              "section in the config (docs/audit.md)");
   const Recording rec = read_recording(rec_dir.string());
   const std::vector<int64_t> rounds = viewed_rounds(rec_dir);
-  const fs::path first_view = rec_dir / ("view_r" + std::to_string(rounds[0]));
-  const RunConfig cfg = read_checkpoint_config(first_view.string());
-  if (run_fingerprint(read_config_json((first_view / "config.json").string())) != rec.fingerprint)
-    throw std::runtime_error("the recording in '" + rec_dir.string() + "' was made by another config than the run's");
+  const RunConfig cfg = recorded_config(rec_dir, rec, rounds[0]);
   const ModelConfig& mc = cfg.model;
   const int C = mc.d_model, V = mc.vocab_size, T = mc.seq_len;
   const std::vector<int> hosted = hosted_experts(mc.n_experts, rec.observer, rec.n_parties);
