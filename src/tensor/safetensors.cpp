@@ -56,21 +56,14 @@ const StTensor& StFile::get(const std::string& name, const std::vector<int64_t>&
   return it->second;
 }
 
-StFile read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open");
-  in.seekg(0, std::ios::end);
-  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
-  in.seekg(0);
-  uint64_t header_len = 0;
-  unsigned char len_bytes[8];
-  if (file_size < 8 || !in.read(reinterpret_cast<char*>(len_bytes), 8)) fail(path, "truncated (no header length)");
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
-  if (header_len > file_size - 8) fail(path, "truncated (header length " + std::to_string(header_len) + " exceeds file)");
-  std::string header(header_len, '\0');
-  in.read(header.data(), static_cast<std::streamsize>(header_len));
-  const uint64_t data_size = file_size - 8 - header_len;
+uint64_t safetensors_header_length(const unsigned char* len_bytes, uint64_t file_size, const std::string& path) {
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];
+  if (n > file_size - 8) fail(path, "truncated (header length " + std::to_string(n) + " exceeds the file)");
+  return n;
+}
 
+nlohmann::json parse_safetensors_header(const std::string& header, const std::string& path) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(header);
@@ -78,6 +71,22 @@ StFile read_safetensors(const std::string& path) {
     fail(path, std::string("malformed header: ") + e.what());
   }
   if (!j.is_object()) fail(path, "malformed header: not a JSON object");
+  return j;
+}
+
+StFile read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, "cannot open");
+  in.seekg(0, std::ios::end);
+  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
+  in.seekg(0);
+  unsigned char len_bytes[8];
+  if (file_size < 8 || !in.read(reinterpret_cast<char*>(len_bytes), 8)) fail(path, "truncated (no header length)");
+  const uint64_t header_len = safetensors_header_length(len_bytes, file_size, path);
+  std::string header(header_len, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(header_len));
+  const uint64_t data_size = file_size - 8 - header_len;
+  const nlohmann::json j = parse_safetensors_header(header, path);
 
   StFile file;
   std::vector<std::byte> data(data_size);

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -31,5 +32,11 @@ struct StFile {
 StFile read_safetensors(const std::string& path);
 // Writes to path + ".tmp", then renames: a crash never leaves a half-written file at `path`.
 void write_safetensors(const std::string& path, const StFile& file);
+
+// The two checks every reader of the format makes (this one and the streaming one,
+// tensor/st_stream.h), throwing as read_safetensors does: the header length from the file's first
+// 8 bytes (file_size >= 8), which must fit in the file, and the header, which must be a JSON object.
+uint64_t safetensors_header_length(const unsigned char* len_bytes, uint64_t file_size, const std::string& path);
+nlohmann::json parse_safetensors_header(const std::string& header, const std::string& path);
 
 }  // namespace pcmoe

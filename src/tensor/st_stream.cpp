@@ -11,6 +11,9 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "tensor/dtype.h"
+#include "tensor/safetensors.h"
+
 namespace pcmoe {
 namespace {
 
@@ -28,30 +31,6 @@ int element_bytes(const std::string& dtype) {
 }
 
 bool converts(const std::string& dtype) { return dtype == "F32" || dtype == "BF16" || dtype == "F16"; }
-
-float bf16_to_f32(uint16_t h) {
-  const uint32_t bits = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-float f16_to_f32(uint16_t h) {
-  const int sign = h >> 15, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  float v;
-  if (exp == 0) v = std::ldexp((float)mant, -24);  // zero and subnormals
-  else if (exp == 31) v = mant ? NAN : INFINITY;
-  else v = std::ldexp((float)(mant | 0x400), exp - 25);
-  return sign ? -v : v;
-}
-
-// Round to nearest even; the values are finite (readers refuse NaN and inf).
-uint16_t f32_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return (uint16_t)(bits >> 16);
-}
 
 int64_t numel_of(const std::vector<int64_t>& shape) {
   int64_t n = 1;
@@ -79,20 +58,12 @@ StReader::StReader(const std::string& path) : path_(path) {
   const uint64_t file_size = (uint64_t)st.st_size;
   unsigned char len_bytes[8];
   if (file_size < 8 || pread(fd_, len_bytes, 8, 0) != 8) fail(path, "truncated (no header length)");
-  uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
-  if (header_len > file_size - 8) fail(path, "truncated (header length " + std::to_string(header_len) + " exceeds the file)");
+  const uint64_t header_len = safetensors_header_length(len_bytes, file_size, path);
   std::string header(header_len, '\0');
   if (header_len && pread(fd_, header.data(), header_len, 8) != (ssize_t)header_len) fail(path, "cannot read the header");
   data_start_ = 8 + header_len;
   const uint64_t data_size = file_size - data_start_;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(header);
-  } catch (const std::exception& e) {
-    fail(path, std::string("malformed header: ") + e.what());
-  }
-  if (!j.is_object()) fail(path, "malformed header: not a JSON object");
+  const nlohmann::json j = parse_safetensors_header(header, path);
   for (auto& [name, entry] : j.items()) {
     try {
       if (name == "__metadata__") {
@@ -153,7 +124,7 @@ void StReader::read_f32(const std::string& name, const std::vector<int64_t>& sha
     } else {
       uint16_t h;
       std::memcpy(&h, src + 2 * i, 2);
-      out[i] = e.dtype == "BF16" ? bf16_to_f32(h) : f16_to_f32(h);
+      out[i] = e.dtype == "BF16" ? bf16_to_float(h) : fp16_to_float(h);
     }
   }
   munmap(map, map_len);
@@ -204,7 +175,7 @@ void StWriter::write_next(const std::string& name, const float* values) {
   std::vector<uint16_t> half(std::min<int64_t>(n, 1 << 16));
   for (int64_t i = 0; i < n; i += (int64_t)half.size()) {
     const int64_t m = std::min<int64_t>((int64_t)half.size(), n - i);
-    for (int64_t j = 0; j < m; ++j) half[j] = f32_to_bf16(values[i + j]);
+    for (int64_t j = 0; j < m; ++j) half[j] = float_to_bf16(values[i + j]);
     std::fwrite(half.data(), 2, (size_t)m, out_);
   }
 }
