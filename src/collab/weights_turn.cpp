@@ -15,33 +15,11 @@ namespace pcmoe {
 WeightsExchange::WeightsExchange(const ModelConfig& cfg, Transport& transport, int party, int n_parties, int max_rows,
                                  bool per_unit, bool hold_turn_grads, WireDtype wire)
     : cfg_(cfg), transport_(transport), party_(party), n_parties_(n_parties), max_rows_(max_rows), per_unit_(per_unit),
-      wire_(wire), saved_(cfg.n_layers), moe_index_(cfg.n_layers, -1) {
+      wire_(wire), moe_index_(cfg.n_layers, -1), acts_(cfg, max_rows, per_unit, false) {
   int moe_layers = 0;
   for (int l = 0; l < cfg.n_layers; ++l)
     if (cfg.is_moe(l)) moe_index_[l] = moe_layers++;
-  const size_t C = cfg.d_model, F = cfg.d_ff, R = max_rows;
-  // The same activations a host's LocalExperts plans for one party's calls (model/local_experts.cpp).
-  norm_scratch_floats_ = per_unit ? std::max(C * F, R * std::min(C, F)) : 0;
-  plan_and_place(acts_, [&](Arena& a) {
-    for (int l = 0; l < cfg.n_layers; ++l) {
-      if (!cfg.is_moe(l)) continue;
-      Saved& s = saved_[l];
-      s.x = a.take<float>(R * C);
-      s.g = a.take<float>(R * F);
-      s.u = a.take<float>(R * F);
-      if (per_unit) {
-        s.dy = a.take<float>(R * C);
-        s.unit = a.take<int>(R);
-      }
-    }
-    act_ = a.take<float>(R * F);
-    if (per_unit) {
-      dg_ = a.take<float>(R * F);
-      du_ = a.take<float>(R * F);
-      dx_ = a.take<float>(R * C);
-      norm_scratch_ = a.take<float>(norm_scratch_floats_);
-    }
-  });
+  const size_t C = cfg.d_model, F = cfg.d_ff;
   held_floats_ = hold_turn_grads ? (size_t)moe_layers * cfg.n_experts * expert_floats(cfg) : 0;
   plan_and_place(bufs_, [&](Arena& a) {
     w1_ = a.take<float>(F * C);
@@ -71,23 +49,18 @@ void WeightsExchange::send_grads(int layer, int e, const float* g) {
   Reader(reply).expect_end();
 }
 
-void WeightsExchange::check_rows(int layer, const int* offsets) const {
-  if (!std::equal(offsets, offsets + cfg_.n_experts + 1, saved_[layer].offsets.begin()))
-    throw std::logic_error("expert backward does not match the rows of the last forward");
-}
-
 void WeightsExchange::forward(int layer, const int* offsets, const float* x, float* y) {
   const int C = cfg_.d_model, F = cfg_.d_ff;
   const int rows = offsets[cfg_.n_experts];
   if (rows > max_rows_) throw std::logic_error("more routed rows than the expert arena was planned for");
-  Saved& s = saved_[layer];
+  ExpertActivations::Saved& s = acts_.saved[layer];
   s.offsets.assign(offsets, offsets + cfg_.n_experts + 1);
   std::memcpy(s.x, x, (size_t)rows * C * sizeof(float));
   for (int e = 0; e < cfg_.n_experts; ++e) {
     fetch(layer, e);  // routed to or not
     const int r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
-    swiglu_forward(y + (size_t)r0 * C, s.g + (size_t)r0 * F, s.u + (size_t)r0 * F, act_, s.x + (size_t)r0 * C, w1_,
+    swiglu_forward(y + (size_t)r0 * C, s.g + (size_t)r0 * F, s.u + (size_t)r0 * F, acts_.act, s.x + (size_t)r0 * C, w1_,
                    w3_, w2_, n, C, F);
   }
 }
@@ -97,17 +70,17 @@ void WeightsExchange::forward(int layer, const int* offsets, const float* x, flo
 void WeightsExchange::expert_backward(int layer, int e, const float* dy, float* dx, const GradSink& sink) {
   const int C = cfg_.d_model, F = cfg_.d_ff;
   const size_t fc = (size_t)F * C;
-  Saved& s = saved_[layer];
+  ExpertActivations::Saved& s = acts_.saved[layer];
   const int r0 = s.offsets[e], n = s.offsets[e + 1] - r0;
   float* g = s.g + (size_t)r0 * F;
   float* u = s.u + (size_t)r0 * F;
   float* grad = grad_of(layer, e);
-  swiglu_backward(dx, grad, grad + fc, grad + 2 * fc, dy, g, u, act_, dg_ ? dg_ : g, du_ ? du_ : u,
+  swiglu_backward(dx, grad, grad + fc, grad + 2 * fc, dy, g, u, acts_.act, acts_.dg ? acts_.dg : g, acts_.du ? acts_.du : u,
                   s.x + (size_t)r0 * C, w1_, w3_, w2_, n, C, F, sink);
 }
 
 void WeightsExchange::backward(int layer, const int* offsets, const float* dy, float* dx) {
-  check_rows(layer, offsets);
+  acts_.check_rows(layer, offsets);
   const int C = cfg_.d_model;
   for (int e = 0; e < cfg_.n_experts; ++e) {
     fetch(layer, e);
@@ -121,9 +94,9 @@ void WeightsExchange::backward(int layer, const int* offsets, const float* dy, f
 void WeightsExchange::backward_unit_norms(int layer, const int* offsets, const float* dy, const int* unit,
                                           int n_units, float* dx, double* unit_sq) {
   if (!per_unit_ || !held_) throw std::logic_error("per-unit gradients need WeightsExchange planned for DP-SGD");
-  check_rows(layer, offsets);
+  acts_.check_rows(layer, offsets);
   const int C = cfg_.d_model;
-  Saved& s = saved_[layer];
+  ExpertActivations::Saved& s = acts_.saved[layer];
   const int rows = offsets[cfg_.n_experts];
   std::memcpy(s.dy, dy, (size_t)rows * C * sizeof(float));
   std::memcpy(s.unit, unit, (size_t)rows * sizeof(int));
@@ -132,7 +105,7 @@ void WeightsExchange::backward_unit_norms(int layer, const int* offsets, const f
     fetch(layer, e);
     const int r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
-    const GradSink sink = GradSink::unit_norms(unit + r0, n, n_units, unit_sq, norm_scratch_, norm_scratch_floats_);
+    const GradSink sink = GradSink::unit_norms(unit + r0, n, n_units, unit_sq, acts_.norm_scratch, acts_.norm_scratch_floats);
     expert_backward(layer, e, dy + (size_t)r0 * C, dx + (size_t)r0 * C, sink);
   }
 }
@@ -140,13 +113,13 @@ void WeightsExchange::backward_unit_norms(int layer, const int* offsets, const f
 void WeightsExchange::add_clipped_grads(int layer, const float* factor) {
   if (!per_unit_ || !held_) throw std::logic_error("per-unit gradients need WeightsExchange planned for DP-SGD");
   const int C = cfg_.d_model;
-  Saved& s = saved_[layer];
+  ExpertActivations::Saved& s = acts_.saved[layer];
   for (int e = 0; e < cfg_.n_experts; ++e) {
     fetch(layer, e);
     const int r0 = s.offsets[e], n = s.offsets[e + 1] - r0;
     if (n == 0) continue;
-    const GradSink sink = GradSink::clipped(s.unit + r0, n, s.n_units, factor, norm_scratch_, norm_scratch_floats_);
-    expert_backward(layer, e, s.dy + (size_t)r0 * C, dx_, sink);
+    const GradSink sink = GradSink::clipped(s.unit + r0, n, s.n_units, factor, acts_.norm_scratch, acts_.norm_scratch_floats);
+    expert_backward(layer, e, s.dy + (size_t)r0 * C, acts_.dx, sink);
   }
 }
 

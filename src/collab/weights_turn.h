@@ -17,6 +17,7 @@
 #include "collab/transport.h"
 #include "collab/weights_wire.h"
 #include "model/config.h"
+#include "model/expert_activations.h"
 #include "model/expert_backend.h"
 #include "model/per_unit.h"
 #include "privacy/noise.h"
@@ -50,31 +51,21 @@ class WeightsExchange final : public ExpertBackend {
   size_t exchange_bytes() const { return bufs_.bytes(); }
 
  private:
-  struct Saved {  // per MoE layer, what backward needs
-    float *x, *g, *u;          // [max_rows, C], [max_rows, F], [max_rows, F]
-    std::vector<int> offsets;  // of the last forward
-    float* dy = nullptr;       // per_unit: the output gradients of the last pass 1
-    int* unit = nullptr;       // per_unit: each row's unit
-    int n_units = 0;
-  };
   void fetch(int layer, int e);
   float* grad_of(int layer, int e);  // where expert e's gradient sum of this turn accumulates
   void send_grads(int layer, int e, const float* g);
   void expert_backward(int layer, int e, const float* dy, float* dx, const GradSink& sink);
-  void check_rows(int layer, const int* offsets) const;
 
   const ModelConfig cfg_;
   Transport& transport_;
   int party_, n_parties_, max_rows_;
   bool per_unit_;
   WireDtype wire_;
-  std::vector<Saved> saved_;
   std::vector<int> moe_index_;  // layer -> its index among the MoE layers (-1: dense)
   float *w1_ = nullptr, *w3_ = nullptr, *w2_ = nullptr;  // the fetched expert, [F,C], [F,C], [C,F]
   float* grad_ = nullptr;                                // one expert's gradients (streamed)
-  float *act_ = nullptr, *dg_ = nullptr, *du_ = nullptr, *dx_ = nullptr, *norm_scratch_ = nullptr;
-  size_t norm_scratch_floats_ = 0;
-  AlignedBuffer acts_, bufs_;
+  ExpertActivations acts_;  // as a host's LocalExperts plans them for one party's calls
+  AlignedBuffer bufs_;
   float* held_ = nullptr;  // hold_turn_grads: [moe layers][n_experts][w1, w3, w2]
   size_t held_floats_ = 0;
 };

@@ -1,42 +1,16 @@
 #include "model/local_experts.h"
 
-#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
 #include "model/layers.h"
-#include "tensor/arena.h"
 #include "tensor/gemm.h"
 
 namespace pcmoe {
 
 LocalExperts::LocalExperts(const ModelConfig& cfg, ParamSet& params, int max_rows, bool per_unit, bool keep_inputs)
-    : cfg_(cfg), params_(params), max_rows_(max_rows), per_unit_(per_unit), saved_(cfg.n_layers) {
-  const size_t C = cfg.d_model, F = cfg.d_ff, R = max_rows;
-  norm_scratch_floats_ = per_unit ? std::max(C * F, R * std::min(C, F)) : 0;
-  plan_and_place(acts_, [&](Arena& a) {
-    for (int l = 0; l < cfg.n_layers; ++l) {
-      if (!cfg.is_moe(l)) continue;
-      Saved& s = saved_[l];
-      s.x = a.take<float>(R * C);
-      s.g = a.take<float>(R * F);
-      s.u = a.take<float>(R * F);
-      if (per_unit) {
-        s.dy = a.take<float>(R * C);
-        s.unit = a.take<int>(R);
-      }
-    }
-    act_ = a.take<float>(R * F);
-    if (per_unit || keep_inputs) {
-      dg_ = a.take<float>(R * F);
-      du_ = a.take<float>(R * F);
-    }
-    if (per_unit) {
-      dx_ = a.take<float>(R * C);
-      norm_scratch_ = a.take<float>(norm_scratch_floats_);
-    }
-  });
-}
+    : cfg_(cfg), params_(params), max_rows_(max_rows), per_unit_(per_unit),
+      acts_(cfg, max_rows, per_unit, keep_inputs) {}
 
 SwigluLora LocalExperts::adapters(int layer, int e) const {
   if (!lora_) return {};
@@ -49,13 +23,13 @@ void LocalExperts::forward(int layer, const int* offsets, const float* x, float*
   const int rows = offsets[cfg_.n_experts];
   if (rows > max_rows_) throw std::logic_error("more routed rows than the expert arena was planned for");
   const ComputeDtypeScope dtype(cfg_.compute_dtype);
-  Saved& s = saved_[layer];
+  ExpertActivations::Saved& s = acts_.saved[layer];
   s.offsets.assign(offsets, offsets + cfg_.n_experts + 1);
   std::memcpy(s.x, x, (size_t)rows * C * sizeof(float));
   for (int e = 0; e < cfg_.n_experts; ++e) {
     const int r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
-    swiglu_forward(y + (size_t)r0 * C, s.g + (size_t)r0 * F, s.u + (size_t)r0 * F, act_,
+    swiglu_forward(y + (size_t)r0 * C, s.g + (size_t)r0 * F, s.u + (size_t)r0 * F, acts_.act,
                    s.x + (size_t)r0 * C, params_.value(expert_param(layer, e, "w1")),
                    params_.value(expert_param(layer, e, "w3")),
                    params_.value(expert_param(layer, e, "w2")), n, C, F, adapters(layer, e));
@@ -66,12 +40,12 @@ void LocalExperts::forward(int layer, const int* offsets, const float* x, float*
 void LocalExperts::expert_backward(int layer, int e, const float* dy, float* dx, const GradSink& sink) {
   const int C = cfg_.d_model, F = cfg_.d_ff;
   const ComputeDtypeScope dtype(cfg_.compute_dtype);
-  Saved& s = saved_[layer];
+  ExpertActivations::Saved& s = acts_.saved[layer];
   const int r0 = s.offsets[e], n = s.offsets[e + 1] - r0;
   float* g = s.g + (size_t)r0 * F;
   float* u = s.u + (size_t)r0 * F;
   swiglu_backward(dx, params_.grad(expert_param(layer, e, "w1")), params_.grad(expert_param(layer, e, "w3")),
-                  params_.grad(expert_param(layer, e, "w2")), dy, g, u, act_, dg_ ? dg_ : g, du_ ? du_ : u,
+                  params_.grad(expert_param(layer, e, "w2")), dy, g, u, acts_.act, acts_.dg ? acts_.dg : g, acts_.du ? acts_.du : u,
                   s.x + (size_t)r0 * C, params_.value(expert_param(layer, e, "w1")),
                   params_.value(expert_param(layer, e, "w3")), params_.value(expert_param(layer, e, "w2")), n,
                   C, F, sink, adapters(layer, e));
@@ -79,8 +53,7 @@ void LocalExperts::expert_backward(int layer, int e, const float* dy, float* dx,
 
 void LocalExperts::backward(int layer, const int* offsets, const float* dy, float* dx) {
   const int C = cfg_.d_model;
-  if (!std::equal(offsets, offsets + cfg_.n_experts + 1, saved_[layer].offsets.begin()))
-    throw std::logic_error("expert backward does not match the rows of the last forward");
+  acts_.check_rows(layer, offsets);
   for (int e = 0; e < cfg_.n_experts; ++e)
     if (offsets[e + 1] > offsets[e])
       expert_backward(layer, e, dy + (size_t)offsets[e] * C, dx + (size_t)offsets[e] * C,
@@ -92,9 +65,8 @@ void LocalExperts::backward_unit_norms(int layer, const int* offsets, const floa
   if (!per_unit_) throw std::logic_error("per-unit gradients need LocalExperts planned with per_unit");
   if (lora_) throw std::logic_error("per-unit gradients of LoRA adapters are not implemented");
   const int C = cfg_.d_model;
-  Saved& s = saved_[layer];
-  if (!std::equal(offsets, offsets + cfg_.n_experts + 1, s.offsets.begin()))
-    throw std::logic_error("expert backward does not match the rows of the last forward");
+  ExpertActivations::Saved& s = acts_.saved[layer];
+  acts_.check_rows(layer, offsets);
   const int rows = offsets[cfg_.n_experts];
   std::memcpy(s.dy, dy, (size_t)rows * C * sizeof(float));
   std::memcpy(s.unit, unit, (size_t)rows * sizeof(int));
@@ -102,7 +74,7 @@ void LocalExperts::backward_unit_norms(int layer, const int* offsets, const floa
   for (int e = 0; e < cfg_.n_experts; ++e) {
     const int r0 = offsets[e], n = offsets[e + 1] - r0;
     if (n == 0) continue;
-    const GradSink sink = GradSink::unit_norms(unit + r0, n, n_units, unit_sq, norm_scratch_, norm_scratch_floats_);
+    const GradSink sink = GradSink::unit_norms(unit + r0, n, n_units, unit_sq, acts_.norm_scratch, acts_.norm_scratch_floats);
     expert_backward(layer, e, dy + (size_t)r0 * C, dx + (size_t)r0 * C, sink);
   }
 }
@@ -110,12 +82,12 @@ void LocalExperts::backward_unit_norms(int layer, const int* offsets, const floa
 void LocalExperts::add_clipped_grads(int layer, const float* factor) {
   if (!per_unit_) throw std::logic_error("per-unit gradients need LocalExperts planned with per_unit");
   const int C = cfg_.d_model;
-  Saved& s = saved_[layer];
+  ExpertActivations::Saved& s = acts_.saved[layer];
   for (int e = 0; e < cfg_.n_experts; ++e) {
     const int r0 = s.offsets[e], n = s.offsets[e + 1] - r0;
     if (n == 0) continue;
-    const GradSink sink = GradSink::clipped(s.unit + r0, n, s.n_units, factor, norm_scratch_, norm_scratch_floats_);
-    expert_backward(layer, e, s.dy + (size_t)r0 * C, dx_, sink);
+    const GradSink sink = GradSink::clipped(s.unit + r0, n, s.n_units, factor, acts_.norm_scratch, acts_.norm_scratch_floats);
+    expert_backward(layer, e, s.dy + (size_t)r0 * C, acts_.dx, sink);
   }
 }
 

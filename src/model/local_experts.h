@@ -1,13 +1,11 @@
 // Experts computed in this process, with their weights in a ParamSet and their activations in
 // an arena planned for at most `max_rows` routed rows per MoE layer.
 #pragma once
-#include <vector>
-
+#include "model/expert_activations.h"
 #include "model/expert_backend.h"
 #include "model/layers.h"
 #include "model/params.h"
 #include "model/per_unit.h"
-#include "tensor/buffer.h"
 
 namespace pcmoe {
 
@@ -31,16 +29,6 @@ class LocalExperts final : public ExpertBackend {
   int max_rows() const { return max_rows_; }
 
  private:
-  struct Saved {  // per MoE layer, what backward needs
-    float* x;     // [max_rows, C]
-    float* g;     // [max_rows, F]
-    float* u;     // [max_rows, F]
-    std::vector<int> offsets;  // of the last forward
-    // DP-SGD (per_unit): the output gradients and units of the last backward_unit_norms
-    float* dy = nullptr;  // [max_rows, C]
-    int* unit = nullptr;  // [max_rows]
-    int n_units = 0;
-  };
   void expert_backward(int layer, int e, const float* dy, float* dx, const GradSink& sink);
   SwigluLora adapters(int layer, int e) const;
 
@@ -49,13 +37,7 @@ class LocalExperts final : public ExpertBackend {
   int max_rows_;
   bool per_unit_;
   const LoraAdapters* lora_ = nullptr;
-  std::vector<Saved> saved_;  // indexed by layer (unused for dense layers)
-  float* act_ = nullptr;      // [max_rows, F] scratch
-  float *dg_ = nullptr, *du_ = nullptr;  // [max_rows, F]; null: backward overwrites the saved g, u
-  float* dx_ = nullptr;                  // [max_rows, C] per_unit: the discarded dx of pass 2
-  float* norm_scratch_ = nullptr;        // per_unit: GradSink scratch
-  size_t norm_scratch_floats_ = 0;
-  AlignedBuffer acts_;
+  ExpertActivations acts_;
 };
 
 }  // namespace pcmoe
