@@ -12,47 +12,11 @@
 #include "tensor/rng.h"
 #include "train/local_model.h"
 #include "hosts.h"
-#include "tiny.h"
+#include "tiny_dp.h"
 
 using namespace pcmoe;
 
 namespace {
-
-ModelConfig tiny_model() {
-  ModelConfig m = tiny::model();
-  m.seq_len = 8;
-  m.aux_loss_weight = 0.05f;
-  m.z_loss_weight = 0.01f;
-  return m;
-}
-
-TrainConfig tiny_train() {
-  TrainConfig t = tiny::train();
-  t.weight_decay = 0;  // a zero gradient then leaves a weight exactly where it is
-  t.seed = 3;
-  return t;
-}
-
-PrivacyConfig dp_config(double q = 0.5) {
-  PrivacyConfig c;
-  c.enabled = true;
-  c.sampling_rate = q;
-  c.noise_multiplier = 1.0;
-  c.clip = 0.05;  // below most units' norms: clipping is active
-  c.test_seed = 9;
-  return c;
-}
-
-// A stream of `docs` documents, each BOS + `len` random tokens.
-std::vector<int32_t> stream(int docs, int len, int32_t bos, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> s;
-  for (int d = 0; d < docs; ++d) {
-    s.push_back(bos);
-    for (int i = 0; i < len; ++i) s.push_back(2 + (int32_t)(rng.next_u64() % 60));
-  }
-  return s;
-}
 
 double rel_err(const float* a, const float* b, size_t n) {
   double num = 0, den = 0;
@@ -96,7 +60,7 @@ TEST(Noise, StandardNormalMoments) {
 }
 
 TEST(Noise, AddsToEveryTensorAtTheRequestedScale) {
-  ModelConfig m = tiny_model();
+  ModelConfig m = tiny::dp_model();
   ParamSet p(m, ParamSelection{});
   p.zero_grads();
   NoiseSource src = NoiseSource::seeded(5, 5);
@@ -118,10 +82,10 @@ TEST(Noise, AddsToEveryTensorAtTheRequestedScale) {
 // With every gradient zero, what reaches the optimizer is the noise alone: mean 0 and standard
 // deviation σC/(qN) over the coordinates.
 TEST(Noise, PrivatisedZeroGradientHasTheStatedScale) {
-  const ModelConfig m = tiny_model();
+  const ModelConfig m = tiny::dp_model();
   ParamSet p(m, ParamSelection{});
   p.zero_grads();
-  PrivacyConfig c = dp_config(0.1);
+  PrivacyConfig c = tiny::dp_config(0.1);
   c.noise_multiplier = 1.3;
   c.clip = 0.7;
   const DpPlan plan = plan_dp(c, 1000, 10);
@@ -183,7 +147,7 @@ TEST(PrivacyUnits, SequenceAndDocumentLayouts) {
 }
 
 TEST(PlanDp, CalibratesMeetsBudgetsAndRefusesTheImpossible) {
-  PrivacyConfig c = dp_config(0.01);
+  PrivacyConfig c = tiny::dp_config(0.01);
   c.noise_multiplier = 0;
   c.epsilon = 3.0;
   c.delta = 1e-5;
@@ -192,7 +156,7 @@ TEST(PlanDp, CalibratesMeetsBudgetsAndRefusesTheImpossible) {
   EXPECT_LE(p.epsilon_after(500), 3.0);
   EXPECT_GE(p.epsilon_after(500), 2.99);
   EXPECT_EQ(p.budget_steps, 500);
-  EXPECT_EQ(plan_dp(dp_config(0.01), 400, 10).delta, 1.0 / 4000);  // default delta 1/(10N)
+  EXPECT_EQ(plan_dp(tiny::dp_config(0.01), 400, 10).delta, 1.0 / 4000);  // default delta 1/(10N)
 
   c.noise_multiplier = 1.0;  // a given σ: the budget ends the run early
   const DpPlan q = plan_dp(c, 10000, 100000);
@@ -212,11 +176,11 @@ TEST(PlanDp, CalibratesMeetsBudgetsAndRefusesTheImpossible) {
 // centralised model's on the same units, tensor by tensor; and the hosts' messages are exactly
 // what the wire format says.
 TEST(DpPcMoe, ClippedSumsEqualCentralisedAndBytesMatchTheFormat) {
-  const ModelConfig m = tiny_model();
-  const TrainConfig t = tiny_train();
+  const ModelConfig m = tiny::dp_model();
+  const TrainConfig t = tiny::dp_train();
   const int32_t bos = 1;
-  const PrivacyUnits units = make_privacy_units(stream(12, 20, bos, 5), m.seq_len, "document", bos);
-  const DpPlan plan = plan_dp(dp_config(), units.n_units(), 10);
+  const PrivacyUnits units = make_privacy_units(tiny::documents(12, 20, bos, 5), m.seq_len, "document", bos);
+  const DpPlan plan = plan_dp(tiny::dp_config(), units.n_units(), 10);
   const int cap = std::max(t.batch_size, units.max_windows());
   const std::vector<int> sampled = PoissonSampler::seeded(1).sample(0, units.n_units(), 0.5);
   ASSERT_GE(sampled.size(), 3u);
@@ -293,11 +257,11 @@ TEST(DpPcMoe, ClippedSumsEqualCentralisedAndBytesMatchTheFormat) {
 // A whole DP turn: every expert of every host moves, those no sampled token reached included
 // (their gradient is pure noise), and the noise is the seeded stream's.
 TEST(DpPcMoe, TurnNoisesEveryExpertAndRepeatsWithASeed) {
-  const ModelConfig m = tiny_model();
-  const TrainConfig t = tiny_train();
+  const ModelConfig m = tiny::dp_model();
+  const TrainConfig t = tiny::dp_train();
   const int32_t bos = 1;
-  const PrivacyUnits units = make_privacy_units(stream(6, 9, bos, 8), m.seq_len, "sequence", bos);
-  const DpPlan plan = plan_dp(dp_config(0.2), units.n_units(), 10);
+  const PrivacyUnits units = make_privacy_units(tiny::documents(6, 9, bos, 8), m.seq_len, "sequence", bos);
+  const DpPlan plan = plan_dp(tiny::dp_config(0.2), units.n_units(), 10);
   const std::vector<int> sampled = {0};  // one sequence: 8 tokens x 2 choices, some experts idle
   std::vector<std::vector<float>> after[2];
   for (int run = 0; run < 2; ++run) {
@@ -347,8 +311,8 @@ TEST(DpPcMoe, TurnNoisesEveryExpertAndRepeatsWithASeed) {
 }
 
 TEST(DpPcMoe, HostRejectsMalformedPerUnitMessagesWithoutStateChange) {
-  const ModelConfig m = tiny_model();
-  const TrainConfig t = tiny_train();
+  const ModelConfig m = tiny::dp_model();
+  const TrainConfig t = tiny::dp_train();
   ExpertHost host(m, t, 0, 2, 64, HostPrivacy{true, true, 1});
   ExpertHost plain(m, t, 0, 2, 64);
   const uint64_t turn = next_turn_of(t.seed, 2, 1, 0, 2);  // party 1's calls

@@ -17,48 +17,16 @@
 #include "tensor/rng.h"
 #include "train/local_model.h"
 #include "hosts.h"
-#include "tiny.h"
+#include "tiny_dp.h"
 
 using namespace pcmoe;
 
 namespace {
 
-ModelConfig dp_model() {
-  ModelConfig m = tiny::model();
-  m.seq_len = 8;
-  m.aux_loss_weight = 0.05f;
-  m.z_loss_weight = 0.01f;
-  return m;
-}
-
-TrainConfig dp_train() {
-  TrainConfig t = tiny::train();
-  t.weight_decay = 0;
-  t.seed = 3;
-  return t;
-}
-
 DpPlan seeded_plan(int n_units, double sigma) {
-  PrivacyConfig c;
-  c.enabled = true;
-  c.sampling_rate = 0.5;
-  c.noise_multiplier = 1.0;
-  c.clip = 0.05;  // below most units' norms: clipping is active
-  c.test_seed = 9;
-  DpPlan p = plan_dp(c, n_units, 10);
+  DpPlan p = plan_dp(tiny::dp_config(), n_units, 10);
   p.sigma = sigma;  // 0: the clipped sums alone
   return p;
-}
-
-// `docs` documents, each BOS + `len` random tokens.
-std::vector<int32_t> stream(int docs, int len, int32_t bos, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> s;
-  for (int d = 0; d < docs; ++d) {
-    s.push_back(bos);
-    for (int i = 0; i < len; ++i) s.push_back(2 + (int32_t)(rng.next_u64() % 60));
-  }
-  return s;
 }
 
 struct Crossed {
@@ -101,10 +69,10 @@ Crossed dp_turn(const ModelConfig& m, const TrainConfig& t, const PrivacyUnits& 
 
 TEST(WeightsExchangeDp, OwnerClipsEveryUnitAndNoisesEverySumBeforeItLeaves) {
   set_num_threads(2);
-  const ModelConfig m = dp_model();
-  const TrainConfig t = dp_train();
+  const ModelConfig m = tiny::dp_model();
+  const TrainConfig t = tiny::dp_train();
   const int32_t bos = 1;
-  const PrivacyUnits units = make_privacy_units(stream(12, 20, bos, 5), m.seq_len, "document", bos);
+  const PrivacyUnits units = make_privacy_units(tiny::documents(12, 20, bos, 5), m.seq_len, "document", bos);
   const std::vector<int> sampled = PoissonSampler::seeded(1).sample(0, units.n_units(), 0.5);
   ASSERT_GE(sampled.size(), 3u);
   const int me = 2;
