@@ -16,6 +16,7 @@
 #include "collab/session.h"
 #include "tensor/rng.h"
 #include "../unit/hosts.h"
+#include "../unit/tiny.h"
 
 namespace fs = std::filesystem;
 using namespace pcmoe;
@@ -192,9 +193,7 @@ TEST(WireDtype, SessionTrafficHalves) {
   t.batch_size = 3;
   t.threads = 1;
   t.seed = 5;
-  std::vector<int32_t> w((size_t)t.batch_size * (m.seq_len + 1));
-  Rng rng(3);
-  for (auto& x : w) x = (int32_t)(rng.next_u64() % m.vocab_size);
+  const std::vector<int32_t> w = tiny::windows(m, t, 3);
   uint64_t fp32_reply_bytes = 0;
   double fp32_loss = 0, fp32_norm = 0;
   for (WireDtype d : {WireDtype::kF32, WireDtype::kBF16, WireDtype::kF16}) {

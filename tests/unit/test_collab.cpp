@@ -39,13 +39,6 @@ TrainConfig tiny_train() {
   return t;
 }
 
-std::vector<int32_t> random_windows(const ModelConfig& m, const TrainConfig& t, uint64_t seed) {
-  std::vector<int32_t> w((size_t)t.grad_accum * t.batch_size * (m.seq_len + 1));
-  Rng rng(seed);
-  for (auto& x : w) x = (int32_t)(rng.next_u64() % m.vocab_size);
-  return w;
-}
-
 // The centralised twin: one ParamSet with every expert, computed locally.
 struct Central : LocalModel {
   using LocalModel::LocalModel;
@@ -98,7 +91,7 @@ TEST(Collab, RemoteExpertsStepEqualsAllLocalStep) {
   Central c(m, t);
   InProcessTransport net;
   PcMoeSession s(m, t, 3, net);
-  const auto w = random_windows(m, t, 5);
+  const auto w = tiny::windows(m, t, 5);
   // Party 1 trains: experts 1 and 4 are its own, the rest live on parties 0 and 2.
   const TurnResult a = s.train_turn(test::start_at_turn_of(s, t.seed, 1), w.data());
   const TurnResult b = c.step(t, w.data(), 0);
@@ -120,7 +113,7 @@ TEST(Collab, OnePartyReproducesCentralisedTrainingExactly) {
   InProcessTransport net;
   PcMoeSession s(m, t, 1, net);
   for (int step = 0; step < 5; ++step) {
-    const auto w = random_windows(m, t, 100 + step);
+    const auto w = tiny::windows(m, t, 100 + step);
     const TurnResult a = s.train_turn(step, w.data());
     const TurnResult b = c.step(t, w.data(), step);
     ASSERT_EQ(a.loss.total, b.loss.total) << "step " << step;
@@ -143,7 +136,7 @@ TEST(Collab, SkewedRoutingAndIdleHostsMatchTheReference) {
     std::memset(c.params.value(layer_param(l, "router")), 0, sizeof(float) * m.n_experts * m.d_model);
     std::memset(s.party(2).backbone.value(layer_param(l, "router")), 0, sizeof(float) * m.n_experts * m.d_model);
   }
-  const auto w = random_windows(m, t, 9);
+  const auto w = tiny::windows(m, t, 9);
   const TurnResult a = s.train_turn(test::start_at_turn_of(s, t.seed, 2), w.data());
   const TurnResult b = c.step(t, w.data(), 0);
   EXPECT_EQ(a.loss.total, b.loss.total);
@@ -173,7 +166,7 @@ TEST(Collab, OnlyRoutedHiddenStatesTheirGradientsAndControlCross) {
   };
   std::vector<Seen> seen;
   net.set_tap([&](MsgKind k, int from, int to, bool resp, const Bytes& b) { seen.push_back({k, from, to, resp, b}); });
-  const auto w = random_windows(m, t, 21);
+  const auto w = tiny::windows(m, t, 21);
   const ParamSet& bb = s.party(0).backbone;
   const std::vector<float> bb_before(bb.values(), bb.values() + bb.numel());
   s.train_turn(test::start_at_turn_of(s, t.seed, 0), w.data());

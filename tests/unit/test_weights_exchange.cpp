@@ -45,13 +45,6 @@ TrainConfig train(int grad_accum) {
   return t;
 }
 
-std::vector<int32_t> windows(const ModelConfig& m, const TrainConfig& t, uint64_t seed) {
-  std::vector<int32_t> w((size_t)t.grad_accum * t.batch_size * (m.seq_len + 1));
-  Rng rng(seed);
-  for (auto& x : w) x = (int32_t)(rng.next_u64() % m.vocab_size);
-  return w;
-}
-
 bool same_bits(const float* a, const float* b, size_t n) { return n == 0 || std::memcmp(a, b, n * sizeof(float)) == 0; }
 
 // Every backbone and every host of two sessions: weights and AdamW moments the same bit for bit.
@@ -81,7 +74,7 @@ TEST(WeightsExchange, EqualsActivationsExchangeBitForBit) {
     PcMoeSession wts(m, t, 3, net_w, 0, {}, WireDtype::kF32, Exchange::kWeights);
     EXPECT_EQ(wts.party(0).weights->holds_turn_grads(), accum > 1);
     for (int64_t turn = 0; turn < 6; ++turn) {
-      const auto w = windows(m, t, 40 + turn);
+      const auto w = tiny::windows(m, t, 40 + turn);
       const TurnResult a = act.train_turn(turn, w.data());
       const TurnResult b = wts.train_turn(turn, w.data());
       EXPECT_EQ(a.loss.total, b.loss.total) << "turn " << turn << ", grad_accum " << accum;
@@ -104,7 +97,7 @@ TEST(WeightsExchange, OnePartyIsCentralisedTraining) {
   InProcessTransport net;
   PcMoeSession s(m, t, 1, net, 0, {}, WireDtype::kF32, Exchange::kWeights);
   for (int step = 0; step < 4; ++step) {
-    const auto w = windows(m, t, 100 + step);
+    const auto w = tiny::windows(m, t, 100 + step);
     const TurnResult a = s.train_turn(step, w.data());
     const LossStats b = accumulate_gradients(c.model, c.params, w.data(), t.batch_size, t.grad_accum);
     const UpdateStats u = apply_update(c.params, c.opt, t, step);
@@ -137,7 +130,7 @@ TEST(WeightsExchange, OnlyWeightsGradientSumsAndControlCross) {
   };
   std::vector<Seen> seen;
   net.set_tap([&](MsgKind k, int from, int to, bool resp, const Bytes& b) { seen.push_back({k, from, to, resp, b}); });
-  const auto w = windows(m, t, 21);
+  const auto w = tiny::windows(m, t, 21);
   const ParamSet& shard = s.party(1).host.params();
   std::vector<float> shard_before(shard.values(), shard.values() + shard.numel());
   s.train_turn(test::start_at_turn_of(s, t.seed, 0), w.data());

@@ -3,7 +3,11 @@
 // layer, dense SwiGLU 40 where a layer is dense, 16 tokens per sequence; batches of 4, 10 steps,
 // 1 warm-up step, seed 5 (the rest as TrainConfig's defaults).
 #pragma once
+#include <cstdint>
+#include <vector>
+
 #include "model/config.h"
+#include "tensor/rng.h"
 #include "train/train_config.h"
 
 namespace pcmoe::tiny {
@@ -31,6 +35,14 @@ inline TrainConfig train() {
   t.warmup = 1;
   t.seed = 5;
   return t;
+}
+
+// One turn's windows, [grad_accum * batch_size, seq_len + 1], of uniform random tokens.
+inline std::vector<int32_t> windows(const ModelConfig& m, const TrainConfig& t, uint64_t seed) {
+  std::vector<int32_t> w((size_t)t.grad_accum * t.batch_size * (m.seq_len + 1));
+  Rng rng(seed);
+  for (auto& x : w) x = (int32_t)(rng.next_u64() % m.vocab_size);
+  return w;
 }
 
 }  // namespace pcmoe::tiny
