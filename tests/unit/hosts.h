@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +20,14 @@ inline int64_t start_at_turn_of(PcMoeSession& s, uint64_t seed, int p) {
   const int64_t turn = next_turn_of(seed, s.n_parties(), p, 0, s.n_parties());
   s.start_at(turn);
   return turn;
+}
+
+// A control request: the op, then its float arguments.
+inline Bytes control(ControlOp op, std::initializer_list<float> floats = {}) {
+  Writer w;
+  w.u32(static_cast<uint32_t>(op));
+  for (float f : floats) w.f32(f);
+  return w.take();
 }
 
 inline Bytes begin_message(uint64_t turn) {

@@ -22,12 +22,7 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-Bytes control(ControlOp op, std::initializer_list<float> floats = {}) {
-  Writer w;
-  w.u32(static_cast<uint32_t>(op));
-  for (float f : floats) w.f32(f);
-  return w.take();
-}
+using test::control;
 Bytes update(float coef, float lr) { return control(ControlOp::kApplyUpdate, {coef, lr}); }
 Bytes noisy_update(float std, float scale, float lr) {
   Writer w;

@@ -20,12 +20,7 @@ namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-Bytes control(ControlOp op, std::initializer_list<float> floats = {}) {
-  Writer w;
-  w.u32(static_cast<uint32_t>(op));
-  for (float f : floats) w.f32(f);
-  return w.take();
-}
+using test::control;
 Bytes noisy_update(float std) {
   Writer w;
   w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
