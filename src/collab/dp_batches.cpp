@@ -6,6 +6,10 @@
 
 namespace pcmoe {
 
+std::filesystem::path dp_batches_file(const std::filesystem::path& run, int party) {
+  return run / ("party" + std::to_string(party)) / "dp_batches.json";
+}
+
 void save_dp_batches(const std::filesystem::path& file, const DpBatches& b) {
   std::filesystem::create_directories(file.parent_path());
   std::ofstream out(file, std::ios::trunc);
@@ -31,6 +35,14 @@ DpBatches load_dp_batches(const std::filesystem::path& file) {
     for (size_t i = 0; i < r.size(); ++i)
       if (r[i] < 0 || r[i] >= b.n_units || (i > 0 && r[i] <= r[i - 1]))
         throw std::runtime_error(where + "a round's units must be ascending, in [0, n_units)");
+  return b;
+}
+
+DpBatches load_dp_batches(const std::filesystem::path& file, const std::string& unit, int n_units) {
+  DpBatches b = load_dp_batches(file);
+  if (b.unit != unit || b.n_units != n_units)
+    throw std::runtime_error(file.string() + ": records " + std::to_string(b.n_units) + " " + b.unit +
+                             " units; the run's data has " + std::to_string(n_units));
   return b;
 }
 

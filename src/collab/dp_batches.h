@@ -16,8 +16,13 @@ struct DpBatches {
   std::vector<std::vector<int>> rounds;  // the units of each round's batch, ascending
 };
 
+// Party p's record in run directory `run`.
+std::filesystem::path dp_batches_file(const std::filesystem::path& run, int party);
 void save_dp_batches(const std::filesystem::path& file, const DpBatches& b);
 // Throws a one-line error naming the file when it is missing, malformed or out of range.
 DpBatches load_dp_batches(const std::filesystem::path& file);
+// The same, and the record must be of `n_units` units of kind `unit`: the party's units of the
+// data the reader rebuilt (a record of other data is refused, not misread).
+DpBatches load_dp_batches(const std::filesystem::path& file, const std::string& unit, int n_units);
 
 }  // namespace pcmoe

@@ -166,7 +166,7 @@ nlohmann::json run_collab(const RunConfig& cfg, const std::string& out_dir,
   for (int p = 0; private_run(sh) && p < n; ++p) {
     DpBatches b{cfg.privacy.unit, sh.units[p].n_units(), {}};
     for (int64_t round = 0; round < sh.rounds; ++round) b.rounds.push_back(sh.batches[p].sample(round, b.n_units, sh.plans[p].q));
-    save_dp_batches(fs::path(out_dir) / ("party" + std::to_string(p)) / "dp_batches.json", b);
+    save_dp_batches(dp_batches_file(out_dir, p), b);
   }
   std::vector<int> everyone(n);
   for (int p = 0; p < n; ++p) everyone[p] = p;

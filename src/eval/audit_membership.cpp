@@ -46,12 +46,8 @@ Trained trained_windows(const fs::path& run, const RunConfig& cfg, const CollabD
     have += k;
   };
   if (cfg.privacy.enabled) {
-    const fs::path file = run / ("party" + std::to_string(v)) / "dp_batches.json";
-    const DpBatches b = load_dp_batches(file);
     const PrivacyUnits units = make_privacy_units(data.parties[v].train.tokens, T, cfg.privacy.unit, data.bos_id);
-    if (b.unit != cfg.privacy.unit || b.n_units != units.n_units())
-      throw std::runtime_error(file.string() + ": records " + std::to_string(b.n_units) + " " + b.unit +
-                               " units; the run's data has " + std::to_string(units.n_units()));
+    const DpBatches b = load_dp_batches(dp_batches_file(run, v), cfg.privacy.unit, units.n_units());
     for (const std::vector<int>& round : b.rounds)
       for (int u : round)
         if (have < n_each) take(units.window(units.first[u]), units.first[u + 1] - units.first[u]);

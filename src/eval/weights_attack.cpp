@@ -55,11 +55,11 @@ std::vector<uint8_t> turn_tokens(const fs::path& run_dir, const RunConfig& cfg, 
     fill_turn(cfg, data.parties[v], round, batch.data());
     return tokens_present(batch.data(), batch.size(), V);
   }
-  const fs::path file = run_dir / ("party" + std::to_string(v)) / "dp_batches.json";
-  const DpBatches b = load_dp_batches(file);
+  const fs::path file = dp_batches_file(run_dir, v);
   const PrivacyUnits units = make_privacy_units(data.parties[v].train.tokens, T, cfg.privacy.unit, data.bos_id);
-  if (b.unit != cfg.privacy.unit || b.n_units != units.n_units() || round >= (int64_t)b.rounds.size())
-    throw std::runtime_error(file.string() + " does not record round " + std::to_string(round) + " of the run's data");
+  const DpBatches b = load_dp_batches(file, cfg.privacy.unit, units.n_units());
+  if (round >= (int64_t)b.rounds.size())
+    throw std::runtime_error(file.string() + " does not record round " + std::to_string(round) + " of the run");
   std::vector<uint8_t> present(V, 0);
   for (int u : b.rounds[round])
     for (int w = units.first[u]; w < units.first[u + 1]; ++w)
