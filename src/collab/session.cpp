@@ -16,6 +16,13 @@ void order_all(Transport& transport, int p, int n, const Bytes& message) {
   }
 }
 
+// The windows of one micro-batch a party plans for: DP-SGD's largest, else train.batch_size.
+int planned_batch(const TrainConfig& tc, int max_batch) { return max_batch > 0 ? max_batch : tc.batch_size; }
+// The routed rows of one MoE layer in one micro-batch: what an expert backend plans for.
+int planned_rows(const ModelConfig& cfg, const TrainConfig& tc, int max_batch) {
+  return planned_batch(tc, max_batch) * cfg.seq_len * cfg.top_k;
+}
+
 Bytes begin_message(int64_t turn) {
   Writer w;
   w.u32(static_cast<uint32_t>(ControlOp::kBeginTurn));
@@ -28,14 +35,12 @@ CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transpor
                          int max_batch, const HostPrivacy& privacy, WireDtype wire, Exchange exchange)
     : id(id_), backbone(cfg, backbone_selection()), optimizer(backbone, tc), experts(cfg, transport, id_, n, wire),
       weights(exchange == Exchange::kWeights
-                  ? std::make_unique<WeightsExchange>(cfg, transport, id_, n,
-                                                      (max_batch > 0 ? max_batch : tc.batch_size) * cfg.seq_len * cfg.top_k,
+                  ? std::make_unique<WeightsExchange>(cfg, transport, id_, n, planned_rows(cfg, tc, max_batch),
                                                       privacy.per_unit, tc.grad_accum > 1 || privacy.per_unit, wire)
                   : nullptr),
-      model(cfg, backbone, weights ? static_cast<ExpertBackend&>(*weights) : experts,
-            max_batch > 0 ? max_batch : tc.batch_size, privacy.per_unit),
-      host(cfg, tc, id_, n, (max_batch > 0 ? max_batch : tc.batch_size) * cfg.seq_len * cfg.top_k, privacy, wire,
-           exchange) {
+      model(cfg, backbone, weights ? static_cast<ExpertBackend&>(*weights) : experts, planned_batch(tc, max_batch),
+            privacy.per_unit),
+      host(cfg, tc, id_, n, planned_rows(cfg, tc, max_batch), privacy, wire, exchange) {
   backbone.init(tc.seed);
 }
 
