@@ -22,6 +22,18 @@ inline int64_t start_at_turn_of(PcMoeSession& s, uint64_t seed, int p) {
   return turn;
 }
 
+// One message the transport carried: a request, or the response to one.
+struct Crossing {
+  MsgKind kind;
+  int from, to;
+  bool response;
+  Bytes payload;
+};
+// Every message `net` carries from now on, in order, appended to `seen`.
+inline void record_crossings(InProcessTransport& net, std::vector<Crossing>& seen) {
+  net.set_tap([&seen](MsgKind k, int from, int to, bool resp, const Bytes& b) { seen.push_back({k, from, to, resp, b}); });
+}
+
 // A control request: the op, then its float arguments.
 inline Bytes control(ControlOp op, std::initializer_list<float> floats = {}) {
   Writer w;

@@ -158,14 +158,8 @@ TEST(Collab, OnlyRoutedHiddenStatesTheirGradientsAndControlCross) {
   t.grad_accum = 1;
   InProcessTransport net;
   PcMoeSession s(m, t, 2, net);
-  struct Seen {
-    MsgKind kind;
-    int from, to;
-    bool response;
-    Bytes payload;
-  };
-  std::vector<Seen> seen;
-  net.set_tap([&](MsgKind k, int from, int to, bool resp, const Bytes& b) { seen.push_back({k, from, to, resp, b}); });
+  std::vector<test::Crossing> seen;
+  test::record_crossings(net, seen);
   const auto w = tiny::windows(m, t, 21);
   const ParamSet& bb = s.party(0).backbone;
   const std::vector<float> bb_before(bb.values(), bb.values() + bb.numel());
@@ -214,7 +208,7 @@ TEST(Collab, OnlyRoutedHiddenStatesTheirGradientsAndControlCross) {
   }
   uint64_t expert_bytes = 0, control_bytes = 0;
   std::set<std::tuple<int, int>> pairs;
-  for (const Seen& x : seen) {
+  for (const test::Crossing& x : seen) {
     pairs.insert({x.from, x.to});
     if (x.kind == MsgKind::kControl) {
       control_bytes += x.payload.size();
@@ -231,7 +225,7 @@ TEST(Collab, OnlyRoutedHiddenStatesTheirGradientsAndControlCross) {
   EXPECT_EQ(pairs, (std::set<std::tuple<int, int>>{{0, 1}, {1, 0}}));
   // The request floats are exactly the hidden states routed to party 1's experts, so nothing
   // else (token ids, labels, weights, gradients of the backbone) can be in them.
-  for (const Seen& x : seen) {
+  for (const test::Crossing& x : seen) {
     if (x.kind != MsgKind::kExpertForward || x.response) continue;
     Reader rd(x.payload);
     const int layer = (int)rd.u32();
@@ -257,7 +251,7 @@ TEST(Collab, OnlyRoutedHiddenStatesTheirGradientsAndControlCross) {
   // comparisons; pairs made only of 0 and +-1, the initial norm weights and unused rows'
   // gradients, are structural and skipped.)
   std::unordered_set<uint64_t> payload_pairs;
-  for (const Seen& x : seen)
+  for (const test::Crossing& x : seen)
     for (size_t k = 0; k + 8 <= x.payload.size(); k += 4) {
       uint64_t v;
       std::memcpy(&v, x.payload.data() + k, 8);

@@ -122,14 +122,8 @@ TEST(WeightsExchange, OnlyWeightsGradientSumsAndControlCross) {
   const TrainConfig t = train(1);
   InProcessTransport net;
   PcMoeSession s(m, t, 2, net, 0, {}, WireDtype::kF32, Exchange::kWeights);
-  struct Seen {
-    MsgKind kind;
-    int from, to;
-    bool response;
-    Bytes payload;
-  };
-  std::vector<Seen> seen;
-  net.set_tap([&](MsgKind k, int from, int to, bool resp, const Bytes& b) { seen.push_back({k, from, to, resp, b}); });
+  std::vector<test::Crossing> seen;
+  test::record_crossings(net, seen);
   const auto w = tiny::windows(m, t, 21);
   const ParamSet& shard = s.party(1).host.params();
   std::vector<float> shard_before(shard.values(), shard.values() + shard.numel());
@@ -143,8 +137,8 @@ TEST(WeightsExchange, OnlyWeightsGradientSumsAndControlCross) {
   std::map<std::pair<int, int>, int> fetches, sums;
   std::set<MsgKind> kinds;
   uint64_t bytes = 0, control = 0;
-  const Seen* request = nullptr;
-  for (const Seen& x : seen) {
+  const test::Crossing* request = nullptr;
+  for (const test::Crossing& x : seen) {
     kinds.insert(x.kind);
     bytes += x.payload.size();
     ASSERT_TRUE(x.kind == MsgKind::kExpertWeights || x.kind == MsgKind::kExpertGrads || x.kind == MsgKind::kControl)
