@@ -77,6 +77,26 @@ for exchange in ("activations", "weights"):
         q = pcmoe_lines(os.path.join(tmp, "seq"))
         check(sorted(turns(q)) != sorted(turns(s)), "concurrent rounds train other numbers than sequential turns")
 
+# (a') the leakage audit's tap: the observer (party 0) receives every party's calls at once, holds
+# each round's payloads and writes them in party order, so its process records the simulation's
+# bytes, the senders' truths join to the simulation's, and the audits agree.
+aud = concurrent(3)
+aud["train"]["steps"] = 6
+aud["audit"] = {"observer": 0, "record_every": 3}
+write_json(os.path.join(tmp, "audit.json"), aud)
+asim, adep = os.path.join(tmp, "audit-sim"), os.path.join(tmp, "audit-dep")
+code = run("collab", "--config", os.path.join(tmp, "audit.json"), "--out", asim)[0]
+code |= run("launch", "--config", os.path.join(tmp, "audit.json"), "--out", adep)[0]
+check(code == 0, "an audited concurrent run, simulated and deployed")
+check(code == 0 and filecmp.cmp(os.path.join(asim, "audit", "recording.bin"),
+                                os.path.join(adep, "party0", "audit", "recording.bin"), shallow=False),
+      "the observer's process recorded exactly the simulation's tap's bytes")
+audits = [run("audit", "--run", r, "--out", r + "-audit", "--public-windows", "16")[0] for r in (asim, adep)]
+check(audits == [0, 0] and filecmp.cmp(os.path.join(asim, "audit", "truth.bin"), os.path.join(adep, "audit", "truth.bin"),
+                                       shallow=False), "the senders' truths join to the simulation's truth.bin")
+cells = [json.load(open(r + "-audit/audit.json"))["cells"] if a == 0 else None for r, a in zip((asim, adep), audits)]
+check(cells[0] and cells[0] == cells[1], "the attack results of the deployment are the simulation's")
+
 # (b) one party: a concurrent round is a sequential turn, bit for bit (and the report's memory
 # counts no second slot).
 one = concurrent(1)
