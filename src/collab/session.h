@@ -1,6 +1,7 @@
 // PC-MoE with every party in one process: each party's backbone, optimizer and model, its
-// expert host, and the turns of the seeded round-robin. All traffic between parties goes
-// through the Transport, so a multi-process transport can replace the in-process one.
+// expert host, and the turns of the schedule (the seeded round-robin, or concurrent rounds). All
+// traffic between parties goes through the Transport, so a multi-process transport can replace
+// the in-process one.
 #pragma once
 #include <memory>
 #include <nlohmann/json.hpp>
