@@ -34,9 +34,12 @@ ParamSelection shard_selection(int party, int n_parties);
 // when the last of the round's updates arrives.
 enum class ControlOp : uint32_t {
   kBeginTurn = 1,    // u64 global turn index: the next turn, held by the caller (schedule.h);
-                     // zero the shard's gradients: a party's batch starts
-  kGradSqSums = 2,   // reply: per-tensor sums of squared gradients (f64 each, layout order)
-  kApplyUpdate = 3,  // f32 clip coefficient, f32 lr: scale gradients, step AdamW
+                     // zero the shard's gradients (concurrent: the caller's slot's): a party's
+                     // batch starts
+  kGradSqSums = 2,   // reply: per-tensor sums of squared gradients (f64 each, layout order; concurrent:
+                     // of the caller's own contribution)
+  kApplyUpdate = 3,  // f32 clip coefficient, f32 lr: scale gradients, step AdamW (concurrent: kept
+                     // until the round's last update, which steps once on every party's)
   // DP-SGD (docs/privacy.md)
   kClipFactors = 4,  // u32 layer, u32 n_units, n_units x f32: add the units' clipped gradient sum
                      // of that layer's experts (rows of the last kExpertBackwardUnits)
@@ -115,7 +118,7 @@ class ExpertHost {
   // and its gradients. A sequential host has one slot, its turn holder's; a concurrent host one
   // per party, each touched only by that party's calls (under `mu`) and by the round's end.
   struct Slot {
-    ParamSet* grads = nullptr;        // the shard's own block (slot 0) or own_
+    ParamSet* grads = nullptr;        // the shard's own block (slot 0) or `own`
     std::unique_ptr<ParamSet> own;    // concurrent, parties 1..n-1: a block over the shard's weights
     std::unique_ptr<LocalExperts> compute;
     std::vector<Layer> layers;
