@@ -162,7 +162,8 @@ std::vector<std::unique_ptr<CollabParty>> build_parties(const RunConfig& cfg, Sp
   for (int q = 0; q < n; ++q) {
     if (!here[q]) continue;
     parties[q] = std::make_unique<CollabParty>(cfg.model, cfg.train, transport, q, n, 0, HostPrivacy{},
-                                               parse_wire_dtype(cfg.collab.wire_dtype), parse_exchange(cfg.collab.exchange));
+                                               parse_wire_dtype(cfg.collab.wire_dtype), parse_exchange(cfg.collab.exchange),
+                                               parse_schedule(cfg.collab.schedule));
     ExpertHost* host = &parties[q]->host;
     transport.serve(q, [host](MsgKind kind, int from, const Bytes& req) { return host->handle(kind, from, req); });
   }
@@ -238,8 +239,10 @@ int measure(const std::string& config_path, int n, int p) {
   std::vector<std::unique_ptr<CollabParty>> parties = build_parties(cfg, transport, n, here);
   CollabParty& party = *parties[p];
   const TurnPlan plan(mc, n);
+  // Concurrent rounds run here one turn after another, in party order: what a host holds is the
+  // same (every party's slot stays allocated), and a round's result does not depend on the order.
   for (int64_t turn = 0; turn < kRounds * n; ++turn) {
-    const int q = turn_holder(cfg.train.seed, n, turn);
+    const int q = turn_holder(cfg.train.seed, n, turn, parse_schedule(cfg.collab.schedule));
     if (q == p) {
       random_turn(party, transport, cfg, plan, turn);
       continue;
@@ -269,6 +272,7 @@ int measure(const std::string& config_path, int n, int p) {
   const nlohmann::json out = {{"parties", n},
                               {"party", p},
                               {"exchange", cfg.collab.exchange},
+                              {"schedule", cfg.collab.schedule},
                               {"arena_bytes", party_memory(party, 2 * transport.largest_payload())},
                               {"peak_rss_bytes", peak_rss_bytes()},
                               {"bytes_sent", transport.stats().bytes_sent(p)},

@@ -1,5 +1,6 @@
 #include <memory>
 
+#include "collab/party_threads.h"
 #include "collab/recorder.h"
 #include "collab/run_shared.h"
 #include "collab/session.h"
@@ -11,9 +12,11 @@ namespace pcmoe {
 
 namespace {
 
-// Each party's start: DP's per-sequence aux weight, the Hugging Face init, the state noise.
+// Each party's start: its experts' lr scale, DP's per-sequence aux weight, the Hugging Face
+// init, the state noise.
 void prepare_parties(PcMoeSession& session, const Shared& sh, int n, bool dp) {
   const RunConfig& cfg = sh.cfg;
+  for (int p = 0; p < n; ++p) session.party(p).expert_lr_scale = cfg.collab.expert_lr_scale;
   if (dp)
     for (int p = 0; p < n; ++p) session.party(p).model.set_aux_per_sequence(sh.plans[p].aux_per_unit);
   if (!cfg.collab.init_from.empty()) {
@@ -40,29 +43,35 @@ nlohmann::json traffic_by_kind(const TrafficStats& training) {
   return traffic;
 }
 
+// The audit's recorder (docs/audit.md), tapping `net`: what the observer receives.
+std::unique_ptr<Recorder> start_recorder(PcMoeSession& session, Transport& net, const RunConfig& cfg,
+                                         const fs::path& audit_dir) {
+  const int observer = cfg.audit.observer, n = session.n_parties();
+  auto recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(to_json(cfg)),
+                                             [&session, observer, n](MsgKind, int from, const Bytes& payload) {
+                                               return expert_call_truth(session.party(from).model, payload, observer, n);
+                                             });
+  net.set_tap(recorder->tap());
+  if (session.schedule() == Schedule::kConcurrent) recorder->hold_until_flush();
+  return recorder;
+}
+
 }  // namespace
 
-// PC-MoE: every party trains on its own data in the seeded round-robin; experts on their hosts.
+// PC-MoE: every party trains on its own data in the seeded round-robin (or all at once, in
+// concurrent rounds); experts on their hosts.
 nlohmann::json run_pcmoe(Shared& sh) {
   const RunConfig& cfg = sh.cfg;
   const int n = (int)sh.parties.size();
   InProcessTransport net;
   const bool dp = private_run(sh);
   const HostPrivacy hp = dp ? HostPrivacy{true, sh.plans[0].seeded, sh.plans[0].test_seed} : HostPrivacy{};
+  const Schedule schedule = parse_schedule(cfg.collab.schedule);
   PcMoeSession session(dp ? sh.dp_model : cfg.model, cfg.train, n, net, dp ? sh.dp_max_batch : 0, hp,
-                       parse_wire_dtype(cfg.collab.wire_dtype), parse_exchange(cfg.collab.exchange));
+                       parse_wire_dtype(cfg.collab.wire_dtype), parse_exchange(cfg.collab.exchange), schedule);
   prepare_parties(session, sh, n, dp);
-  std::unique_ptr<Recorder> recorder;
   const fs::path audit_dir = sh.out_dir / "audit";
-  if (cfg.audit.enabled) {
-    const int observer = cfg.audit.observer;
-    recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(to_json(cfg)),
-                                          [&session, observer, n](MsgKind, int from, const Bytes& payload) {
-                                            return expert_call_truth(session.party(from).model, payload, observer, n);
-                                          });
-    net.set_tap(recorder->tap());
-  }
-  std::vector<int32_t> windows((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1));
+  std::unique_ptr<Recorder> recorder = cfg.audit.enabled ? start_recorder(session, net, cfg, audit_dir) : nullptr;
   // Party p's model as it would use it: its own backbone with the shared experts (the curve's,
   // the final checkpoints', and the audit observer's view).
   auto assemble = [&](int p, ParamSet& model) {
@@ -90,6 +99,32 @@ nlohmann::json run_pcmoe(Shared& sh) {
   const double eval0 = sh.eval_seconds;  // train_seconds leaves the curve's evaluations out
   int64_t done = 0;
   std::vector<double> tokens(n, 0.0);
+  std::vector<std::vector<int32_t>> windows(
+      n, std::vector<int32_t>((size_t)cfg.train.grad_accum * cfg.train.batch_size * (cfg.model.seq_len + 1)));
+  // Party p's turn `turn` of round `round`: its metrics line. Touches party p's state alone (and,
+  // through the transport, the hosts), so the parties of a concurrent round run it at once.
+  auto train = [&](int p, int64_t turn, int64_t round) {
+    nlohmann::json line = {{"mode", "pc-moe"}, {"round", round}, {"party", p}};
+    TurnResult r;
+    if (dp) {
+      const std::vector<int> sampled = sh.batches[p].sample(round, sh.units[p].n_units(), sh.plans[p].q);
+      const DpTurnResult d = session.train_dp_turn(turn, sh.units[p], sh.plans[p], sampled, noise_stream(p, round));
+      r = d.turn;
+      tokens[p] += (double)d.batch.windows * cfg.model.seq_len;
+      line["units"] = d.batch.units;
+      line["epsilon"] = sh.plans[p].epsilon_after(round + 1);
+    } else {
+      fill_turn(sh, p, round, windows[p].data());
+      r = session.train_turn(turn, windows[p].data());
+      tokens[p] += (double)sh.tokens_per_turn;
+    }
+    line.update({{"loss", r.loss.total}, {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}});
+    return line;
+  };
+  // Concurrent rounds: one thread per party, each with its share of train.threads (at least one).
+  std::unique_ptr<PartyThreads> threads;
+  if (schedule == Schedule::kConcurrent) threads = std::make_unique<PartyThreads>(n, std::max(1, cfg.train.threads / n));
+  std::vector<nlohmann::json> lines(n);
   for (int64_t round = 0; round < sh.rounds; ++round) {
     if (recorder) {
       const bool record = recorded_round(cfg.audit, sh.rounds, round);
@@ -101,25 +136,14 @@ nlohmann::json run_pcmoe(Shared& sh) {
                         sh.tokenizer_model);
       }
     }
-    for (int64_t turn = round * n; turn < (round + 1) * n; ++turn) {
-      const int p = session.holder(turn);
-      nlohmann::json line = {{"mode", "pc-moe"}, {"round", round}, {"party", p}};
-      TurnResult r;
-      if (dp) {
-        const std::vector<int> sampled = sh.batches[p].sample(round, sh.units[p].n_units(), sh.plans[p].q);
-        const DpTurnResult d = session.train_dp_turn(turn, sh.units[p], sh.plans[p], sampled, noise_stream(p, round));
-        r = d.turn;
-        tokens[p] += (double)d.batch.windows * cfg.model.seq_len;
-        line["units"] = d.batch.units;
-        line["epsilon"] = sh.plans[p].epsilon_after(round + 1);
-      } else {
-        fill_turn(sh, p, round, windows.data());
-        r = session.train_turn(turn, windows.data());
-        tokens[p] += (double)sh.tokens_per_turn;
-      }
-      line.update({{"loss", r.loss.total}, {"ce", r.loss.ce}, {"lr", r.lr}, {"grad_norm", r.grad_norm}});
+    if (threads) {
+      threads->run([&](int p) { lines[p] = train(p, round * n + p, round); });
+    } else {
+      for (int i = 0; i < n; ++i) lines[i] = train(session.holder(round * n + i), round * n + i, round);
+    }
+    for (const nlohmann::json& line : lines) {
       sh.metrics << line.dump() << "\n";
-      progress("pc-moe", ++done, (int64_t)n * sh.rounds, r.loss.ce, seconds_since(t0));
+      progress("pc-moe", ++done, (int64_t)n * sh.rounds, line["ce"].get<float>(), seconds_since(t0));
     }
     if (curve_due_before_end(sh, round + 1)) add_point(round + 1);
   }

@@ -104,21 +104,34 @@ Tap Recorder::tap() {
 
 void Recorder::take(MsgKind kind, int from, int to, bool is_response, const Bytes& payload) {
   if (!recording_ || to != observer_) return;  // only what reaches the observer
-  put(rec_, (uint8_t)kind);
-  put(rec_, (uint8_t)is_response);
+  Held h{kind, is_response, from, payload, {}, is_expert_request(kind, is_response) && oracle_};
+  // The truth now: the sender's model still holds the forward this request came from.
+  if (h.has_truth) h.truth = oracle_(kind, from, payload);
+  if (!holding_) return write(h);
+  held_[is_response ? to : from].push_back(std::move(h));  // a response answers the observer's own turn
+}
+
+void Recorder::flush() {
+  for (const auto& [party, records] : held_)
+    for (const Held& h : records) write(h);
+  held_.clear();
+}
+
+void Recorder::write(const Held& h) {
+  put(rec_, (uint8_t)h.kind);
+  put(rec_, (uint8_t)h.is_response);
   put(rec_, (uint16_t)0);
-  put(rec_, (uint32_t)from);
+  put(rec_, (uint32_t)h.from);
   put(rec_, (int64_t)round_);
-  put(rec_, (uint64_t)payload.size());
-  put_bytes(rec_, payload.data(), payload.size());
-  if (is_expert_request(kind, is_response) && oracle_) {
-    const std::vector<int32_t> truth = oracle_(kind, from, payload);
+  put(rec_, (uint64_t)h.payload.size());
+  put_bytes(rec_, h.payload.data(), h.payload.size());
+  if (h.has_truth) {
     put(truth_, (uint64_t)n_records_);
-    put(truth_, (uint32_t)(truth.size() / 3));
-    put_bytes(truth_, truth.data(), truth.size() * sizeof(int32_t));
+    put(truth_, (uint32_t)(h.truth.size() / 3));
+    put_bytes(truth_, h.truth.data(), h.truth.size() * sizeof(int32_t));
   }
   ++n_records_;
-  bytes_ += payload.size();
+  bytes_ += h.payload.size();
 }
 
 bool is_expert_request(MsgKind kind, bool is_response) {

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,18 +51,38 @@ class Recorder {
   Recorder(const Recorder&) = delete;
   Recorder& operator=(const Recorder&) = delete;
 
-  // The round now running, and whether it is recorded.
+  // The round now running, and whether it is recorded (holding: another round writes what the
+  // last one held first).
   void set_round(int64_t round, bool record) {
+    if (round != round_) flush();
     round_ = round;
     recording_ = record;
   }
-  // To install with Transport::set_tap.
+  // To install with Transport::set_tap (whose calls to it must not overlap; both transports
+  // serialise their taps).
   Tap tap();
+  // Concurrent rounds: every party's calls arrive at once, so what the observer receives in a
+  // round is held, each payload under the party whose turn sent or asked for it, until flush()
+  // (or the next round) writes it in party order, each party's in the order it came: the
+  // recording does not depend on timing.
+  void hold_until_flush() { holding_ = true; }
+  void flush();
   int64_t records() const { return n_records_; }
   uint64_t bytes() const { return bytes_; }
 
  private:
+  struct Held {
+    MsgKind kind;
+    bool is_response;
+    int from;
+    Bytes payload;
+    std::vector<int32_t> truth;
+    bool has_truth;
+  };
   void take(MsgKind kind, int from, int to, bool is_response, const Bytes& payload);
+  void write(const Held& h);
+  bool holding_ = false;
+  std::map<int, std::vector<Held>> held_;  // by the party whose turn it belongs to
   int observer_;
   Oracle oracle_;
   std::FILE* rec_ = nullptr;

@@ -67,7 +67,8 @@ nlohmann::json curve_point(int64_t done, const Shared& sh, double bytes_sent, do
 void progress(const char* mode, int64_t done, int64_t total, float loss, double s);
 void fill_turn(const Shared& sh, int party, int64_t step, int32_t* windows);
 
-// PC-MoE: every party trains on its own data in the seeded round-robin; experts on their hosts.
+// PC-MoE: every party trains on its own data in the seeded round-robin (or, collab.schedule
+// "concurrent", all at once, one thread each); experts on their hosts.
 nlohmann::json run_pcmoe(Shared& sh);
 // One model trained on the turns of `parties` in the round-robin order (all of them: the
 // centralised model on the pooled data; one: a local-only model).

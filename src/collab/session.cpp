@@ -32,7 +32,8 @@ Bytes begin_message(int64_t turn) {
 }  // namespace
 
 CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id_, int n,
-                         int max_batch, const HostPrivacy& privacy, WireDtype wire, Exchange exchange)
+                         int max_batch, const HostPrivacy& privacy, WireDtype wire, Exchange exchange,
+                         Schedule schedule)
     : id(id_), backbone(cfg, backbone_selection()), optimizer(backbone, tc), experts(cfg, transport, id_, n, wire),
       weights(exchange == Exchange::kWeights
                   ? std::make_unique<WeightsExchange>(cfg, transport, id_, n, planned_rows(cfg, tc, max_batch),
@@ -40,22 +41,25 @@ CollabParty::CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transpor
                   : nullptr),
       model(cfg, backbone, weights ? static_cast<ExpertBackend&>(*weights) : experts, planned_batch(tc, max_batch),
             privacy.per_unit),
-      host(cfg, tc, id_, n, planned_rows(cfg, tc, max_batch), privacy, wire, exchange) {
+      host(cfg, tc, id_, n, planned_rows(cfg, tc, max_batch), privacy, wire, exchange, schedule) {
   backbone.init(tc.seed);
 }
 
 nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes) {
   const size_t bb = p.backbone.numel() * sizeof(float), sh = p.host.params().numel() * sizeof(float);
   const size_t owner_experts = p.weights ? p.weights->activation_bytes() : 0;
+  const size_t slots = p.host.slot_gradient_bytes();
   nlohmann::json j = {{"parameters", bb + sh},
-                      {"gradients", bb + sh},
+                      {"gradients", bb + sh + slots},
                       {"optimizer", p.optimizer.state_bytes() + p.host.optimizer().state_bytes()},
                       {"activations", p.model.activation_bytes() + p.host.activation_bytes() + owner_experts},
                       {"scratch", p.model.scratch_bytes() + p.host.scratch_bytes()},
                       {"transport", transport_bytes},
                       {"exchange", p.weights ? p.weights->exchange_bytes() : 0},
                       {"backbone_parameters", bb},
-                      {"expert_parameters", sh}};
+                      {"expert_parameters", sh},
+                      {"host_slots", slots + (p.host.activation_bytes() + p.host.scratch_bytes()) /
+                                                 p.host.slots() * (p.host.slots() - 1)}};
   size_t total = 0;
   for (const char* k : {"parameters", "gradients", "optimizer", "activations", "scratch", "transport", "exchange"})
     total += j[k].get<size_t>();
@@ -73,13 +77,15 @@ TurnPlan::TurnPlan(const ModelConfig& cfg, int n_parties) {
 }
 
 PcMoeSession::PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport,
-                           int max_batch, const HostPrivacy& privacy, WireDtype wire, Exchange exchange)
-    : tc_(tc), transport_(transport), plan_(cfg, n_parties) {
+                           int max_batch, const HostPrivacy& privacy, WireDtype wire, Exchange exchange,
+                           Schedule schedule)
+    : tc_(tc), schedule_(schedule), transport_(transport), plan_(cfg, n_parties) {
   if (n_parties < 1 || n_parties > cfg.n_experts)
     throw std::runtime_error("need 1 <= parties <= n_experts (" + std::to_string(cfg.n_experts) + "), got " +
                              std::to_string(n_parties));
   for (int p = 0; p < n_parties; ++p) {
-    parties_.push_back(std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties, max_batch, privacy, wire, exchange));
+    parties_.push_back(
+        std::make_unique<CollabParty>(cfg, tc, transport, p, n_parties, max_batch, privacy, wire, exchange, schedule));
     ExpertHost* host = &parties_.back()->host;
     transport.serve(p, [host](MsgKind kind, int from, const Bytes& req) { return host->handle(kind, from, req); });
   }
@@ -109,7 +115,7 @@ DpTurnResult run_dp_turn(CollabParty& me, Transport& transport, const TrainConfi
   w.u32(static_cast<uint32_t>(ControlOp::kApplyNoisyUpdate));
   w.f32(me.weights ? 0.0f : (float)dp.noise_std());  // exchanging weights, the sums left noised
   w.f32(dp.average_scale());
-  w.f32(r.turn.lr);
+  w.f32(r.turn.lr * me.expert_lr_scale);
   w.u64(noise_stream);
   order_all(transport, p, n, w.take());
   ++me.turns;
@@ -155,7 +161,7 @@ TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc
   Writer w;
   w.u32(static_cast<uint32_t>(ControlOp::kApplyUpdate));
   w.f32(coef);
-  w.f32(r.lr);
+  w.f32(r.lr * me.expert_lr_scale);
   order_all(transport, p, n, w.take());
   ++me.turns;
   return r;

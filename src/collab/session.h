@@ -1,6 +1,7 @@
 // PC-MoE with every party in one process: each party's backbone, optimizer and model, its
-// expert host, and the turns of the seeded round-robin. All traffic between parties goes
-// through the Transport, so a multi-process transport can replace the in-process one.
+// expert host, and the turns of the schedule (the seeded round-robin, or concurrent rounds). All
+// traffic between parties goes through the Transport, so a multi-process transport can replace
+// the in-process one.
 #pragma once
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -20,10 +21,11 @@ namespace pcmoe {
 struct CollabParty {
   // max_batch: sequences per micro-batch (0: tc.batch_size); privacy.per_unit plans DP-SGD;
   // wire: the dtype of expert-call rows (or, exchanging weights, of weights and gradient sums), as
-  // this party sends them and as its host answers; exchange: collab.exchange.
+  // this party sends them and as its host answers; exchange: collab.exchange; schedule:
+  // collab.schedule (its host's).
   CollabParty(const ModelConfig& cfg, const TrainConfig& tc, Transport& transport, int id, int n_parties,
               int max_batch = 0, const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32,
-              Exchange exchange = Exchange::kActivations);
+              Exchange exchange = Exchange::kActivations, Schedule schedule = Schedule::kSequential);
   int id;
   ParamSet backbone;  // embedding, attention, norms, routers, head: never leaves the party
   AdamW optimizer;    // for the backbone
@@ -32,12 +34,15 @@ struct CollabParty {
   Model model;
   ExpertHost host;    // this party's shard of the experts, served to every party
   int64_t turns = 0;  // optimizer steps taken on this party's data (its lr schedule position)
+  float expert_lr_scale = 1.0f;  // collab.expert_lr_scale: the hosts step at lr x this
 };
 
 // A party's planned memory in bytes by category: its backbone (parameters, gradients, AdamW
 // state), its expert shard (likewise), the activations of its model and of its host's experts,
 // scratch, the transport buffers (`transport_bytes`: the largest request and response it holds
 // at once) and, exchanging weights, the fetched expert and the gradient sums it holds (`exchange`).
+// In concurrent rounds its host keeps every party's gradients and expert activations apart: n
+// slots of each (`gradients`, `activations`; `host_slots` names the part beyond one slot).
 nlohmann::json party_memory(const CollabParty& p, size_t transport_bytes);
 
 struct TurnResult {
@@ -61,6 +66,9 @@ struct TurnPlan {
 // sums; one clipped update of the backbone here and of every expert on its host. A host's reply
 // that is malformed or not finite throws before the backbone changes. Exchanging weights, the
 // experts run here and each host gets its experts' gradient sums before the norms are taken.
+// In concurrent rounds the same calls: each host answers with this party's own contribution, so
+// the norm and the clip coefficient are this party's alone, and steps when the round's last
+// update arrives. Safe to run for every party at once (one thread each) on a thread-safe transport.
 TurnResult run_turn(CollabParty& me, Transport& transport, const TrainConfig& tc, const TurnPlan& plan, int64_t turn,
                     const int32_t* windows);
 
@@ -83,11 +91,12 @@ class PcMoeSession {
  public:
   PcMoeSession(const ModelConfig& cfg, const TrainConfig& tc, int n_parties, Transport& transport, int max_batch = 0,
                const HostPrivacy& privacy = {}, WireDtype wire = WireDtype::kF32,
-               Exchange exchange = Exchange::kActivations);
+               Exchange exchange = Exchange::kActivations, Schedule schedule = Schedule::kSequential);
   int n_parties() const { return (int)parties_.size(); }
   CollabParty& party(int p) { return *parties_[p]; }
+  Schedule schedule() const { return schedule_; }
   // The party that holds global turn `turn` (turn_holder).
-  int holder(int64_t turn) const { return turn_holder(tc_.seed, n_parties(), turn); }
+  int holder(int64_t turn) const { return turn_holder(tc_.seed, n_parties(), turn, schedule_); }
   // Every host serves turns from `turn` on (ExpertHost::start_at): a session that starts
   // mid-schedule, as a test of one party's turn does.
   void start_at(int64_t turn);
@@ -104,6 +113,7 @@ class PcMoeSession {
 
  private:
   TrainConfig tc_;
+  Schedule schedule_;
   Transport& transport_;
   std::vector<std::unique_ptr<CollabParty>> parties_;
   TurnPlan plan_;

@@ -1,5 +1,6 @@
 #include "collab/transport.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -52,13 +53,17 @@ Bytes InProcessTransport::call(int from, int to, MsgKind kind, const Bytes& requ
   if (it == handlers_.end()) throw std::runtime_error("no party " + std::to_string(to) + " on the transport");
   if (from == to) return it->second(kind, from, request);
   const Bytes delivered(request);  // the copy a network would make
-  stats_.add(kind, from, to, delivered.size());
-  if (tap_) tap_(kind, from, to, false, delivered);
+  count(kind, from, to, false, delivered);
   Bytes response = it->second(kind, from, delivered);
-  stats_.add(kind, to, from, response.size());
-  if (tap_) tap_(kind, to, from, true, response);
-  largest_ = std::max({largest_, delivered.size(), response.size()});
+  count(kind, to, from, true, response);
   return Bytes(response);
+}
+
+void InProcessTransport::count(MsgKind kind, int from, int to, bool is_response, const Bytes& payload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.add(kind, from, to, payload.size());
+  if (tap_) tap_(kind, from, to, is_response, payload);
+  largest_ = std::max(largest_, payload.size());
 }
 
 namespace {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -67,7 +68,9 @@ class Transport {
 };
 
 // All parties in one process. Payloads are copied across the boundary, as a network would, so
-// no party can reach another's memory through a shared pointer.
+// no party can reach another's memory through a shared pointer. Calls may come from several
+// threads at once (concurrent rounds: one per party): the counts and the tap are taken under a
+// lock, the handlers run outside it (serve() before the calls start).
 class InProcessTransport final : public Transport {
  public:
   void serve(int party, Handler handler) override;
@@ -75,8 +78,10 @@ class InProcessTransport final : public Transport {
   size_t largest_payload() const { return largest_; }
 
  private:
+  void count(MsgKind kind, int from, int to, bool is_response, const Bytes& payload);
   std::map<int, Handler> handlers_;
   size_t largest_ = 0;
+  std::mutex mu_;
 };
 
 // Little-endian wire encoding helpers for fixed-layout messages.

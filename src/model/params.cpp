@@ -93,6 +93,10 @@ ParamSet::ParamSet(std::vector<ParamTensor> tensors, bool with_grads) : tensors_
   if (with_grads) grads_ = AlignedBuffer(numel_ * sizeof(float));
 }
 
+ParamSet::ParamSet(const ParamSet& values_of, SharedValues)
+    : tensors_(values_of.tensors_), index_(values_of.index_), numel_(values_of.numel_),
+      grads_(numel_ * sizeof(float)), shared_(&values_of) {}
+
 const ParamTensor& ParamSet::info(const std::string& name) const {
   auto it = index_.find(name);
   if (it == index_.end()) throw std::runtime_error("no parameter named '" + name + "'");
@@ -123,6 +127,14 @@ void scale_grads(ParamSet& params, float coef) {
   float* g = params.grads();
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < params.numel(); ++i) g[i] *= coef;
+}
+
+void add_scaled_grads(ParamSet& dst, const ParamSet& src, float coef) {
+  if (dst.numel() != src.numel()) throw std::logic_error("add_scaled_grads: the two sets differ in layout");
+  float* d = dst.grads();
+  const float* s = src.grads();
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < dst.numel(); ++i) d[i] += coef * s[i];
 }
 
 }  // namespace pcmoe

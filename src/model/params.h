@@ -43,12 +43,17 @@ class ParamSet {
   // Any other named tensors (LoRA adapters): names, shapes, decay and init_std are taken from
   // `tensors`; offsets and sizes are laid out here as for the model.
   explicit ParamSet(std::vector<ParamTensor> tensors, bool with_grads = true);
+  // The tensors and values of `values_of` (read through it: it must outlive this set) with a
+  // gradient block of this set's own: one caller's gradients of an expert shard whose weights it
+  // shares (collab's concurrent rounds keep each party's contribution apart).
+  struct SharedValues {};
+  ParamSet(const ParamSet& values_of, SharedValues);
   ParamSet(const ParamSet&) = delete;
   ParamSet& operator=(const ParamSet&) = delete;
 
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
   size_t numel() const { return numel_; }
-  float* values() const { return values_.floats(); }
+  float* values() const { return shared_ ? shared_->values() : values_.floats(); }
   float* grads() const { return grads_.floats(); }
   bool has(const std::string& name) const { return index_.count(name) != 0; }
   const ParamTensor& info(const std::string& name) const;  // throws if absent
@@ -68,6 +73,7 @@ class ParamSet {
   std::unordered_map<std::string, size_t> index_;
   size_t numel_ = 0;
   AlignedBuffer values_, grads_;
+  const ParamSet* shared_ = nullptr;  // whose values these are (SharedValues), else null
 };
 
 // Checkpoint names.
@@ -77,5 +83,7 @@ std::string dense_param(int layer, const char* what);
 
 // Every gradient of `params` times `coef` (clipping, and DP-SGD's division by the expected batch).
 void scale_grads(ParamSet& params, float coef);
+// dst's gradients += coef x src's, element by element (the two of one layout).
+void add_scaled_grads(ParamSet& dst, const ParamSet& src, float coef);
 
 }  // namespace pcmoe

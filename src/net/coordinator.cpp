@@ -16,9 +16,9 @@ constexpr uint32_t kMaxPollMs = 5000;
 }  // namespace
 
 CoordinatorService::CoordinatorService(const DeployConfig& deploy, bool secure, SectionHashes sections, uint64_t seed,
-                                       int64_t end_turn)
+                                       int64_t end_turn, Schedule schedule)
     : deploy_(deploy), secure_(secure), sections_(std::move(sections)), seed_(seed), n_((int)deploy.parties.size()),
-      end_turn_(end_turn), turn_(-1), last_seen_(n_) {
+      end_turn_(end_turn), schedule_(schedule), turn_(-1), last_seen_(n_) {
   using namespace std::placeholders;
   add<wire::JoinRequest, wire::JoinReply>(wire::kJoin, std::bind(&CoordinatorService::join, this, _1, _2, _3));
   add<wire::TurnRequest, wire::TurnReply>(wire::kNextTurn, std::bind(&CoordinatorService::next_turn, this, _1, _2, _3));
@@ -150,13 +150,17 @@ grpc::Status CoordinatorService::join(grpc::ServerContext* ctx, const wire::Join
   return grpc::Status::OK;
 }
 
+int64_t CoordinatorService::turn_for(uint32_t party) const {
+  if (schedule_ == Schedule::kSequential) return turn_holder(seed_, n_, turn_) == (int)party ? turn_ : -1;
+  // Concurrent: the party's turn of the round in progress, unless it is done with it.
+  return round_done_.count(party) ? -1 : turn_ / n_ * n_ + (int64_t)party;
+}
+
 grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire::TurnRequest& req, wire::TurnReply& reply) {
   if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::unique_lock<std::mutex> lock(mu_);
   if (turn_ < 0 && !stopped_) return {grpc::StatusCode::FAILED_PRECONDITION, "asked for a turn before every party joined"};
-  const auto ready = [&] {
-    return stopped_ || turn_ >= end_turn_ || turn_holder(seed_, n_, turn_) == (int)req.party;
-  };
+  const auto ready = [&] { return stopped_ || turn_ >= end_turn_ || turn_for(req.party) >= 0; };
   cv_.wait_until(lock, until(req.wait_ms), ready);
   if (stopped_) {
     reply.poll = wire::STOPPED;
@@ -167,8 +171,8 @@ grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire:
   } else {
     reply.poll = wire::READY;
     reply.done = turn_ >= end_turn_;
-    reply.turn = turn_;
-    reply.round = turn_ / n_;
+    reply.turn = reply.done ? turn_ : turn_for(req.party);
+    reply.round = reply.turn / n_;
   }
   return grpc::Status::OK;
 }
@@ -176,13 +180,16 @@ grpc::Status CoordinatorService::next_turn(grpc::ServerContext* ctx, const wire:
 grpc::Status CoordinatorService::turn_done(grpc::ServerContext* ctx, const wire::TurnDoneRequest& req, wire::Ack&) {
   if (grpc::Status s = admit(ctx, req.party); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(mu_);
-  if (turn_ < 0 || (int64_t)req.turn != turn_ || turn_ >= end_turn_ ||
-      turn_holder(seed_, n_, turn_) != (int)req.party)
+  if (turn_ < 0 || turn_ >= end_turn_ || (int64_t)req.turn != turn_for(req.party))
     return {grpc::StatusCode::FAILED_PRECONDITION,
             deploy_.parties[req.party].name + " reports turn " + std::to_string(req.turn) + ", which it does not hold"};
-  std::fprintf(stderr, "coordinator: turn %lld of %lld (round %lld, %s) done\n", (long long)turn_, (long long)end_turn_,
-               (long long)(turn_ / n_), deploy_.parties[req.party].name.c_str());
+  std::fprintf(stderr, "coordinator: turn %lld of %lld (round %lld, %s) done\n", (long long)req.turn,
+               (long long)end_turn_, (long long)(turn_ / n_), deploy_.parties[req.party].name.c_str());
   ++turn_;
+  if (schedule_ == Schedule::kConcurrent) {
+    round_done_.insert(req.party);
+    if (turn_ % n_ == 0) round_done_.clear();  // every party is done: the next round may start
+  }
   cv_.notify_all();
   return grpc::Status::OK;
 }

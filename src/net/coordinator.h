@@ -1,5 +1,6 @@
 // The Coordinator service of proto/pcmoe.proto (run by party 0) and its client: join with the
-// protocol version and section hashes, one turn at a time in the schedule's order (turn_holder),
+// protocol version and section hashes, turns in the schedule's order (turn_holder: one at a time,
+// or concurrent rounds: every party's turn of a round at once, the next round once all are done),
 // barriers, stop.
 #pragma once
 #include <condition_variable>
@@ -11,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "collab/schedule.h"
 #include "net/deploy.h"
 #include "net/grpc_transport.h"
 #include "net/rpc.h"
@@ -21,7 +23,8 @@ class CoordinatorService final : public UnaryService {
  public:
   // Hands out turns first .. end_turn - 1, where first is the latest checkpoint turn every
   // party offers when it joins.
-  CoordinatorService(const DeployConfig& deploy, bool secure, SectionHashes sections, uint64_t seed, int64_t end_turn);
+  CoordinatorService(const DeployConfig& deploy, bool secure, SectionHashes sections, uint64_t seed, int64_t end_turn,
+                     Schedule schedule = Schedule::kSequential);
   ~CoordinatorService() override;
 
   // Waits (at most `seconds`) until every party has been told that barrier `name` is passed,
@@ -43,6 +46,8 @@ class CoordinatorService final : public UnaryService {
   void told(uint32_t party);  // with mu_ held: `party` has been answered STOPPED
   void agree_first_turn();    // with mu_ held, once all have joined: sets turn_ or stops the run
   std::chrono::system_clock::time_point until(uint32_t wait_ms) const;
+  // With mu_ held: the turn `party` may train now, or -1 (it holds none until others are done).
+  int64_t turn_for(uint32_t party) const;
 
   DeployConfig deploy_;
   bool secure_;
@@ -50,10 +55,12 @@ class CoordinatorService final : public UnaryService {
   uint64_t seed_;
   int n_;
   int64_t end_turn_;
+  Schedule schedule_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<uint32_t, std::set<int64_t>> joined_;  // party -> the checkpoint turns it can start at
-  int64_t turn_;
+  int64_t turn_;  // turns done (sequential: the turn now due)
+  std::set<uint32_t> round_done_;  // concurrent: the parties done with the round of turn_
   bool stopped_ = false;
   std::string reason_;
   std::map<std::string, std::set<uint32_t>> arrived_, released_;

@@ -104,6 +104,23 @@ void GrpcTransport::serve(int party, Handler handler) {
   handler_ = std::move(handler);
 }
 
+void GrpcTransport::serve_concurrently(int party, Handler handler) {
+  if (party != me_) throw std::logic_error("a gRPC transport serves only its own party " + std::to_string(me_));
+  std::lock_guard<std::mutex> lock(host_mu_);
+  concurrent_ = true;
+  handler_ = std::move(handler);
+}
+
+Bytes GrpcTransport::run_handler(MsgKind kind, int from, const Bytes& request, bool* served) {
+  std::unique_lock<std::mutex> lock(host_mu_);
+  *served = (bool)handler_;
+  if (!handler_) return {};
+  if (!concurrent_) return handler_(kind, from, request);
+  const Handler h = handler_;  // set once before the calls come: a copy outlives a later serve()
+  lock.unlock();
+  return h(kind, from, request);
+}
+
 void GrpcTransport::start(grpc::Service* extra) {
   auto party = std::make_unique<UnaryService>();
   party->add<wire::CallRequest, wire::CallReply>(
@@ -186,8 +203,10 @@ Bytes GrpcTransport::call(int from, int to, MsgKind kind, const Bytes& request) 
   if (from != me_) throw std::logic_error("party " + std::to_string(me_) + " cannot call as party " + std::to_string(from));
   if (to < 0 || to >= (int)deploy_.parties.size()) throw std::runtime_error("no party " + std::to_string(to));
   if (to == me_) {
-    std::lock_guard<std::mutex> lock(host_mu_);
-    return handler_(kind, from, request);  // not a boundary: neither sent nor counted
+    bool served = false;
+    Bytes reply = run_handler(kind, from, request, &served);  // not a boundary: neither sent nor counted
+    if (!served) throw std::logic_error("party " + std::to_string(me_) + " calls its own host before serving it");
+    return reply;
   }
   count(kind, from, to, request.size());
   if (tap_) tap_(kind, from, to, false, request);
@@ -280,12 +299,15 @@ grpc::Status GrpcTransport::handle(grpc::ServerContext* ctx, uint32_t kind, uint
   const auto k = static_cast<MsgKind>(kind);
   const Bytes request(reinterpret_cast<const std::byte*>(payload.data()),
                       reinterpret_cast<const std::byte*>(payload.data()) + payload.size());
-  std::lock_guard<std::mutex> lock(host_mu_);
-  if (!handler_) return {grpc::StatusCode::UNAVAILABLE, deploy_.parties[me_].name + " serves no host yet"};
+  {
+    std::lock_guard<std::mutex> lock(host_mu_);  // a handler, once set, stays
+    if (!handler_) return {grpc::StatusCode::UNAVAILABLE, deploy_.parties[me_].name + " serves no host yet"};
+  }
   if (tap_) tap_(k, (int)from, me_, false, request);
   Bytes response;
+  bool served = false;
   try {
-    response = handler_(k, (int)from, request);
+    response = run_handler(k, (int)from, request, &served);
   } catch (const std::exception& e) {
     return {grpc::StatusCode::INVALID_ARGUMENT, deploy_.parties[me_].name + " rejected a " + to_string(k) + " call from " +
                                                     deploy_.parties[from].name + ": " + e.what()};

@@ -51,9 +51,11 @@ class GrpcTransport final : public Transport {
   GrpcTransport(const DeployConfig& deploy, int me, std::optional<TlsFiles> tls);
   ~GrpcTransport() override;
 
-  // Only this party's own handler; calls to it from other parties are served one at a time.
-  // May come after start(): until then calls are answered UNAVAILABLE.
+  // Only this party's own handler; calls to it from other parties are served one at a time
+  // (concurrently: as they come, at once, the handler being thread-safe: a concurrent round's
+  // host). May come after start(): until then calls are answered UNAVAILABLE.
   void serve(int party, Handler handler) override;
+  void serve_concurrently(int party, Handler handler);
   // Listens on this party's address with the Party service and `extra` (the coordinator on
   // party 0); throws if the address cannot be bound.
   void start(grpc::Service* extra = nullptr);
@@ -81,6 +83,8 @@ class GrpcTransport final : public Transport {
   static grpc::Status check_caller(grpc::ServerContext* ctx, const DeployConfig& deploy, bool secure, uint32_t claimed);
 
  private:
+  // Runs the handler (serialised unless concurrent_); throws what it throws.
+  Bytes run_handler(MsgKind kind, int from, const Bytes& request, bool* served);
   grpc::Status handle(grpc::ServerContext* ctx, uint32_t kind, uint32_t from, uint64_t step, const std::string& payload,
                       std::string* reply);
   grpc::Status handle_stream(grpc::ServerContext* ctx, grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* s);
@@ -97,7 +101,8 @@ class GrpcTransport final : public Transport {
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::mutex channels_mu_;
   mutable std::mutex stats_mu_;
-  std::mutex host_mu_;  // one incoming call at a time reaches the handler
+  std::mutex host_mu_;  // one incoming call at a time reaches the handler (unless concurrent_)
+  bool concurrent_ = false;
   uint64_t step_ = 0;
   uint64_t count_below_ = UINT64_MAX;
 };

@@ -180,9 +180,12 @@ void start_audit_tap(PartyAudit& audit, GrpcTransport& net, CollabParty& party, 
     throw std::runtime_error("an audited deployment (the audit section) cannot be resumed: its recording covers one "
                              "unbroken run");
   const int observer = cfg.audit.observer;
-  if (me == observer)
+  if (me == observer) {
     audit.recorder = std::make_unique<Recorder>(audit_dir.string(), observer, n, run_fingerprint(to_json(cfg)));
-  else audit.sent_truth = std::make_unique<SentTruthWriter>(audit_dir.string());
+    if (party.host.schedule() == Schedule::kConcurrent) audit.recorder->hold_until_flush();
+  } else {
+    audit.sent_truth = std::make_unique<SentTruthWriter>(audit_dir.string());
+  }
   const Tap record = audit.recorder ? audit.recorder->tap() : Tap{};
   net.set_tap([&audit, &net, &party, &cfg, me, n, observer, record](MsgKind kind, int from, int to, bool is_response,
                                                                      const Bytes& payload) {
@@ -261,7 +264,7 @@ TurnsDone train_turns(const PartyRun& r, int64_t first_turn, const fs::path& met
   const auto t0 = clock_type::now();
   TurnsDone done;
   for (int64_t from = first_turn;;) {
-    const int64_t mine = next_turn_of(r.cfg.train.seed, r.n, r.me, from, r.end_turn);
+    const int64_t mine = next_turn_of(r.cfg.train.seed, r.n, r.me, from, r.end_turn, r.party.host.schedule());
     for (int64_t stop; (stop = std::min(next_checkpoint, next_view)) < r.end_turn && stop <= mine;) {
       if (stop == next_view) {
         save_view(r, stop);
@@ -299,8 +302,10 @@ nlohmann::json run_party(const PartyOptions& opts) {
   GrpcTransport net(dr.deploy, me, tls);  // refuses --insecure off loopback before any work
   const CollabData data = load_collab_data(cfg, me, true);
   const PartyStreams& own = data.parties[me];
+  const Schedule schedule = parse_schedule(cfg.collab.schedule);
   CollabParty party(cfg.model, cfg.train, net, me, n, 0, {}, parse_wire_dtype(cfg.collab.wire_dtype),
-                    parse_exchange(cfg.collab.exchange));
+                    parse_exchange(cfg.collab.exchange), schedule);
+  party.expert_lr_scale = cfg.collab.expert_lr_scale;
   if (!cfg.collab.init_from.empty()) {
     InitSource init(cfg.collab.init_from, cfg.model);  // from a Hugging Face directory: only these tensors
     init.load(party.backbone);
@@ -323,7 +328,8 @@ nlohmann::json run_party(const PartyOptions& opts) {
   if (cfg.audit.enabled) start_audit_tap(audit, net, party, cfg, me, n, audit_dir, opts.resume);
   std::unique_ptr<CoordinatorService> coordinator;
   if (me == 0)
-    coordinator = std::make_unique<CoordinatorService>(dr.deploy, net.secure(), sections, cfg.train.seed, end_turn);
+    coordinator =
+        std::make_unique<CoordinatorService>(dr.deploy, net.secure(), sections, cfg.train.seed, end_turn, schedule);
   net.start(coordinator.get());
   std::fprintf(stderr, "%s: listening on %s (%s) %.2f s after this process started (%.2f s of CPU), joining %s at %s\n",
                name.c_str(), dr.deploy.parties[me].address.c_str(), net.secure() ? "mutual TLS" : "INSECURE plaintext",
@@ -351,16 +357,24 @@ nlohmann::json run_party(const PartyOptions& opts) {
     // UNAVAILABLE), and every party's host does before any turn starts.
     party.host.start_at((uint64_t)first_turn);
     const int threads = cfg.train.threads;
-    net.serve(me, [&party, threads](MsgKind kind, int from, const Bytes& req) {
+    const Handler host = [&party, threads](MsgKind kind, int from, const Bytes& req) {
       set_num_threads(threads);  // a server thread: the host computes with the run's thread count
       return party.host.handle(kind, from, req);
-    });
+    };
+    // Concurrent rounds: the host serves every party's calls as they come, its own party's among
+    // them, keeping each caller's turn apart itself.
+    if (schedule == Schedule::kConcurrent) net.serve_concurrently(me, host);
+    else net.serve(me, host);
     coord.barrier("serving");
     std::fprintf(stderr, "%s: all %d parties joined, %.2f s after this process started; training turns %lld..%lld\n",
                  name.c_str(), n, report["started_to_joined_s"].get<double>(), (long long)first_turn, (long long)end_turn - 1);
     const PartyRun run{cfg, dr, name, me, n, net, party, coord, data, ckpt, audit_dir, hash,
                        audit.recorder != nullptr, end_turn};
     const TurnsDone done = train_turns(run, first_turn, metrics_path);
+    if (audit.recorder) {
+      std::lock_guard<std::mutex> lock(audit.mu);
+      audit.recorder->flush();  // what a concurrent last round left held
+    }
     const TrafficStats training = net.traffic();  // every training call to or from this party is done
                                                   // (later calls to its host are not counted)
     save_party_checkpoint(ckpt, end_turn, cfg, party, hash, data.tokenizer_model);

@@ -10,7 +10,7 @@
 
 namespace pcmoe {
 namespace {
-int g_threads = 1;
+thread_local int g_threads = 1;  // this thread's: concurrent parties each set their own
 thread_local Dtype t_compute = Dtype::kF32;
 
 void product(GemmOp op, float* C, const float* A, const float* B, int M, int N, int K, bool accumulate) {

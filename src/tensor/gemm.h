@@ -18,7 +18,8 @@ void matmul_nn(float* C, const float* A, const float* B, int M, int N, int K, bo
 // C[M,N] = A[K,M]ᵀ · B[K,N]   (weight gradient: dW = dyᵀ x)
 void matmul_tn(float* C, const float* A, const float* B, int M, int N, int K, bool accumulate);
 
-// Threads used by BLAS and by our own OpenMP loops; fixed per run for bitwise determinism.
+// Threads used by BLAS and by our own OpenMP loops in the calling thread; fixed per run for
+// bitwise determinism (a thread that computes, e.g. a server's or a concurrent party's, sets its own).
 void set_num_threads(int n);
 int num_threads();
 

@@ -47,7 +47,8 @@ const auto train_fields = [](auto& c, auto&& field) {
   field("checkpoint_every", c.checkpoint_every);
 };
 
-// The collab section's keys; exchange came later and is written only when not "activations".
+// The collab section's keys; exchange, schedule and expert_lr_scale came later and are written
+// only when not their defaults.
 const auto collab_fields = [](auto& c, auto&& field) {
   field("modes", c.modes);
   field("init_from", c.init_from);
@@ -55,6 +56,8 @@ const auto collab_fields = [](auto& c, auto&& field) {
   field("state_noise_seed", c.state_noise_seed);
   field("wire_dtype", c.wire_dtype);
   field("exchange", c.exchange, std::string("activations"));
+  field("schedule", c.schedule, std::string("sequential"));
+  field("expert_lr_scale", c.expert_lr_scale, 1.0f);
 };
 
 // The audit section's keys.
@@ -83,6 +86,12 @@ CollabConfig collab_config_from_json(const nlohmann::json& j) {
   f.reject_unknown();
   if (c.exchange != "activations" && c.exchange != "weights")
     throw std::runtime_error("config key 'collab.exchange' must be \"activations\" or \"weights\", not '" + c.exchange + "'");
+  if (c.schedule != "sequential" && c.schedule != "concurrent")
+    throw std::runtime_error("config key 'collab.schedule' must be \"sequential\" or \"concurrent\", not '" + c.schedule +
+                             "'");
+  if (!(c.expert_lr_scale > 0 && c.expert_lr_scale <= 1000))
+    throw std::runtime_error("config key 'collab.expert_lr_scale' must be in (0, 1000], not " +
+                             std::to_string(c.expert_lr_scale));
   if (c.exchange == "weights" && c.wire_dtype == "fp16")
     throw std::runtime_error("config key 'collab.wire_dtype' must be fp32 or bf16 with collab.exchange \"weights\" "
                              "(expert weights and gradient sums need fp32's range)");

@@ -58,6 +58,15 @@ struct CollabConfig {
   // fetches every expert's weights, runs them itself and sends each host its experts' gradient
   // sums: src/collab/weights_turn.h). Weights mode takes wire_dtype fp32 or bf16.
   std::string exchange = "activations";
+  // How pc-moe's parties share a round (docs/protocol.md, src/collab/schedule.h): "sequential"
+  // (one turn after another in a seeded order; each host steps after every turn) or
+  // "concurrent" (every party's turn at once against the experts of the round's start; each host
+  // steps once per round on the parties' combined gradient).
+  std::string schedule = "sequential";
+  // The experts' learning rate as a multiple of train.lr's schedule (a party sends its hosts
+  // lr x expert_lr_scale): concurrent rounds step each expert once per round where sequential
+  // ones step it n times, which a larger expert lr may make up for (README, "Concurrent rounds").
+  float expert_lr_scale = 1.0f;
 };
 CollabConfig collab_config_from_json(const nlohmann::json& j);
 nlohmann::json to_json(const CollabConfig& c);

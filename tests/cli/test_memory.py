@@ -2,7 +2,8 @@
 parties train their turns in another (its host serves them all), needs about (1 - f) + f/4 of
 the centralised memory when the experts hold a fraction f of the parameters; its parameter bytes
 are exactly its backbone and its own experts; in the weights exchange a party adds one fetched
-expert's weights and gradients and stays under 35% of the centralised; bad usage is refused."""
+expert's weights and gradients and stays under 35% of the centralised; in concurrent rounds its
+host holds a gradient block and an activation arena per party; bad usage is refused."""
 import json
 import os
 import tempfile
@@ -87,6 +88,25 @@ check(wts["arena_bytes"]["exchange"] == 2 * one_expert,
       f"it holds one fetched expert's weights and one's gradients ({wts['arena_bytes']['exchange']} bytes)")
 check(wts["arena_bytes"]["parameters"] == four["arena_bytes"]["parameters"], "and the same parameters as before")
 check(wts["served_parties"] == [0, 2, 3], f"its host handed its weights to every other party ({wts['served_parties']})")
+
+# Concurrent rounds: party 1's host keeps every party's turn apart, so it holds three more
+# gradient blocks of its shard and three more copies of its experts' activation arena.
+cfg = json.load(open(CONFIG))
+cfg.setdefault("collab", {})["schedule"] = "concurrent"
+for key in ("path", "cache_dir"):
+    cfg["data"][key] = os.path.join(SOURCE, cfg["data"][key])
+cpath = os.path.join(os.path.dirname(wpath), "concurrent.json")
+json.dump(cfg, open(cpath, "w"))
+con = measure(4, party=1, config=cpath)
+grads = con["arena_bytes"]["gradients"] - four["arena_bytes"]["gradients"]
+acts = con["arena_bytes"]["activations"] - four["arena_bytes"]["activations"]
+print(f"concurrent rounds: +{grads / 2**20:.1f} MiB of gradients, +{acts / 2**20:.1f} MiB of activations; "
+      f"peak RSS {four['peak_rss_bytes'] / 2**20:.1f} -> {con['peak_rss_bytes'] / 2**20:.1f} MiB")
+check(con["schedule"] == "concurrent" and grads == 3 * 4 * own_experts,
+      f"concurrent: three more gradient blocks of the party's own experts ({grads} bytes)")
+check(acts > 0 and con["arena_bytes"]["host_slots"] == grads + acts,
+      f"and three more activation arenas, all named in host_slots ({con['arena_bytes']['host_slots']} bytes)")
+check(con["arena_bytes"]["parameters"] == four["arena_bytes"]["parameters"], "the same parameters")
 
 
 def expect_usage_error(args, needle, what):

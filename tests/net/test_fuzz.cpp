@@ -311,4 +311,64 @@ TEST(Fuzz, WeightsExchangeHostRefusesOrServesNeverCrashes) {
               (unsigned long long)host.turn());
 }
 
+// A host of concurrent rounds (collab.schedule "concurrent"): mutated expert calls and control
+// messages from both parties at random, and now and then from a party that does not exist. A
+// refused call changes nothing, no party's slot included; whole rounds (both parties' updates,
+// then the step) are served between the refusals.
+TEST(Fuzz, ConcurrentHostRefusesOrServesNeverCrashes) {
+  const ModelConfig m = fuzz_model();
+  TrainConfig t;
+  t.batch_size = 2;
+  t.threads = 1;
+  const int max_rows = t.batch_size * m.seq_len * m.top_k;
+  const std::vector<int> hosted = {1, 3};  // party 1 of 2; layer 1 is the only MoE layer
+  const std::vector<int> offsets = {0, 3, 5, 6, 9};
+  std::vector<float> x(9 * m.d_model);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.1f * float(i % 13) - 0.5f;
+  std::vector<std::pair<MsgKind, std::string>> seeds;
+  for (MsgKind k : {MsgKind::kExpertForward, MsgKind::kExpertBackward})
+    seeds.push_back({k, string_of(encode_expert_request(k, m, 1, hosted, offsets.data(), x.data()))});
+  Writer sums, upd;
+  sums.u32(static_cast<uint32_t>(ControlOp::kGradSqSums));
+  seeds.push_back({MsgKind::kControl, string_of(sums.take())});
+  upd.u32(3);
+  upd.f32(0.5f);
+  upd.f32(1e-3f);
+  seeds.push_back({MsgKind::kControl, string_of(upd.take())});
+  const size_t begin_seed = seeds.size();  // the caller's turn of the open round: written when drawn
+  seeds.push_back({MsgKind::kControl, string_of(test::begin_message(0))});
+  std::vector<std::string> pool;
+  for (const auto& [k, s] : seeds) pool.push_back(s);
+
+  const auto make = [&] {
+    return std::make_unique<ExpertHost>(m, t, 1, 2, max_rows, HostPrivacy{}, WireDtype::kF32, Exchange::kActivations,
+                                        Schedule::kConcurrent);
+  };
+  std::unique_ptr<ExpertHost> host = make(), twin = make();
+  Rng rng(20261128);
+  const int n = 30000;
+  int accepted = 0, refused = 0;
+  for (int i = 0; i < n; ++i) {
+    const int from = rng.next_u64() % 8 ? (int)(rng.next_u64() % 2) : (int)(rng.next_u64() % 4) - 1;
+    const size_t which = rng.next_u64() % seeds.size();
+    const MsgKind kind = seeds[which].first;
+    const std::string s =
+        which == begin_seed ? string_of(test::begin_message(host->turn() + (uint64_t)std::max(from, 0))) : seeds[which].second;
+    const std::string msg = rng.next_u64() % 2 ? mutate(rng, s, pool) : s;  // half intact: rounds end
+    Bytes reply;
+    const bool ok = accepts([&] { reply = host->handle(kind, from, bytes_of(msg)); });
+    if (ok) {
+      EXPECT_EQ(twin->handle(kind, from, bytes_of(msg)), reply) << "input " << i;
+    }
+    ASSERT_EQ(test::first_difference(test::HostState(*host), test::HostState(*twin)), "")
+        << "input " << i << (ok ? ", accepted," : ", refused,") << " left the host unlike its twin";
+    (ok ? accepted : refused)++;
+  }
+  EXPECT_GT(accepted, 1000);
+  EXPECT_GT(refused, 1000);
+  EXPECT_GT(host->turn(), 20u) << "whole rounds, their steps included, are served between the refusals";
+  std::printf("concurrent fuzz: host %d served, %d refused, %llu rounds ended\n", accepted, refused,
+              (unsigned long long)host->turn() / 2);
+}
+
 }  // namespace

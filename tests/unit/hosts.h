@@ -58,17 +58,21 @@ inline int64_t open_turn_of(PcMoeSession& s, Transport& net, uint64_t seed, int 
 }
 
 // Every weight, gradient, AdamW moment and step counter of a host (as bits), and where its turns
-// stand.
+// stand; in concurrent rounds also every party's contribution beyond party 0's (the shard's own
+// gradient block).
 struct HostState {
   std::vector<uint32_t> values, grads, m, v;
   int64_t adam_steps;
   uint64_t turn;
   int holder;
+  std::vector<std::vector<uint32_t>> slots;
 
   explicit HostState(const ExpertHost& h)
       : values(bits(h.params().values(), h.params().numel())), grads(bits(h.params().grads(), h.params().numel())),
         m(bits(h.optimizer().m(), h.params().numel())), v(bits(h.optimizer().v(), h.params().numel())),
-        adam_steps(h.optimizer().steps_done()), turn(h.turn()), holder(h.holder()) {}
+        adam_steps(h.optimizer().steps_done()), turn(h.turn()), holder(h.holder()) {
+    for (int p = 1; p < h.slots(); ++p) slots.push_back(bits(h.contribution(p).grads(), h.params().numel()));
+  }
 
   static std::vector<uint32_t> bits(const float* p, size_t n) {
     std::vector<uint32_t> b(n);
@@ -90,6 +94,9 @@ inline std::string first_difference(const HostState& a, const HostState& b) {
   if (a.adam_steps != b.adam_steps) return "AdamW steps " + std::to_string(a.adam_steps) + " vs " + std::to_string(b.adam_steps);
   if (a.turn != b.turn) return "turn " + std::to_string(a.turn) + " vs " + std::to_string(b.turn);
   if (a.holder != b.holder) return "holder " + std::to_string(a.holder) + " vs " + std::to_string(b.holder);
+  for (size_t p = 0; p < a.slots.size() && p < b.slots.size(); ++p)
+    if (const std::string d = floats("contribution", a.slots[p], b.slots[p]); !d.empty())
+      return "party " + std::to_string(p + 1) + "'s " + d;
   return "";
 }
 
