@@ -23,7 +23,7 @@
 
 #include "collab/transport.h"
 #include "model/model.h"
-#include "train/train_config.h"
+#include "collab/run_config.h"
 
 namespace pcmoe {
 

@@ -11,7 +11,7 @@
 #include "data/data.h"
 #include "data/parties.h"
 #include "model/model.h"
-#include "train/train_config.h"
+#include "collab/run_config.h"
 
 namespace pcmoe {
 

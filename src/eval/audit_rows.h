@@ -9,7 +9,7 @@
 #include "collab/recorder.h"
 #include "eval/routing_trace.h"
 #include "eval/secrets.h"
-#include "train/train_config.h"
+#include "collab/run_config.h"
 
 namespace pcmoe::eval {
 

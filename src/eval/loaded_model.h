@@ -6,7 +6,7 @@
 #include "model/local_experts.h"
 #include "model/model.h"
 #include "model/params.h"
-#include "train/train_config.h"
+#include "collab/run_config.h"
 
 namespace pcmoe {
 

@@ -8,7 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "collab/collab_config.h"
+#include "collab/run_config.h"
 #include "collab/runner.h"
 #include "common/json_fields.h"
 #include "common/sha256.h"
@@ -220,7 +220,6 @@ DeployRun load_deploy_run(const std::string& path) {
     }
     DeployRun r;
     r.run = run_config_from_json(j);
-    check_collab_config(r.run.collab);
     r.deploy = deploy_config_from_json(deploy, r.run);
     return r;
   } catch (const std::exception& e) {

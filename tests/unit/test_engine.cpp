@@ -12,6 +12,7 @@
 #include "tensor/arena.h"
 #include "tensor/safetensors.h"
 #include "train/adamw.h"
+#include "collab/run_config.h"
 #include "train/train_config.h"
 
 namespace fs = std::filesystem;
