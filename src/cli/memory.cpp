@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "collab/run_config.h"
 #include "collab/expert_host.h"
+#include "collab/run_config.h"
 #include "collab/schedule.h"
 #include "collab/session.h"
 #include "tensor/gemm.h"

@@ -21,9 +21,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "collab/run_config.h"
 #include "collab/transport.h"
 #include "model/model.h"
-#include "collab/run_config.h"
 
 namespace pcmoe {
 

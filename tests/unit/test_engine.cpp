@@ -7,12 +7,12 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "collab/run_config.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "tensor/arena.h"
 #include "tensor/safetensors.h"
 #include "train/adamw.h"
-#include "collab/run_config.h"
 #include "train/train_config.h"
 
 namespace fs = std::filesystem;
