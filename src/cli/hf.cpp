@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "collab/expert_host.h"
+#include "collab/run_config.h"
 #include "train/hf_checkpoint.h"
 #include "train/trainer.h"
 
@@ -78,7 +79,8 @@ int cmd_import(int argc, char** argv) {
     opts.selection = shard_selection(party, parties);
     opts.selection.backbone = true;
   }
-  const HfImportResult r = import_hf(required(a, "--hf"), required(a, "--out"), opts);
+  const HfImportResult r = import_hf(required(a, "--hf"), required(a, "--out"), opts,
+                                     [](const ModelConfig& m) { return to_json(default_run_config(m)); });
   const nlohmann::json report = {{"architecture", arch_name(r.model.arch)}, {"tensors", r.tensors},
                                  {"checkpoint_bytes", r.checkpoint_bytes}, {"bytes_read", r.bytes_read},
                                  {"peak_rss_bytes", own_peak_rss_bytes()}, {"tokenizer", r.has_tokenizer}};

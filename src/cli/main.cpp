@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "collab/collab_config.h"
+#include "collab/run_config.h"
 #include "collab/runner.h"
 #include "common/sha256.h"
 #include "eval/fed_server_audit.h"
@@ -127,10 +127,9 @@ double number(const std::map<std::string, std::string>& a, const std::string& ke
 int cmd_train(int argc, char** argv) {
   auto a = parse_args(argc, argv, {"--config", "--out", "--until", "--init-from"}, {"--resume"});
   RunConfig cfg = load_run_config(need(a, "--config"));
-  check_collab_config(cfg.collab);
   TrainOptions opts{need(a, "--out"), a.count("--resume") > 0, (int64_t)number(a, "--until", -1),
                     a.count("--init-from") ? a.at("--init-from") : ""};
-  nlohmann::json r = run_training(cfg, opts);
+  nlohmann::json r = run_training(cfg, to_json(cfg), opts);
   std::printf("final train loss %.4f | validation loss %.4f (perplexity %.1f) | unigram entropy %.4f\n",
               r["final_train_loss"].get<double>(), r["final_val_loss"].get<double>(),
               r["final_val_ppl"].get<double>(), r["unigram_entropy"].get<double>());

@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "collab/collab_config.h"
 #include "collab/expert_host.h"
+#include "collab/run_config.h"
 #include "collab/schedule.h"
 #include "collab/session.h"
 #include "tensor/gemm.h"
@@ -212,7 +212,6 @@ constexpr int kRounds = 2;  // every party twice, so that every AdamW state has 
 
 int measure(const std::string& config_path, int n, int p) {
   const RunConfig cfg = load_run_config(config_path);
-  check_collab_config(cfg.collab);
   const ModelConfig& mc = cfg.model;
   if (n > mc.n_experts)
     throw MemoryUsageError("--parties must be at most n_experts (" + std::to_string(mc.n_experts) + ")");

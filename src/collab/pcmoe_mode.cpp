@@ -132,7 +132,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
       // The observer's view at the round's start: its backbone and the experts it can query.
       if (record) {
         assemble(cfg.audit.observer, whole);
-        save_checkpoint((audit_dir / ("view_r" + std::to_string(round))).string(), cfg, whole, nullptr, round,
+        save_checkpoint((audit_dir / ("view_r" + std::to_string(round))).string(), to_json(cfg), whole, nullptr, round,
                         sh.tokenizer_model);
       }
     }
@@ -154,7 +154,7 @@ nlohmann::json run_pcmoe(Shared& sh) {
   // what a deployment keeps apart).
   for (int p = 0; p < n; ++p) {
     assemble(p, whole);
-    save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), cfg, whole, nullptr,
+    save_checkpoint((sh.out_dir / ("party" + std::to_string(p)) / "checkpoint").string(), to_json(cfg), whole, nullptr,
                     sh.rounds, sh.tokenizer_model);
   }
   nlohmann::json out = {{"train_seconds", seconds}, {"exchange", cfg.collab.exchange}, {"parties", nlohmann::json::array()}};

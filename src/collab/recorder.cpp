@@ -293,7 +293,7 @@ void gather_deployed_recording(const std::string& run_dir) {
       whole.copy_values_from(shard);
     }
     const std::string tokenizer = (fs::path(resolve_checkpoint(e.path().string())) / "tokenizer.model").string();
-    save_checkpoint((out / ("view_r" + round)).string(), cfg, whole, nullptr, std::stoll(round),
+    save_checkpoint((out / ("view_r" + round)).string(), to_json(cfg), whole, nullptr, std::stoll(round),
                     fs::exists(tokenizer) ? tokenizer : "");
   }
 }

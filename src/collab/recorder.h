@@ -22,9 +22,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "collab/run_config.h"
 #include "collab/transport.h"
 #include "model/model.h"
-#include "train/train_config.h"
 
 namespace pcmoe {
 

@@ -27,7 +27,7 @@ class Context final : public CollabContext {
   bool curve_due(int64_t steps) const override { return pcmoe::curve_due(sh_, steps); }
   std::string out_dir() const override { return sh_.out_dir.string(); }
   void save_model(const std::string& name, const ParamSet& params, int64_t step) const override {
-    save_checkpoint((sh_.out_dir / name / "checkpoint").string(), sh_.cfg, params, nullptr, step, sh_.tokenizer_model);
+    save_checkpoint((sh_.out_dir / name / "checkpoint").string(), to_json(sh_.cfg), params, nullptr, step, sh_.tokenizer_model);
   }
   void log(const nlohmann::json& line) override { sh_.metrics << line.dump() << "\n"; }
   void progress(const std::string& mode, int64_t done, int64_t total, float loss, double seconds) const override {

@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "collab/run_config.h"
 #include "data/data.h"
 #include "data/parties.h"
 #include "model/model.h"
-#include "train/train_config.h"
 
 namespace pcmoe {
 

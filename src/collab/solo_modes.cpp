@@ -92,7 +92,7 @@ nlohmann::json run_solo(Shared& sh, const char* mode, const ModelConfig& mc, con
       curve.push_back(curve_point(round + 1, sh, 0, 0, curve_loss(s.model, sh)));
   }
   if (!save_as.empty())
-    save_checkpoint((sh.out_dir / save_as / "checkpoint").string(), cfg, s.params, nullptr, step, sh.tokenizer_model);
+    save_checkpoint((sh.out_dir / save_as / "checkpoint").string(), to_json(cfg), s.params, nullptr, step, sh.tokenizer_model);
   nlohmann::json out = {{"train_seconds", seconds_since(t0) - (sh.eval_seconds - eval0)},
                         {"memory", s.memory()},
                         {"parameters", s.params.numel()}};

@@ -9,7 +9,7 @@
 #include "eval/membership.h"
 #include "privacy/dp_sgd.h"
 #include "train/checkpoint.h"
-#include "train/fed_config.h"
+#include "collab/fed_config.h"
 
 namespace fs = std::filesystem;
 

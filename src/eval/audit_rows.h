@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "collab/recorder.h"
+#include "collab/run_config.h"
 #include "eval/routing_trace.h"
 #include "eval/secrets.h"
-#include "train/train_config.h"
 
 namespace pcmoe::eval {
 

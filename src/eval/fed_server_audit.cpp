@@ -5,7 +5,7 @@
 #include "eval/bag_of_words.h"
 #include "fed/fedavg.h"
 #include "fed/lora_model.h"
-#include "train/fed_config.h"
+#include "collab/fed_config.h"
 #include "train/step.h"
 
 namespace pcmoe::eval {

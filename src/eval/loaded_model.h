@@ -3,10 +3,10 @@
 #pragma once
 #include <string>
 
+#include "collab/run_config.h"
 #include "model/local_experts.h"
 #include "model/model.h"
 #include "model/params.h"
-#include "train/train_config.h"
 
 namespace pcmoe {
 

@@ -18,12 +18,12 @@
 #include "fed/codec.h"
 #include "fed/lora_model.h"
 #include "fed/tgap.h"
-#include "train/fed_config.h"
+#include "collab/fed_config.h"
 #include "train/local_model.h"
 
 namespace pcmoe::fed {
 
-// The codec of a mode (its row's FedCodec, train/fed_config.h) for updates of n floats; the
+// The codec of a mode (its row's FedCodec, collab/fed_config.h) for updates of n floats; the
 // autoencoder codec codes with `ae`.
 std::unique_ptr<UpdateCodec> make_codec(const std::string& mode, size_t n, const FedConfig& fc,
                                         const BlockAutoencoder* ae);

@@ -8,7 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "collab/collab_config.h"
+#include "collab/run_config.h"
 #include "collab/runner.h"
 #include "common/json_fields.h"
 #include "common/sha256.h"
@@ -29,6 +29,34 @@ bool reserved_name(const std::string& s) {
   in_addr ip{};
   return s == "localhost" || s == "ip6-localhost" || s == "ip6-loopback" || inet_aton(s.c_str(), &ip) != 0;
 }
+
+// The deploy section's keys, each declared once (common/json_fields.h); "parties" and "server",
+// lists and objects of {name, address}, are read apart (read_address).
+const auto deploy_fields = [](auto& c, auto&& field) {
+  field("call_timeout_s", c.call_timeout_s);
+  field("join_timeout_s", c.join_timeout_s);
+  field("dead_after_s", c.dead_after_s);
+  field("checkpoint_every", c.checkpoint_every);
+  field("chunk_bytes", c.chunk_bytes);
+  field("max_message_bytes", c.max_message_bytes);
+  field("mode", c.mode);
+  field("fed_server", c.fed_server);
+};
+
+const auto address_fields = [](auto& a, auto&& field) {
+  field("name", a.name);
+  field("address", a.address);
+};
+
+// One {name, address} of deploy.parties or deploy.server (`where` names it in messages).
+PartyAddress read_address(const nlohmann::json& j, const char* where) {
+  PartyAddress a;
+  JsonFields f(j, where);
+  read_fields(f, a, address_fields);
+  f.reject_unknown();
+  return a;
+}
+
 }  // namespace
 
 std::string address_host(const std::string& address) {
@@ -51,17 +79,9 @@ bool is_loopback_host(const std::string& host) {
 DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& run) {
   DeployConfig c;
   JsonFields f(j, "deploy");
-  nlohmann::json parties = nlohmann::json::array();
+  nlohmann::json parties = nlohmann::json::array(), server = nullptr;
   f.read("parties", parties);
-  f.read("call_timeout_s", c.call_timeout_s);
-  f.read("join_timeout_s", c.join_timeout_s);
-  f.read("dead_after_s", c.dead_after_s);
-  f.read("checkpoint_every", c.checkpoint_every);
-  f.read("chunk_bytes", c.chunk_bytes);
-  f.read("max_message_bytes", c.max_message_bytes);
-  f.read("mode", c.mode);
-  f.read("fed_server", c.fed_server);
-  nlohmann::json server = nullptr;
+  read_fields(f, c, deploy_fields);
   f.read("server", server);
   f.reject_unknown();
   const int n = run.parties.n_parties;
@@ -70,14 +90,7 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
   if (parties.empty()) {
     for (int i = 0; i < n; ++i) c.parties.push_back({"party" + std::to_string(i), "127.0.0.1:" + std::to_string(50051 + i)});
   } else {
-    for (const nlohmann::json& p : parties) {
-      PartyAddress a;
-      JsonFields pf(p, "deploy.parties[]");
-      pf.read("name", a.name);
-      pf.read("address", a.address);
-      pf.reject_unknown();
-      c.parties.push_back(a);
-    }
+    for (const nlohmann::json& p : parties) c.parties.push_back(read_address(p, "deploy.parties[]"));
   }
   if ((int)c.parties.size() != n)
     throw std::runtime_error("config key 'deploy.parties' lists " + std::to_string(c.parties.size()) +
@@ -94,11 +107,7 @@ DeployConfig deploy_config_from_json(const nlohmann::json& j, const RunConfig& r
     if (!server.is_object())
       throw std::runtime_error("config key 'deploy.fed_server' is 'separate': give the server process its "
                                "{\"name\", \"address\"} in 'deploy.server'");
-    PartyAddress a;
-    JsonFields sf(server, "deploy.server");
-    sf.read("name", a.name);
-    sf.read("address", a.address);
-    sf.reject_unknown();
+    const PartyAddress a = read_address(server, "deploy.server");
     if (a.address.empty()) throw std::runtime_error("config key 'deploy.server.address' is missing: where the server listens");
     c.parties.push_back(a);  // index n: admitted, coordinated and certified as a party is
   } else if (!server.is_null()) {
@@ -163,18 +172,14 @@ size_t max_payload_bytes(const RunConfig& run) {
 SectionHashes section_hashes(const DeployRun& dr) {
   const nlohmann::json run = to_json(dr.run);
   const DeployConfig& d = dr.deploy;
-  nlohmann::json data = run["data"], collab = run["collab"], parties = nlohmann::json::array();
+  nlohmann::json data = run["data"], collab = run["collab"], deploy = fields_to_json(d, deploy_fields);
   data.erase("cache_dir");
   data.erase("tokenizer");
   collab.erase("modes");
-  for (const PartyAddress& p : d.parties) parties.push_back({{"name", p.name}, {"address", p.address}});
-  const nlohmann::json deploy = {{"parties", parties},
-                                 {"mode", d.mode},
-                                 {"fed_server", d.fed_server},
-                                 {"dead_after_s", d.dead_after_s},
-                                 {"checkpoint_every", d.checkpoint_every},
-                                 {"chunk_bytes", d.chunk_bytes},
-                                 {"max_message_bytes", d.max_message_bytes}};
+  deploy.erase("call_timeout_s");
+  deploy.erase("join_timeout_s");
+  deploy["parties"] = nlohmann::json::array();
+  for (const PartyAddress& p : d.parties) deploy["parties"].push_back(fields_to_json(p, address_fields));
   const std::string tokenizer = shared_tokenizer_file(dr.run);
   return {{"model", sha256_hex(run["model"].dump())},
           {"train", sha256_hex(run["train"].dump())},
@@ -220,7 +225,6 @@ DeployRun load_deploy_run(const std::string& path) {
     }
     DeployRun r;
     r.run = run_config_from_json(j);
-    check_collab_config(r.run.collab);
     r.deploy = deploy_config_from_json(deploy, r.run);
     return r;
   } catch (const std::exception& e) {

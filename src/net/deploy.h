@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "train/train_config.h"
+#include "collab/run_config.h"
 
 namespace pcmoe::net {
 

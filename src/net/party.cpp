@@ -85,8 +85,8 @@ void save_party_checkpoint(const fs::path& root, int64_t turn, const RunConfig& 
   const fs::path dir = checkpoint_dir(root, turn);
   fs::remove(dir / "state.json");  // until both parts are written, there is no checkpoint here
   fs::create_directories(dir);
-  save_checkpoint((dir / "backbone").string(), cfg, party.backbone, &party.optimizer, party.turns, tokenizer_model);
-  save_checkpoint((dir / "shard").string(), cfg, party.host.params(), &party.host.optimizer(), party.turns, tokenizer_model);
+  save_checkpoint((dir / "backbone").string(), to_json(cfg), party.backbone, &party.optimizer, party.turns, tokenizer_model);
+  save_checkpoint((dir / "shard").string(), to_json(cfg), party.host.params(), &party.host.optimizer(), party.turns, tokenizer_model);
   std::ofstream(dir / "state.json.tmp") << nlohmann::json{{"next_turn", turn}, {"config_hash", hash}}.dump() << "\n";
   fs::rename(dir / "state.json.tmp", dir / "state.json");
 }
@@ -224,9 +224,9 @@ int64_t next_view_from(const PartyRun& r, int64_t turn) {
 void save_view(const PartyRun& r, int64_t turn) {
   const std::string round = std::to_string(turn / r.n);
   r.coord.barrier("view " + round);
-  save_checkpoint((r.audit_dir / ("shard_r" + round)).string(), r.cfg, r.party.host.params(), nullptr, turn / r.n, "");
+  save_checkpoint((r.audit_dir / ("shard_r" + round)).string(), to_json(r.cfg), r.party.host.params(), nullptr, turn / r.n, "");
   if (r.observer)
-    save_checkpoint((r.audit_dir / ("backbone_r" + round)).string(), r.cfg, r.party.backbone, nullptr, turn / r.n,
+    save_checkpoint((r.audit_dir / ("backbone_r" + round)).string(), to_json(r.cfg), r.party.backbone, nullptr, turn / r.n,
                     r.data.tokenizer_model);
   r.coord.barrier("view saved " + round);
 }

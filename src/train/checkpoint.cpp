@@ -11,7 +11,7 @@ namespace fs = std::filesystem;
 
 namespace pcmoe {
 
-void save_checkpoint(const std::string& dir, const RunConfig& cfg, const ParamSet& params,
+void save_checkpoint(const std::string& dir, const nlohmann::json& config, const ParamSet& params,
                      const AdamW* opt, int64_t step, const std::string& tokenizer_model) {
   const fs::path final_dir(dir), tmp_dir(dir + ".tmp"), old_dir(dir + ".old");
   fs::remove_all(tmp_dir);
@@ -30,7 +30,7 @@ void save_checkpoint(const std::string& dir, const RunConfig& cfg, const ParamSe
   write_safetensors((tmp_dir / "model.safetensors").string(), file);
   {
     std::ofstream out(tmp_dir / "config.json");
-    out << to_json(cfg).dump(2) << "\n";
+    out << config.dump(2) << "\n";
     if (!out) throw std::runtime_error("cannot write " + (tmp_dir / "config.json").string());
   }
   if (!tokenizer_model.empty()) fs::copy_file(tokenizer_model, tmp_dir / "tokenizer.model");
@@ -47,16 +47,22 @@ std::string resolve_checkpoint(const std::string& dir) {
   throw std::runtime_error("no checkpoint at '" + dir + "' (expected " + dir + "/model.safetensors)");
 }
 
-RunConfig read_checkpoint_config(const std::string& dir) {
-  return load_run_config((fs::path(resolve_checkpoint(dir)) / "config.json").string());
+ModelConfig read_checkpoint_model(const std::string& dir) {
+  return parse_config_file((fs::path(resolve_checkpoint(dir)) / "config.json").string(), [](const nlohmann::json& j) {
+    require_config_object(j);
+    TrainRunConfig c;
+    read_train_sections(j, c);
+    read_privacy_section(j, c);
+    return c.model;
+  });
 }
 
 int64_t load_checkpoint(const std::string& dir, const ModelConfig& cfg, ParamSet& params, AdamW* opt) {
   const std::string where = resolve_checkpoint(dir);
-  const RunConfig saved = read_checkpoint_config(where);
-  if (architecture_json(saved.model) != architecture_json(cfg)) {
+  const ModelConfig saved = read_checkpoint_model(where);
+  if (architecture_json(saved) != architecture_json(cfg)) {
     std::string diff;
-    const nlohmann::json a = architecture_json(saved.model), b = architecture_json(cfg);
+    const nlohmann::json a = architecture_json(saved), b = architecture_json(cfg);
     for (auto& [key, value] : b.items())
       if (a[key] != value) diff += " model." + key + " is " + a[key].dump() + " in the checkpoint, " + value.dump() + " in the config;";
     throw std::runtime_error("checkpoint '" + where + "' does not match the config:" + diff);

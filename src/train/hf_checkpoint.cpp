@@ -117,7 +117,7 @@ InitSource::InitSource(const std::string& path, const ModelConfig& run_model) : 
     where_ = path;
   } else {
     where_ = resolve_checkpoint(path);
-    saved = read_checkpoint_config(where_).model;
+    saved = read_checkpoint_model(where_);
   }
   const nlohmann::json a = architecture(saved), b = architecture(run_model);
   if (a != b) {

@@ -4,8 +4,10 @@
 // experts and never the whole checkpoint; outputs appear by rename only when complete.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -70,8 +72,12 @@ struct HfImportResult {
   uint64_t checkpoint_bytes = 0, bytes_read = 0;
   bool has_tokenizer = false;
 };
+// The run config, as JSON, that a checkpoint of the imported `model` records: the caller's, as
+// train/ knows only its own sections (collab/run_config.h's default_run_config).
+using ImportedConfig = std::function<nlohmann::json(const ModelConfig& model)>;
 // Writes a pcmoe checkpoint (fp32, no optimizer state) at out_dir, which must not exist.
-HfImportResult import_hf(const std::string& hf_dir, const std::string& out_dir, const HfImportOptions& opts);
+HfImportResult import_hf(const std::string& hf_dir, const std::string& out_dir, const HfImportOptions& opts,
+                         const ImportedConfig& config_of);
 
 struct HfExportOptions {
   bool bf16 = false;

@@ -9,7 +9,6 @@
 #include "data/data.h"
 #include "train/checkpoint.h"
 #include "train/hf_checkpoint.h"
-#include "train/train_config.h"
 
 namespace fs = std::filesystem;
 
@@ -54,7 +53,8 @@ size_t largest(const std::vector<ParamTensor>& layout) {
 
 }  // namespace
 
-HfImportResult import_hf(const std::string& hf_dir, const std::string& out_dir, const HfImportOptions& opts) {
+HfImportResult import_hf(const std::string& hf_dir, const std::string& out_dir, const HfImportOptions& opts,
+                         const ImportedConfig& config_of) {
   HfSource src(hf_dir, opts.seq_len);
   HfImportResult res;
   res.model = src.model();
@@ -80,10 +80,7 @@ HfImportResult import_hf(const std::string& hf_dir, const std::string& out_dir, 
     writer.write_next(t.name, buf.data());
   }
   writer.finish();
-  RunConfig rc;
-  rc.model = mc;
-  rc.data.vocab_size = mc.vocab_size;
-  write_text(out.path() / "config.json", to_json(rc).dump(2) + "\n");
+  write_text(out.path() / "config.json", config_of(mc).dump(2) + "\n");
   if (!tokenizer.empty()) fs::copy_file(tokenizer, out.path() / "tokenizer.model");
   out.commit();
   res.tensors = layout.size();
@@ -95,7 +92,7 @@ HfImportResult import_hf(const std::string& hf_dir, const std::string& out_dir, 
 
 int export_hf(const std::string& ckpt_dir, const std::string& hf_dir, const HfExportOptions& opts) {
   const std::string where = resolve_checkpoint(ckpt_dir);
-  const ModelConfig mc = read_checkpoint_config(where).model;
+  const ModelConfig mc = read_checkpoint_model(where);
   const HfArch arch = hf_arch_for(mc);
   const std::vector<ParamTensor> layout = param_layout(mc, ParamSelection{});
   StReader in((fs::path(where) / "model.safetensors").string());

@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 
 namespace pcmoe {
 
-Dataset load_split_corpus(const RunConfig& cfg) {
+Dataset load_split_corpus(const TrainRunConfig& cfg) {
   Dataset d;
   d.corpus = data::load_corpus(cfg.data);
   d.split = data::split_documents(d.corpus, cfg.data.val_fraction, cfg.data.split_seed);
@@ -32,7 +32,7 @@ Dataset load_split_corpus(const RunConfig& cfg) {
   return d;
 }
 
-Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model) {
+Dataset prepare_dataset(const TrainRunConfig& cfg, const std::string& tokenizer_model) {
   Dataset d = load_split_corpus(cfg);
   const std::string file = tokenizer_model.empty() ? cfg.data.tokenizer : tokenizer_model;
   d.tokenizer = file.empty() ? data::Tokenizer::train_or_load(d.corpus, d.split.train, cfg.data)
@@ -116,7 +116,7 @@ void truncate_metrics(const fs::path& path, int64_t keep_through_step) {
 
 }  // namespace
 
-void write_tokenizer(const RunConfig& cfg, const std::string& out_file) {
+void write_tokenizer(const TrainRunConfig& cfg, const std::string& out_file) {
   if (fs::exists(out_file)) throw std::runtime_error(out_file + " exists: give another --out (a shared tokenizer is not overwritten)");
   const Dataset d = load_split_corpus(cfg);
   const data::Tokenizer tok = data::Tokenizer::train_or_load(d.corpus, d.split.train, cfg.data);
@@ -175,7 +175,7 @@ double validate(Model& model, const std::vector<int32_t>& val, int n_val, int64_
 
 }  // namespace
 
-nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
+nlohmann::json run_training(const TrainRunConfig& cfg, const nlohmann::json& config, const TrainOptions& opts) {
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   set_num_threads(tc.threads);
@@ -266,7 +266,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
     if ((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) || step + 1 == tc.steps)
       last_val = validate(model, val, n_val, step + 1, metrics, tty);
     if ((tc.checkpoint_every > 0 && (step + 1) % tc.checkpoint_every == 0) || step + 1 == stop)
-      save_checkpoint(ckpt.string(), cfg, params, &opt, step + 1, ds.tokenizer.model_file());
+      save_checkpoint(ckpt.string(), config, params, &opt, step + 1, ds.tokenizer.model_file());
   }
   if (std::isnan(last_val)) last_val = evaluate(model, val, n_val);
 
@@ -285,7 +285,7 @@ nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts) {
       {"peak_rss_bytes", peak_rss_bytes()},
       {"parameters", params.numel()},
       {"arena_bytes", lm.memory()},
-      {"config", to_json(cfg)}};
+      {"config", config}};
   if (dp) report["privacy"] = plan.report(stop);
   std::ofstream(out / "report.json") << report.dump(2) << "\n";
   return report;

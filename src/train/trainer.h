@@ -19,15 +19,15 @@ struct Dataset {
 };
 // The corpus of cfg.data and its train/validation split (no tokenizer or streams yet); throws
 // when either side is empty.
-Dataset load_split_corpus(const RunConfig& cfg);
+Dataset load_split_corpus(const TrainRunConfig& cfg);
 // Loads the corpus, splits it, encodes both sides with the tokenizer at `tokenizer_model`, or
 // (when empty) data.tokenizer's, or (when that is empty too) the one trained on the training
 // split (cached).
-Dataset prepare_dataset(const RunConfig& cfg, const std::string& tokenizer_model = "");
+Dataset prepare_dataset(const TrainRunConfig& cfg, const std::string& tokenizer_model = "");
 // `pcmoe tokenizer`: writes to out_file the tokenizer prepare_dataset trains for cfg without a
 // tokenizer file (on the training split of cfg.data's corpus, model.vocab_size pieces), for
 // every party to share. Refuses an existing out_file.
-void write_tokenizer(const RunConfig& cfg, const std::string& out_file);
+void write_tokenizer(const TrainRunConfig& cfg, const std::string& out_file);
 
 // Mean cross-entropy over `n` windows of seq_len+1 tokens, in batches of model.max_batch().
 double evaluate(Model& model, const std::vector<int32_t>& windows, int n);
@@ -51,7 +51,9 @@ struct TrainOptions {
   int64_t until = -1;   // stop (with a checkpoint) after this step, as an interrupted run would
   std::string init_from;  // start from these weights and their tokenizer (a checkpoint or a Hugging Face dir)
 };
-// Trains, writes out_dir/{metrics.jsonl, report.json, checkpoint/}; returns the report.
-nlohmann::json run_training(const RunConfig& cfg, const TrainOptions& opts);
+// Trains, writes out_dir/{metrics.jsonl, report.json, checkpoint/}; returns the report. `config`:
+// the whole run config of which cfg is part, as JSON (collab/run_config.h's to_json), which the
+// checkpoints and the report record.
+nlohmann::json run_training(const TrainRunConfig& cfg, const nlohmann::json& config, const TrainOptions& opts);
 
 }  // namespace pcmoe

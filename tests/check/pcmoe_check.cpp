@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "collab/run_config.h"
 #include "model/layers.h"
 #include "model/lora.h"
 #include "model/local_experts.h"

@@ -12,6 +12,7 @@
 #include <future>
 #include <set>
 
+#include "common/sha256.h"
 #include "net/certs.h"
 #include "net/coordinator.h"
 #include "net/deploy.h"
@@ -155,6 +156,17 @@ TEST_F(SectionHashesTest, LocalSettingsAndTheTokenizerPathDoNotCount) {
                   {"collab", {{"modes", {"pc-moe", "fedavg"}}}},
                   {"deploy", {{"call_timeout_s", 5}, {"join_timeout_s", 9}}}}),
             "");
+}
+
+// The deploy section's hash is of the keys every process must agree on, written as below: the
+// bytes earlier deployments hashed, so their checkpoints and joins still match.
+TEST_F(SectionHashesTest, DeployHashIsOfTheAgreedKeysAsEverWritten) {
+  const DeployRun r = deploy_run(base_, {{"party0", "127.0.0.1:5001"}, {"party1", "127.0.0.1:5002"}});
+  const std::string agreed =
+      R"({"checkpoint_every":10,"chunk_bytes":4194304,"dead_after_s":5.0,"fed_server":"party0",)"
+      R"("max_message_bytes":4259840,"mode":"pc-moe","parties":[{"address":"127.0.0.1:5001","name":"party0"},)"
+      R"({"address":"127.0.0.1:5002","name":"party1"}]})";
+  EXPECT_EQ(section_hashes(r).at("deploy"), sha256_hex(agreed));
 }
 
 // A refused join leaves no trace: party 0, alone, still waits for party 1, which then joins

@@ -10,6 +10,7 @@
 #include <set>
 #include <thread>
 
+#include "collab/collab_config.h"
 #include "collab/party_threads.h"
 #include "collab/session.h"
 #include "interleave.h"

@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "train/fed_config.h"
-#include "train/train_config.h"
+#include "collab/fed_config.h"
+#include "collab/run_config.h"
 
 namespace fs = std::filesystem;
 using namespace pcmoe;

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "collab/run_config.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "tensor/arena.h"

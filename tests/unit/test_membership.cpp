@@ -137,7 +137,7 @@ TEST(LoadedModel, ScoresACheckpointAsTheModelThatWroteIt) {
   cfg.train = t;
   const std::string dir =
       (fs::temp_directory_path() / ("pcmoe-unit-" + std::to_string(::getpid()) + "-membership-ckpt")).string();
-  save_checkpoint(dir, cfg, lm.params, &lm.opt, t.steps, "");
+  save_checkpoint(dir, to_json(cfg), lm.params, &lm.opt, t.steps, "");
   LoadedModel loaded(dir, 4);
   const std::vector<int32_t> w = random_windows(6, m.seq_len, 32);
   const std::vector<double> a = sequence_losses(lm.model, w.data(), 6), b = sequence_losses(loaded.model, w.data(), 6);

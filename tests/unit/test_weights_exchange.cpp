@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 
+#include "collab/collab_config.h"
 #include "collab/session.h"
 #include "collab/weights_wire.h"
 #include "model/local_experts.h"

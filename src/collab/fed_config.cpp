@@ -1,4 +1,4 @@
-#include "train/fed_config.h"
+#include "collab/fed_config.h"
 
 #include <algorithm>
 #include <stdexcept>

@@ -1,5 +1,7 @@
 // The "fed" section of a run config: the federated baselines of `pcmoe collab` (modes fedavg,
-// int8, topk-ef, cg-fedllm, fedavg-lora). See docs/federated.md.
+// int8, topk-ef, cg-fedllm, fedavg-lora). See docs/federated.md. It lives in collab/, below
+// fed/, because collab/ reads it: collab.modes is checked against the mode table here, and the
+// run config collab/ assembles (collab/run_config.h) holds the section for fed/, eval/ and net/.
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
