@@ -39,7 +39,7 @@ struct CollabConfig {
   std::string schedule = "sequential";
   // The experts' learning rate as a multiple of train.lr's schedule (a party sends its hosts
   // lr x expert_lr_scale): concurrent rounds step each expert once per round where sequential
-  // ones step it n times, which a larger expert lr may make up for (README, "Concurrent rounds").
+  // ones step it n times, which a larger expert lr may make up for (docs/protocol.md).
   float expert_lr_scale = 1.0f;
 };
 CollabConfig collab_config_from_json(const nlohmann::json& j);
