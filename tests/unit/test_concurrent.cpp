@@ -74,9 +74,10 @@ std::vector<uint64_t> train(PcMoeSession& s, const Variant& v, int p, int64_t tu
   return test::result_bits(s.train_turn(turn, w.data()));
 }
 
-// Every party's turns of kRounds concurrent rounds, one after another in `order` each round
-// (threads: at once, their calls delivered in the seeded order of `shuffled`). The turns' bits by
-// (round, party), and the session's bits at the end.
+// Every party's turns of kRounds concurrent rounds, one after another in `order` each round; or,
+// with `order` empty, at once on threads of their own, their calls delivered as they come
+// (shuffled 0) or in the seeded order of `shuffled`. The turns' bits by (round, party), and the
+// session's bits at the end.
 struct Rounds {
   std::vector<std::vector<uint64_t>> turns;
   std::unique_ptr<test::SessionBits> end;
@@ -91,7 +92,9 @@ Rounds run_rounds(const Variant& v, int n, const std::vector<int>& order, uint64
   r.turns.resize((size_t)kRounds * n);
   PartyThreads threads(n, 1);
   for (int64_t round = 0; round < kRounds; ++round) {
-    if (shuffled) {
+    if (order.empty() && !shuffled) {
+      threads.run([&](int p) { r.turns[round * n + p] = train(*s, v, p, round * n + p, round); });
+    } else if (shuffled) {
       mixed.start(n);
       threads.run([&](int p) {
         try {
@@ -145,8 +148,9 @@ TEST(ConcurrentRounds, OnePartyIsTheSequentialScheduleBitForBit) {
   }
 }
 
-// The same three rounds with the parties' turns one after another in two orders, and at once on
-// threads with their calls interleaved in four seeded orders: the same bits everywhere.
+// The same three rounds with the parties' turns one after another in two orders, at once on
+// threads (the hosts serving their calls as they come), and at once with their calls interleaved
+// in four seeded orders: the same bits everywhere.
 TEST(ConcurrentRounds, TheOrderInWhichCallsArriveChangesNoBit) {
   const int n = 3;
   const DpSetup dp(n);
@@ -155,6 +159,7 @@ TEST(ConcurrentRounds, TheOrderInWhichCallsArriveChangesNoBit) {
     const std::string what = std::string(v.dp ? "DP-SGD, " : "") + (v.exchange == Exchange::kWeights ? "weights" : "activations");
     const Rounds forward = run_rounds(v, n, {0, 1, 2});
     expect_same(forward, run_rounds(v, n, {2, 1, 0}), what + ", parties in reverse order");
+    expect_same(forward, run_rounds(v, n, {}), what + ", at once on threads, calls as they come");
     std::set<std::vector<int>> orders;
     for (uint64_t seed = 1; seed <= 4; ++seed) {
       const Rounds mixed = run_rounds(v, n, {}, seed);
