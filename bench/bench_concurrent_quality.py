@@ -7,9 +7,10 @@ model, on the demo config and on the fine-tuning config.
 For configs/collab.json (from scratch) and configs/collab_finetune.json (from
 runs/pretrain_public/checkpoint, trained first with configs/pretrain_public.json when missing) it
 runs `pcmoe collab` with modes pc-moe and centralised under collab.schedule "sequential", then
-pc-moe alone under "concurrent" with collab.expert_lr_scale 1 (the lr as given) and sqrt(n) (the
+pc-moe alone under "concurrent" with collab.expert_lr_scale 1 (the lr as given), sqrt(n) (the
 square-root scaling rule for Adam: a concurrent round steps each expert once on the mean of n
-parties' batches, an n times larger batch, where sequential rounds step it n times). Every run
+parties' batches, an n times larger batch, where sequential rounds step it n times) and n (the
+linear rule: the displacement of the n sequential steps a round replaces). Every run
 trains train.steps turns per party (--steps overrides it) of the same batches. Prints one table
 per config and writes out/summary.json. Losses do not depend on the load (only timings do)."""
 import argparse
@@ -47,16 +48,20 @@ for name in ("collab", "collab_finetune"):
     runs = {"sequential": ({"schedule": "sequential"}, ["pc-moe", "centralised"]),
             "concurrent, expert lr x1": ({"schedule": "concurrent"}, ["pc-moe"]),
             f"concurrent, expert lr x{math.sqrt(n):g} (sqrt n)": (
-                {"schedule": "concurrent", "expert_lr_scale": math.sqrt(n)}, ["pc-moe"])}
+                {"schedule": "concurrent", "expert_lr_scale": math.sqrt(n)}, ["pc-moe"]),
+            f"concurrent, expert lr x{n} (n)": ({"schedule": "concurrent", "expert_lr_scale": float(n)}, ["pc-moe"])}
     table = {}
     for label, (collab, modes) in runs.items():
+        tag = f"{name}-{label.split(',')[0]}-{collab.get('expert_lr_scale', 1):g}"
         cfg = json.loads(json.dumps(base))
         cfg["collab"].update(collab)
         cfg["collab"]["modes"] = modes
-        tag = f"{name}-{label.split(',')[0]}-{collab.get('expert_lr_scale', 1):g}"
         path = os.path.join(a.out, tag + ".json")
+        # A run finished earlier with this very config is kept (the losses are deterministic).
+        done = os.path.exists(os.path.join(a.out, tag, "report.json")) and json.load(open(path)) == cfg
         json.dump(cfg, open(path, "w"))
-        pcmoe("collab", "--config", path, "--out", os.path.join(a.out, tag))
+        if not done:
+            pcmoe("collab", "--config", path, "--out", os.path.join(a.out, tag))
         rep = json.load(open(os.path.join(a.out, tag, "report.json")))
         table[label] = [(p["val_loss_own"], p["val_loss_pooled"]) for p in rep["modes"]["pc-moe"]["parties"]]
         if "centralised" in rep["modes"]:
