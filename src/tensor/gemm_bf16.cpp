@@ -1,10 +1,8 @@
 // bf16 products with fp32 accumulation. On CPUs with bf16 units, oneDNN's matmul (measured on
-// an AMD EPYC with avx512_bf16, 2 threads: about twice OpenBLAS's fp32 sgemm; Debian 12's
-// OpenBLAS 0.3.21 exports no sbgemm). Elsewhere the fallback: inputs rounded to bf16 in fp32,
-// then sgemm, which forms the same products (a bf16 x bf16 product is exact in fp32).
+// an AMD EPYC with avx512_bf16, 2 threads: about twice the fp32 sgemm; Debian 12's OpenBLAS
+// 0.3.21 exports no sbgemm). Elsewhere the fallback: inputs rounded to bf16 in fp32, then the
+// fp32 sgemm, which forms the same products (a bf16 x bf16 product is exact in fp32).
 #include <omp.h>
-
-#include <cblas.h>
 
 #include <atomic>
 #include <cstdint>
@@ -166,15 +164,32 @@ void bf16_gemm_op(GemmOp op, float* C, const float* A, const float* B, int M, in
   else fallback_gemm(op, C, A, B, M, N, K, accumulate);
 }
 
-std::string gemm_kernels_info() {
-  std::string s = "fp32: OpenBLAS " + std::string(openblas_get_config());
-  if (const char* core = std::getenv("OPENBLAS_CORETYPE")) s += " (OPENBLAS_CORETYPE=" + std::string(core) + ")";
-  s += "; bf16: ";
-  if (bf16_kernels() == Bf16Kernels::kFallback) return s + "inputs rounded to bf16, then OpenBLAS sgemm (no bf16 units)";
+namespace {
+std::string onednn_version() {
   const dnnl_version_t* v = dnnl_version();
+  return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+}
+
+// The instruction set oneDNN's kernels use on this CPU.
+const char* onednn_isa() {
+  switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx: return "avx";
+    default: return "sse4.1 or older";
+  }
+}
+}  // namespace
+
+std::string gemm_kernels_info() {
+  std::string s = "fp32: " + onednn_version() + " sgemm (" + onednn_isa() + "); bf16: ";
+  if (bf16_kernels() == Bf16Kernels::kFallback) return s + "inputs rounded to bf16, then the fp32 sgemm (no bf16 units)";
   const Key probe{GemmOp::kNT, 256, 256, 256, false};
-  return s + "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
-         " matmul (" + describe(probe).impl_info_str() + ")";
+  return s + onednn_version() + " matmul (" + describe(probe).impl_info_str() + ")";
 }
 
 }  // namespace pcmoe
