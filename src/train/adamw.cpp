@@ -88,12 +88,15 @@ inline void update16(float* p, const float* g, float* m, float* v, size_t i, __m
 // they skip reading each line of p, m and v only to overwrite it.
 void update_range(float* p, const float* g, float* m, float* v, size_t i0, size_t i1, const Update& u) {
 #ifdef __AVX512F__
-  // p, g, m and v are all 64-byte aligned (AlignedBuffer), so one test aligns all four.
+  // p, m and v start on 64-byte boundaries (AlignedBuffer), so one test aligns all three; were
+  // they ever to differ, every store stays an unaligned masked one.
+  const auto misalign = [](const float* x) { return reinterpret_cast<uintptr_t>(x) % 64; };
+  const bool streamable = misalign(p) == misalign(m) && misalign(p) == misalign(v);
   size_t i = i0;
   while (i < i1) {
-    const size_t to_line = (64 - reinterpret_cast<uintptr_t>(p + i) % 64) / 4;  // 16 when aligned
+    const size_t to_line = (64 - misalign(p + i)) / 4;  // 16 when aligned
     const size_t n = std::min<size_t>(i1 - i, to_line);
-    update16(p, g, m, v, i, (__mmask16)((1u << n) - 1), n == 16, u);
+    update16(p, g, m, v, i, (__mmask16)((1u << n) - 1), streamable && n == 16, u);
     i += n;
   }
 #else
