@@ -1,5 +1,5 @@
 // The machine's matrix-product rates, as pcmoe forms its products (tensor/gemm.h): 1024^3 in
-// fp32 (OpenBLAS) and in bf16 (bf16 inputs, fp32 accumulation), at a given thread count.
+// fp32 (oneDNN sgemm) and in bf16 (bf16 inputs, fp32 accumulation), at a given thread count.
 // Prints one JSON line; bench/bench_train.py reads it to say what fraction of the fp32 rate
 // training reaches.   pcmoe_gemm_rate [threads]
 #include <chrono>

@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(build-essential cmake ninja-build pkg-config git ca-certificates gnuplot-nox
-          libopenblas-openmp-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev
+          libsentencepiece-dev nlohmann-json3-dev libgtest-dev
           libgrpc++-dev protobuf-compiler libssl-dev libdnnl-dev
           python3 python3-torch)
 missing=()

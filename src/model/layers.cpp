@@ -7,6 +7,7 @@
 
 #include "tensor/gemm.h"
 #include "tensor/gemm_strided.h"
+#include "tensor/vmath.h"
 
 namespace pcmoe {
 
@@ -94,16 +95,19 @@ void causal_softmax_rows(float* att, int T, int t0, int t1, float scale) {
   for (int t = t0; t < t1; ++t) {
     float* p = att + (size_t)t * T;
     float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
     for (int s = 0; s <= t; ++s) {
       p[s] *= scale;
       mx = std::max(mx, p[s]);
     }
     float sum = 0;
+#pragma omp simd reduction(+ : sum)
     for (int s = 0; s <= t; ++s) {
-      p[s] = std::exp(p[s] - mx);
+      p[s] = vexp(p[s] - mx);
       sum += p[s];
     }
     const float inv = 1.0f / sum;
+#pragma omp simd
     for (int s = 0; s <= t; ++s) p[s] *= inv;
     for (int s = t + 1; s < t1; ++s) p[s] = 0;
   }
@@ -167,7 +171,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
             const float* pt = pb + (size_t)(t - t0) * T;
             float* dst = ds.data() + (size_t)(t - t0) * T;
             float pdp = 0;
+#pragma omp simd reduction(+ : pdp)
             for (int s = 0; s <= t; ++s) pdp += pt[s] * dst[s];
+#pragma omp simd
             for (int s = 0; s <= t; ++s) dst[s] = pt[s] * (dst[s] - pdp) * scale;
             for (int s = t + 1; s < t1; ++s) dst[s] = 0;
           }
@@ -178,10 +184,6 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     }
 }
 
-namespace {
-inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
-}  // namespace
-
 void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, const float* w1,
                     const float* w3, const float* w2, int N, int C, int F, const SwigluLora& lora) {
   if (N == 0) return;
@@ -191,7 +193,7 @@ void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, co
   if (lora.w3) lora_forward(u, x, *lora.w3, N);
   const size_t n = (size_t)N * F;
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < n; ++i) act[i] = g[i] * sigmoid(g[i]) * u[i];
+  for (size_t i = 0; i < n; ++i) act[i] = g[i] * vsigmoid(g[i]) * u[i];
   matmul_nt(y, act, w2, N, C, F, false);
   if (lora.w2) lora_forward(y, act, *lora.w2, N);
 }
@@ -203,7 +205,7 @@ void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float*
   if (N == 0) return;
   const size_t n = (size_t)N * F;
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < n; ++i) act[i] = g[i] * sigmoid(g[i]) * u[i];
+  for (size_t i = 0; i < n; ++i) act[i] = g[i] * vsigmoid(g[i]) * u[i];
   sink.linear(dw2, dy, act, N, C, F);
   if (lora.w2) lora_backward_weights(dy, act, *lora.w2, N);
   float* dact = act;  // act is no longer needed once dw2 (and W2's adapter gradient) is formed
@@ -211,7 +213,7 @@ void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float*
   if (lora.w2) lora_backward_input(dact, *lora.w2, N);
 #pragma omp parallel for simd schedule(static)
   for (size_t i = 0; i < n; ++i) {
-    const float gi = g[i], ui = u[i], s = sigmoid(gi);
+    const float gi = g[i], ui = u[i], s = vsigmoid(gi);
     const float silu = gi * s;
     dg[i] = dact[i] * ui * s * (1.0f + gi * (1.0f - s));
     du[i] = dact[i] * silu;
@@ -227,22 +229,24 @@ void swiglu_backward(float* dx, float* dw1, float* dw3, float* dw2, const float*
 float cross_entropy_forward_backward(float* logits, const int32_t* targets, int N, int V, float scale) {
   double total = 0;
   std::vector<float> loss(N);
+  const float k = scale / N;
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < N; ++t) {
     float* l = logits + (size_t)t * V;
     const float target_logit = l[targets[t]];
     float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
     for (int i = 0; i < V; ++i) mx = std::max(mx, l[i]);
     float sum = 0;
+#pragma omp simd reduction(+ : sum)
     for (int i = 0; i < V; ++i) {
-      l[i] = std::exp(l[i] - mx);
+      l[i] = vexp(l[i] - mx);
       sum += l[i];
     }
-    const float inv = 1.0f / sum;
     loss[t] = std::log(sum) - (target_logit - mx);
-    const float k = scale / N;
+    const float f = k / sum;
 #pragma omp simd
-    for (int i = 0; i < V; ++i) l[i] *= inv * k;
+    for (int i = 0; i < V; ++i) l[i] *= f;
     l[targets[t]] -= k;
   }
   for (int t = 0; t < N; ++t) total += loss[t];

@@ -134,15 +134,21 @@ void GradSink::rmsnorm_weight(float* dw, const float* dout, const float* x, cons
     return;
   }
   const float* f = mode_ == SinkMode::kClipped ? row_factors(N) : nullptr;
-  // Per channel, in row order: deterministic at any thread count.
+  // Per channel, in row order: deterministic at any thread count. A task owns a block of
+  // channels and walks the rows once, the block's sums in vector lanes.
+  constexpr int kBlock = 64;
 #pragma omp parallel for schedule(static)
-  for (int c = 0; c < C; ++c) {
-    float s = 0;
-    if (f)
-      for (int t = 0; t < N; ++t) s += dout[(size_t)t * C + c] * x[(size_t)t * C + c] * rstd[t] * f[t];
-    else
-      for (int t = 0; t < N; ++t) s += dout[(size_t)t * C + c] * x[(size_t)t * C + c] * rstd[t];
-    dw[c] += s;
+  for (int c0 = 0; c0 < C; c0 += kBlock) {
+    const int w = std::min(kBlock, C - c0);
+    float s[kBlock] = {};
+    for (int t = 0; t < N; ++t) {
+      const float* d = dout + (size_t)t * C + c0;
+      const float* xt = x + (size_t)t * C + c0;
+      const float r = rstd[t], ft = f ? f[t] : 1.0f;
+#pragma omp simd
+      for (int c = 0; c < w; ++c) s[c] += d[c] * xt[c] * r * ft;
+    }
+    for (int c = 0; c < w; ++c) dw[c0 + c] += s[c];
   }
 }
 
@@ -170,10 +176,25 @@ void GradSink::embedding(float* dwte, const float* dout, const int32_t* tokens, 
     return;
   }
   const float* f = mode_ == SinkMode::kClipped ? row_factors(N) : nullptr;
-  // Split by channel: two rows with the same token never race, and sums run in row order.
+  // Split by blocks of channels: two rows with the same token never race, and sums run in row
+  // order; a task walks the rows once, a block of each row at a time.
+  constexpr int kBlock = 64;
 #pragma omp parallel for schedule(static)
-  for (int c = 0; c < C; ++c)
-    for (int t = 0; t < N; ++t) dwte[(size_t)tokens[t] * C + c] += f ? f[t] * dout[(size_t)t * C + c] : dout[(size_t)t * C + c];
+  for (int c0 = 0; c0 < C; c0 += kBlock) {
+    const int w = std::min(kBlock, C - c0);
+    for (int t = 0; t < N; ++t) {
+      float* d = dwte + (size_t)tokens[t] * C + c0;
+      const float* g = dout + (size_t)t * C + c0;
+      if (f) {
+        const float ft = f[t];
+#pragma omp simd
+        for (int c = 0; c < w; ++c) d[c] += ft * g[c];
+      } else {
+#pragma omp simd
+        for (int c = 0; c < w; ++c) d[c] += g[c];
+      }
+    }
+  }
 }
 
 }  // namespace pcmoe

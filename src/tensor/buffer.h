@@ -1,5 +1,7 @@
 // One aligned, zero-initialised block of memory whose size is fixed when it is made.
 #pragma once
+#include <sys/mman.h>
+
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -11,12 +13,18 @@ namespace pcmoe {
 class AlignedBuffer {
  public:
   static constexpr size_t kAlign = 64;
+  // Blocks of kHugeMin bytes or more sit on 2 MiB pages where the kernel grants transparent huge
+  // pages on request: the passes over tens of MB (AdamW's, the products') then miss the TLB far
+  // less, and the memset below faults them in 512 times less often.
+  static constexpr size_t kHugePage = size_t(2) << 20, kHugeMin = size_t(4) << 20;
   AlignedBuffer() = default;
   explicit AlignedBuffer(size_t bytes) : bytes_(bytes) {
     if (bytes == 0) return;
-    size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
-    data_ = static_cast<std::byte*>(std::aligned_alloc(kAlign, rounded));
+    const size_t align = bytes >= kHugeMin ? kHugePage : kAlign;
+    const size_t rounded = (bytes + align - 1) / align * align;
+    data_ = static_cast<std::byte*>(std::aligned_alloc(align, rounded));
     if (!data_) throw std::bad_alloc();
+    if (align == kHugePage) madvise(data_, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
     std::memset(data_, 0, rounded);
   }
   ~AlignedBuffer() { std::free(data_); }

@@ -1,13 +1,11 @@
-// Settings the OpenMP and BLAS runtimes read only once, when they load, so a program sets them
-// in its environment and re-executes itself once:
-// - OPENBLAS_CORETYPE: on virtual CPUs OpenBLAS may not recognise (this project's own machines
-//   report a generic "Intel Xeon Processor") it falls back to SSE3 kernels, 4x slower than the
-//   AVX-512 ones the CPU has; it is set from the CPU's own feature flags.
+// A setting the OpenMP runtime reads only once, when it loads, so a program sets it in its
+// environment and re-executes itself once:
 // - OMP_WAIT_POLICY=passive: idle OpenMP threads sleep instead of spinning, so a pcmoe process
 //   that shares its cores (parties on one host, a busy machine) does not take them from the
 //   others (spinning made such runs 3-10x slower). OMP_WAIT_POLICY=active in the environment
 //   keeps spinning, a little faster on cores of one's own.
-// A variable already set is left as it is.
+// A variable already set is left as it is. (No BLAS setting is needed: every product runs in
+// oneDNN, which picks its kernels from the CPU's feature flags.)
 #pragma once
 
 namespace pcmoe {

@@ -1,9 +1,11 @@
 #include "tensor/gemm.h"
 
-#include <cblas.h>
 #include <omp.h>
 
+#include <cstring>
+#include <oneapi/dnnl/dnnl.h>
 #include <stdexcept>
+#include <string>
 
 #include "tensor/gemm_kernels.h"
 #include "tensor/gemm_strided.h"
@@ -19,21 +21,21 @@ void product(GemmOp op, float* C, const float* A, const float* B, int M, int N, 
   else sgemm_op(op, C, A, B, M, N, K, accumulate);
 }
 
+// oneDNN's sgemm (row-major, BLAS semantics: beta 0 never reads C). It dispatches on the CPU's
+// own feature flags, whatever OPENBLAS_CORETYPE says, and runs on the calling thread's OpenMP
+// team (one thread inside a parallel region).
 void sgemm_ld(GemmOp op, float* C, int ldc, const float* A, int lda, const float* B, int ldb, int M, int N,
               int K, bool accumulate) {
   if (M == 0 || N == 0) return;
-  const float beta = accumulate ? 1.0f : 0.0f;
-  switch (op) {
-    case GemmOp::kNT:
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
-      break;
-    case GemmOp::kNN:
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
-      break;
-    case GemmOp::kTN:
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
-      break;
+  if (K == 0) {
+    if (!accumulate)
+      for (int r = 0; r < M; ++r) std::memset(C + (size_t)r * ldc, 0, (size_t)N * sizeof(float));
+    return;
   }
+  const char ta = op == GemmOp::kTN ? 'T' : 'N', tb = op == GemmOp::kNT ? 'T' : 'N';
+  const dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
+  if (st != dnnl_success)
+    throw std::runtime_error("oneDNN sgemm failed (status " + std::to_string((int)st) + ")");
 }
 }  // namespace
 
@@ -71,7 +73,6 @@ void matmul_tn(float* C, const float* A, const float* B, int M, int N, int K, bo
 
 void set_num_threads(int n) {
   g_threads = n < 1 ? 1 : n;
-  openblas_set_num_threads(g_threads);
   omp_set_num_threads(g_threads);
 }
 

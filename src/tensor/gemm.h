@@ -1,7 +1,7 @@
 // Matrix products over row-major fp32 arrays, all through one call per shape. `accumulate` adds
 // the product into C (gradients accumulate); otherwise C is overwritten.
 //
-// The compute dtype (model.compute_dtype) decides how a product is formed: fp32 (OpenBLAS
+// The compute dtype (model.compute_dtype) decides how a product is formed: fp32 (oneDNN's
 // sgemm), or bf16: both inputs rounded to bf16 (nearest even), products accumulated in fp32,
 // the output in fp32 (gemm_bf16.cpp). Everything that is not a matrix product stays fp32.
 #pragma once
@@ -39,8 +39,9 @@ class ComputeDtypeScope {
 };
 
 // The bf16 products' kernels. kOneDnn on CPUs with bf16 units (avx512_bf16 or AMX): oneDNN's
-// matmul. kFallback elsewhere: the inputs rounded to bf16 but held in fp32, then OpenBLAS sgemm
-// (the same products, each exact in fp32, at fp32 speed). Tests force the fallback.
+// matmul, whose dot-product instructions count subnormal bf16 inputs (below 1.2e-38) as zero.
+// kFallback elsewhere: the inputs rounded to bf16 but held in fp32, then the fp32 sgemm (the
+// same products, each exact in fp32, at fp32 speed; subnormals kept). Tests force the fallback.
 enum class Bf16Kernels { kOneDnn, kFallback };
 Bf16Kernels bf16_kernels();
 void force_bf16_fallback(bool on);

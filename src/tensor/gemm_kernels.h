@@ -6,7 +6,7 @@ namespace pcmoe {
 
 enum class GemmOp { kNT, kNN, kTN };  // as matmul_nt, matmul_nn, matmul_tn in gemm.h
 
-// fp32 inputs, fp32 products: OpenBLAS sgemm.
+// fp32 inputs, fp32 products: oneDNN's sgemm.
 void sgemm_op(GemmOp op, float* C, const float* A, const float* B, int M, int N, int K, bool accumulate);
 // bf16-rounded inputs, fp32 accumulation and output (oneDNN or the fallback, gemm.h).
 void bf16_gemm_op(GemmOp op, float* C, const float* A, const float* B, int M, int N, int K, bool accumulate);
