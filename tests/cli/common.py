@@ -91,6 +91,30 @@ def twice(config_path, tmp, what):
     return reports, out
 
 
+def start_parties(config, certs, out, n, procs, *extra, wrap=lambda i: []):
+    """Starts `pcmoe party` for parties 0..n-1 of `config`, each writing out/party{i}/ and appending
+    to out/party{i}.log (a resumed run keeps the first run's lines). `wrap(i)` is a command prefix
+    for party i (e.g. a network namespace). The processes are added to `procs`, which the test kills
+    on the way out, and returned."""
+    ps = []
+    for i in range(n):
+        log = open(party_log_path(out, i), "a")
+        ps.append(subprocess.Popen([*wrap(i), PCMOE, "party", "--config", config, "--party", str(i), "--certs", certs,
+                                    "--out", os.path.join(out, f"party{i}"), *extra], stdout=log, stderr=log))
+    procs.extend(ps)
+    return ps
+
+
+def party_log_path(out, i):
+    return os.path.join(out, f"party{i}.log")
+
+
+def party_log(out, i):
+    """What party i has printed so far (see start_parties)."""
+    with open(party_log_path(out, i)) as f:
+        return f.read()
+
+
 def wait_all(procs, limit):
     """Waits for the processes, at most `limit` seconds in all; kills those still running then.
     Their exit codes."""

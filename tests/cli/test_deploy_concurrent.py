@@ -10,11 +10,10 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 
-from common import PCMOE, check, deploy_config, finish, read_metrics, run, tiny_corpus, wait_all, write_json
+from common import check, deploy_config, finish, party_log, read_metrics, run, start_parties, tiny_corpus, wait_all, write_json
 
 tmp = tempfile.mkdtemp(prefix="pcmoe-concurrent-")
 data_dir, cache = os.path.join(tmp, "corpus"), os.path.join(tmp, "cache")
@@ -143,17 +142,11 @@ procs = []
 
 
 def start(*extra):
-    ps = []
-    for i in range(N):
-        log = open(os.path.join(out, f"party{i}.log"), "a")
-        ps.append(subprocess.Popen([PCMOE, "party", "--config", path, "--party", str(i), "--certs", certs, "--out",
-                                    os.path.join(out, f"party{i}"), *extra], stdout=log, stderr=log))
-    procs.extend(ps)
-    return ps
+    return start_parties(path, certs, out, N, procs, *extra)
 
 
 def log(i):
-    return open(os.path.join(out, f"party{i}.log")).read()
+    return party_log(out, i)
 
 
 def rounds_trained(i):

@@ -17,7 +17,8 @@ import sys
 import tempfile
 import time
 
-from common import PCMOE, check, deploy_config, finish, read_metrics, read_tensors, run, tiny_corpus, wait_all, write_json
+from common import (check, deploy_config, finish, party_log, read_metrics, read_tensors, run, start_parties, tiny_corpus,
+                    wait_all, write_json)
 
 SKIP = 77
 TAG = f"pcm{os.getpid() % 100000}"
@@ -70,17 +71,10 @@ try:
     check(run("certs", "--config", path, "--out", certs)[0] == 0, "certificates for the namespaced addresses")
 
     def start(*extra):
-        ps = []
-        for i, ns in enumerate(NS):
-            log = open(os.path.join(tmp, f"party{i}.log"), "a")
-            ps.append(subprocess.Popen(["ip", "netns", "exec", ns, PCMOE, "party", "--config", path, "--party", str(i),
-                                        "--certs", certs, "--out", os.path.join(tmp, f"party{i}"), *extra],
-                                       stdout=log, stderr=log))
-        procs.extend(ps)
-        return ps
+        return start_parties(path, certs, tmp, len(NS), procs, *extra, wrap=lambda i: ["ip", "netns", "exec", NS[i]])
 
     def log(i):
-        return open(os.path.join(tmp, f"party{i}.log")).read()
+        return party_log(tmp, i)
 
     # Once party 2 has trained a turn of round 4 or later, cut its link.
     ps = start()
