@@ -16,10 +16,11 @@ Timings are only as quiet as the cores: run it on cores nothing else uses."""
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
+
+from benchlib import cpu_model, free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ap = argparse.ArgumentParser()
@@ -29,23 +30,6 @@ ap.add_argument("--steps", type=int, default=6)
 ap.add_argument("--parties", type=int, nargs="+", default=[2, 4])
 ap.add_argument("--repeats", type=int, default=1)
 a = ap.parse_args()
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def cpu_model():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def load():

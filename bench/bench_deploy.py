@@ -21,10 +21,11 @@ the same dtype, or the benchmark fails."""
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
+
+from benchlib import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ap = argparse.ArgumentParser()
@@ -34,16 +35,6 @@ ap.add_argument("--steps", type=int, default=10)
 ap.add_argument("--threads", type=int, help="train.threads of every process (default: the config's)")
 ap.add_argument("--compute-dtype", default="fp32", choices=["fp32", "bf16"], help="model.compute_dtype of every process")
 a = ap.parse_args()
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 base = json.load(open(a.config))

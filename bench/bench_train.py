@@ -17,6 +17,8 @@ import os
 import subprocess
 import tempfile
 
+from benchlib import cpu_line
+
 ROOT = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
 ap = argparse.ArgumentParser()
 ap.add_argument("--pcmoe", default=os.path.join(ROOT, "build", "pcmoe"))
@@ -33,14 +35,6 @@ if "OPENBLAS_CORETYPE" not in env:
     flags = open("/proc/cpuinfo").read()
     env["OPENBLAS_CORETYPE"] = "SkylakeX" if " avx512bw" in flags else "Haswell"
 env["OMP_NUM_THREADS"] = str(a.threads)
-
-
-def cpu_line():
-    info = open("/proc/cpuinfo").read()
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} CPUs, {' '.join(simd)}"
 
 
 def model_flops_per_token(m):
