@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what pcmoe needs on Debian 12 (build tools, libraries, gnuplot for `pcmoe collab`'s
 # figure, the PyTorch used only by tests and benchmarks), fetches the Brown corpus and builds
-# everything into build/.
+# everything into build/. pcmoe itself links no BLAS (oneDNN forms its products); the OpenMP
+# OpenBLAS is for python3-torch, which without recommends would get the reference BLAS
+# (libblas3) and with them OpenBLAS on pthreads, whose threads fight torch's OpenMP ones (its
+# training ran at half speed on bench_moe): the test oracle and the bench peer at their best.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -10,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(build-essential cmake ninja-build pkg-config git ca-certificates gnuplot-nox
           libsentencepiece-dev nlohmann-json3-dev libgtest-dev
           libgrpc++-dev protobuf-compiler libssl-dev libdnnl-dev
-          python3 python3-torch)
+          python3 python3-torch libopenblas0-openmp)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
