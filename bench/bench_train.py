@@ -3,13 +3,14 @@ reference in fp32, same model, same steps, same batch shape, same thread count, 
 one run, on configs/small.json and configs/bench_moe.json (a Mixtral-shaped model: d_model 256,
 4 layers, 8 experts top-2, d_ff 512, seq_len 256, batch 8, untied head).
 
-    /usr/bin/python3 bench/bench_train.py [--configs A.json B.json] [--steps 30] [--threads 2]
+    /usr/bin/python3 bench/bench_train.py [--configs A.json B.json] [--steps 30] [--threads 2] [--repeats 3]
 
 Prints the CPU, the kernels and libraries each side uses, the machine's product rates at 1024^3
 (measured here, by build/pcmoe_gemm_rate), the model FLOPs per token (counted below) and, per
 run, tokens/s, achieved GFLOP/s and its fraction of the machine's fp32 rate. pcmoe trains on
 the Brown corpus (its tokens/s counts optimizer steps only, not data loading); the PyTorch peer
-trains on random token windows of the same shape. The last line is
+trains on random token windows of the same shape, with OpenBLAS at its best core type for the
+CPU whatever the environment presets (bench/benchlib.py: torch_env). The last line is
 `ratio pcmoe/torch tokens/s: X` for the last config, pcmoe at its faster dtype."""
 import argparse
 import json
@@ -17,7 +18,7 @@ import os
 import subprocess
 import tempfile
 
-from benchlib import cpu_line
+from benchlib import cpu_line, torch_env, torch_gemm_rate
 
 ROOT = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
 ap = argparse.ArgumentParser()
@@ -27,14 +28,13 @@ ap.add_argument("--configs", nargs="+",
                 default=[os.path.join(ROOT, "configs", "small.json"), os.path.join(ROOT, "configs", "bench_moe.json")])
 ap.add_argument("--steps", type=int, default=30)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--repeats", type=int, default=1,
+                help="runs of each side, interleaved; the table gives the best and the range (for cores shared with others)")
 a = ap.parse_args()
 
 env = dict(os.environ)
-if "OPENBLAS_CORETYPE" not in env:
-    # pcmoe picks SkylakeX / Haswell from the CPU flags; the same for the PyTorch peer
-    flags = open("/proc/cpuinfo").read()
-    env["OPENBLAS_CORETYPE"] = "SkylakeX" if " avx512bw" in flags else "Haswell"
 env["OMP_NUM_THREADS"] = str(a.threads)
+peer_env, peer_note = torch_env(env)
 
 
 def model_flops_per_token(m):
@@ -54,7 +54,7 @@ def model_flops_per_token(m):
     return 3 * fwd
 
 
-def run_pcmoe(cfg, dtype, tmp):
+def run_pcmoe(cfg, dtype, tmp, r):
     c = json.loads(json.dumps(cfg))
     c["model"]["compute_dtype"] = dtype
     path = os.path.join(tmp, f"cfg_{dtype}.json")
@@ -62,9 +62,16 @@ def run_pcmoe(cfg, dtype, tmp):
     # The first run warms the tokenizer cache, so the measured one times training only.
     subprocess.run([a.pcmoe, "train", "--config", path, "--out", os.path.join(tmp, f"warm_{dtype}"), "--until", "1"],
                    env=env, check=True, capture_output=True)
-    subprocess.run([a.pcmoe, "train", "--config", path, "--out", os.path.join(tmp, f"run_{dtype}")],
-                   env=env, check=True, capture_output=True, text=True)
-    return json.load(open(os.path.join(tmp, f"run_{dtype}", "report.json")))
+    out = os.path.join(tmp, f"run_{dtype}_{r}")
+    subprocess.run([a.pcmoe, "train", "--config", path, "--out", out], env=env, check=True, capture_output=True)
+    return json.load(open(os.path.join(out, "report.json")))
+
+
+def run_torch(tmp):
+    tp = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "bench", "torch_peer.py"), "--config",
+                         os.path.join(tmp, "cfg_fp32.json"), "--steps", str(a.steps), "--threads", str(a.threads)],
+                        env=peer_env, check=True, capture_output=True, text=True)
+    return json.loads(tp.stdout.strip().splitlines()[-1])
 
 
 def bench(config_path, rate):
@@ -74,28 +81,31 @@ def bench(config_path, rate):
     cfg["data"]["path"] = os.path.join(ROOT, cfg["data"]["path"])
     cfg["data"]["cache_dir"] = os.path.join(ROOT, cfg["data"]["cache_dir"])
     tmp = tempfile.mkdtemp(prefix="pcmoe-bench-")
-    runs = {d: run_pcmoe(cfg, d, tmp) for d in ("fp32", "bf16")}
-    torch_cfg = os.path.join(tmp, "cfg_fp32.json")
-    tp = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "bench", "torch_peer.py"), "--config", torch_cfg,
-                         "--steps", str(a.steps), "--threads", str(a.threads)],
-                        env=env, check=True, capture_output=True, text=True)
-    th = json.loads(tp.stdout.strip().splitlines()[-1])
+    sides = {"pcmoe fp32": [], "pcmoe bf16": [], "torch fp32": []}
+    for r in range(a.repeats):
+        sides["pcmoe fp32"].append(run_pcmoe(cfg, "fp32", tmp, r))
+        sides["pcmoe bf16"].append(run_pcmoe(cfg, "bf16", tmp, r))
+        sides["torch fp32"].append(run_torch(tmp))
+    runs = {name: max(reps, key=lambda x: x["tokens_per_s"]) for name, reps in sides.items()}
     m = cfg["model"]
     flops = model_flops_per_token(m)
     print(f"\n== {os.path.relpath(config_path, ROOT)}: d_model {m['d_model']}, {m['n_layers']} layers, "
           f"{m['n_experts']} experts top-{m['top_k']}, d_ff {m['d_ff']}, "
-          f"{'tied' if m['tie_embeddings'] else 'untied'} head, {runs['fp32']['parameters']} parameters; "
-          f"batch {cfg['train']['batch_size']}x{m['seq_len']}; {a.steps} steps; {flops / 1e6:.1f} MFLOP per token")
-    print(f"{'':14} {'tokens/s':>10} {'GFLOP/s':>8} {'of fp32 rate':>13} {'peak RSS MiB':>13}")
-    rows = [(f"pcmoe {d}", runs[d]["tokens_per_s"], runs[d]["peak_rss_bytes"]) for d in ("fp32", "bf16")]
-    rows.append(("torch fp32", th["tokens_per_s"], th["peak_rss_bytes"]))
-    for name, tps, rss in rows:
-        g = tps * flops / 1e9
-        print(f"{name:14} {tps:10.0f} {g:8.1f} {g / rate['fp32_gflops']:13.0%} {rss / 2**20:13.1f}")
-    print(f"ratio pcmoe fp32/torch tokens/s: {runs['fp32']['tokens_per_s'] / th['tokens_per_s']:.2f}")
-    print(f"ratio pcmoe bf16/torch tokens/s: {runs['bf16']['tokens_per_s'] / th['tokens_per_s']:.2f}")
-    best = max(runs, key=lambda d: runs[d]["tokens_per_s"])
-    return best, runs[best]["tokens_per_s"] / th["tokens_per_s"], th
+          f"{'tied' if m['tie_embeddings'] else 'untied'} head, {runs['pcmoe fp32']['parameters']} parameters; "
+          f"batch {cfg['train']['batch_size']}x{m['seq_len']}; {a.steps} steps; {flops / 1e6:.1f} MFLOP per token"
+          + (f"; best of {a.repeats} interleaved runs" if a.repeats > 1 else ""))
+    print(f"{'':14} {'tokens/s':>10} {'GFLOP/s':>8} {'of fp32 rate':>13} {'peak RSS MiB':>13}"
+          + (f" {'range tokens/s':>16}" if a.repeats > 1 else ""))
+    for name, run in runs.items():
+        tps, g = run["tokens_per_s"], run["tokens_per_s"] * flops / 1e9
+        spread = [x["tokens_per_s"] for x in sides[name]]
+        print(f"{name:14} {tps:10.0f} {g:8.1f} {g / rate['fp32_gflops']:13.0%} {run['peak_rss_bytes'] / 2**20:13.1f}"
+              + (f" {min(spread):9.0f}-{max(spread):.0f}" if a.repeats > 1 else ""))
+    th = runs["torch fp32"]["tokens_per_s"]
+    print(f"ratio pcmoe fp32/torch tokens/s: {runs['pcmoe fp32']['tokens_per_s'] / th:.2f}")
+    print(f"ratio pcmoe bf16/torch tokens/s: {runs['pcmoe bf16']['tokens_per_s'] / th:.2f}")
+    best = max(("fp32", "bf16"), key=lambda d: runs[f"pcmoe {d}"]["tokens_per_s"])
+    return best, runs[f"pcmoe {best}"]["tokens_per_s"] / th
 
 
 rate = json.loads(subprocess.run([a.gemm_rate, str(a.threads)], env=env, check=True, capture_output=True,
@@ -104,10 +114,11 @@ torch_version = subprocess.run(["/usr/bin/python3", "-c", "import torch; print(t
                                capture_output=True, text=True).stdout.strip()
 print(f"CPU: {cpu_line()}; {a.threads} threads; OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'passive (pcmoe default)')}")
 print(f"pcmoe kernels: {rate['kernels']}")
-print(f"torch {torch_version} (fp32; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']})")
+print(f"torch {torch_version} (fp32; {peer_note}); its 1024^3 fp32 product: "
+      f"{torch_gemm_rate(peer_env, a.threads):.0f} GFLOP/s")
 print(f"machine product rate, 1024^3, {a.threads} threads: fp32 {rate['fp32_gflops']:.0f} GFLOP/s, "
       f"bf16 {rate['bf16_gflops']:.0f} GFLOP/s")
 for path in a.configs:
-    best, ratio, _ = bench(path, rate)
+    best, ratio = bench(path, rate)
 print(f"(pcmoe at its faster dtype, {best}, on {os.path.basename(a.configs[-1])})")
 print(f"ratio pcmoe/torch tokens/s: {ratio:.2f}")
