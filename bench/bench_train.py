@@ -117,7 +117,7 @@ print(f"pcmoe kernels: {rate['kernels']}")
 print(f"torch {torch_version} (fp32; {peer_note}); its 1024^3 fp32 product: "
       f"{torch_gemm_rate(peer_env, a.threads):.0f} GFLOP/s")
 print(f"machine product rate, 1024^3, {a.threads} threads: fp32 {rate['fp32_gflops']:.0f} GFLOP/s, "
-      f"bf16 {rate['bf16_gflops']:.0f} GFLOP/s")
+      f"bf16 {rate['bf16_gflops']:.0f} GFLOP/s (without bf16 units, its fallback: {rate['bf16_fallback_gflops']:.0f})")
 for path in a.configs:
     best, ratio = bench(path, rate)
 print(f"(pcmoe at its faster dtype, {best}, on {os.path.basename(a.configs[-1])})")

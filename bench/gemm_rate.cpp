@@ -1,5 +1,6 @@
 // The machine's matrix-product rates, as pcmoe forms its products (tensor/gemm.h): 1024^3 in
-// fp32 (oneDNN sgemm) and in bf16 (bf16 inputs, fp32 accumulation), at a given thread count.
+// fp32 (oneDNN sgemm) and in bf16 (bf16 inputs, fp32 accumulation), at a given thread count;
+// and bf16 through the fallback a CPU without bf16 units takes, to say what bf16 costs there.
 // Prints one JSON line; bench/bench_train.py reads it to say what fraction of the fp32 rate
 // training reaches.   pcmoe_gemm_rate [threads]
 #include <chrono>
@@ -38,8 +39,11 @@ int main(int argc, char** argv) {
   set_up_cpu_runtime(argv);
   const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
   set_num_threads(threads);
-  const nlohmann::json out = {{"threads", threads}, {"n", 1024}, {"fp32_gflops", rate(Dtype::kF32, 1024)},
-                              {"bf16_gflops", rate(Dtype::kBF16, 1024)}, {"kernels", gemm_kernels_info()}};
+  nlohmann::json out = {{"threads", threads}, {"n", 1024}, {"fp32_gflops", rate(Dtype::kF32, 1024)},
+                        {"bf16_gflops", rate(Dtype::kBF16, 1024)}, {"kernels", gemm_kernels_info()}};
+  force_bf16_fallback(true);
+  out["bf16_fallback_gflops"] = rate(Dtype::kBF16, 1024);
+  force_bf16_fallback(false);
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
