@@ -13,6 +13,7 @@
 #include "model/local_experts.h"
 #include "model/model.h"
 #include "model/params.h"
+#include "products.h"
 #include "tensor/dtype.h"
 #include "tensor/gemm.h"
 #include "tiny.h"
@@ -83,9 +84,7 @@ void check_products(const char* what) {
         const std::vector<float> C0 = C;
         {
           const ComputeDtypeScope bf16(Dtype::kBF16);
-          if (op == 0) matmul_nt(C.data(), A.data(), B.data(), M, N, K, acc);
-          if (op == 1) matmul_nn(C.data(), A.data(), B.data(), M, N, K, acc);
-          if (op == 2) matmul_tn(C.data(), A.data(), B.data(), M, N, K, acc);
+          test::product(op, C.data(), A.data(), B.data(), M, N, K, acc);
         }
         std::vector<float> Ar = A, Br = B;
         round_to_bf16(Ar.data(), Ar.size());
@@ -93,17 +92,12 @@ void check_products(const char* what) {
         double worst = 0, unrounded_gap = 0;
         for (int i = 0; i < M; ++i)
           for (int j = 0; j < N; ++j) {
-            double sum = acc ? C0[(size_t)i * N + j] : 0, mag = 0, exact = sum;
-            for (int k = 0; k < K; ++k) {
-              const size_t ai = op == 2 ? (size_t)k * M + i : (size_t)i * K + k;
-              const size_t bi = op == 0 ? (size_t)j * K + k : (size_t)k * N + j;
-              sum += (double)Ar[ai] * Br[bi];
-              mag += std::fabs((double)Ar[ai] * Br[bi]);
-              exact += (double)A[ai] * B[bi];
-            }
-            const double bound = 2.0 * (K + 1) * 0x1p-24 * (mag + std::fabs(sum)) + 1e-30;
-            worst = std::max(worst, std::fabs(C[(size_t)i * N + j] - sum) / bound);
-            unrounded_gap = std::max(unrounded_gap, std::fabs(exact - sum) / bound);
+            const double start = acc ? C0[(size_t)i * N + j] : 0;
+            const auto ref = test::float64_entry(op, Ar.data(), Br.data(), start, i, j, M, N, K);
+            const double exact = test::float64_entry(op, A.data(), B.data(), start, i, j, M, N, K).sum;
+            const double bound = 2.0 * (K + 1) * 0x1p-24 * (ref.magnitude + std::fabs(ref.sum)) + 1e-30;
+            worst = std::max(worst, std::fabs(C[(size_t)i * N + j] - ref.sum) / bound);
+            unrounded_gap = std::max(unrounded_gap, std::fabs(exact - ref.sum) / bound);
           }
         EXPECT_LE(worst, 1.0) << what << " op " << op << " acc " << acc << " " << M << "x" << N << "x" << K;
         // The products really took bf16 inputs: unrounded ones land far outside the bound.

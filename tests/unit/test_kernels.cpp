@@ -11,6 +11,7 @@
 
 #include "model/params.h"
 
+#include "products.h"
 #include "tensor/dtype.h"
 #include "tensor/gemm.h"
 #include "tensor/gemm_strided.h"
@@ -37,22 +38,15 @@ TEST(Fp32Products, AgreeWithFloat64SumsAndNeverReadAnOverwrittenC) {
         for (float& x : B) x = normal(rng);
         for (float& x : C) x = acc ? normal(rng) : std::numeric_limits<float>::quiet_NaN();
         const std::vector<float> C0 = C;
-        if (op == 0) matmul_nt(C.data(), A.data(), B.data(), M, N, K, acc);
-        if (op == 1) matmul_nn(C.data(), A.data(), B.data(), M, N, K, acc);
-        if (op == 2) matmul_tn(C.data(), A.data(), B.data(), M, N, K, acc);
+        test::product(op, C.data(), A.data(), B.data(), M, N, K, acc);
         double worst = 0;
         for (int i = 0; i < M; ++i)
           for (int j = 0; j < N; ++j) {
-            double sum = acc ? C0[(size_t)i * N + j] : 0, mag = std::fabs(sum);
-            for (int k = 0; k < K; ++k) {
-              const size_t ai = op == 2 ? (size_t)k * M + i : (size_t)i * K + k;
-              const size_t bi = op == 0 ? (size_t)j * K + k : (size_t)k * N + j;
-              sum += (double)A[ai] * B[bi];
-              mag += std::fabs((double)A[ai] * B[bi]);
-            }
-            const double bound = 2.0 * (K + 1) * 0x1p-24 * mag + 1e-30;
+            const double start = acc ? C0[(size_t)i * N + j] : 0;
+            const auto ref = test::float64_entry(op, A.data(), B.data(), start, i, j, M, N, K);
+            const double bound = 2.0 * (K + 1) * 0x1p-24 * (std::fabs(start) + ref.magnitude) + 1e-30;
             const float c = C[(size_t)i * N + j];
-            worst = std::isfinite(c) ? std::max(worst, std::fabs(c - sum) / bound) : INFINITY;
+            worst = std::isfinite(c) ? std::max(worst, std::fabs(c - ref.sum) / bound) : INFINITY;
           }
         EXPECT_LE(worst, 1.0) << "op " << op << " acc " << acc << " " << M << "x" << N << "x" << K;
       }
