@@ -41,7 +41,8 @@ class ComputeDtypeScope {
 // The bf16 products' kernels. kOneDnn on CPUs with bf16 units (avx512_bf16 or AMX): oneDNN's
 // matmul, whose dot-product instructions count subnormal bf16 inputs (below 1.2e-38) as zero.
 // kFallback elsewhere: the inputs rounded to bf16 but held in fp32, then the fp32 sgemm (the
-// same products, each exact in fp32, at fp32 speed; subnormals kept). Tests force the fallback.
+// same products, each exact in fp32, at about 0.9 of fp32 speed with the rounding pass;
+// subnormals kept). Tests force the fallback.
 enum class Bf16Kernels { kOneDnn, kFallback };
 Bf16Kernels bf16_kernels();
 void force_bf16_fallback(bool on);
