@@ -18,7 +18,7 @@ void matmul_nn(float* C, const float* A, const float* B, int M, int N, int K, bo
 // C[M,N] = A[K,M]ᵀ · B[K,N]   (weight gradient: dW = dyᵀ x)
 void matmul_tn(float* C, const float* A, const float* B, int M, int N, int K, bool accumulate);
 
-// Threads used by BLAS and by our own OpenMP loops in the calling thread; fixed per run for
+// Threads used by oneDNN's products and by our own OpenMP loops in the calling thread; fixed per run for
 // bitwise determinism (a thread that computes, e.g. a server's or a concurrent party's, sets its own).
 void set_num_threads(int n);
 int num_threads();
@@ -38,7 +38,8 @@ class ComputeDtypeScope {
   Dtype previous_;
 };
 
-// The bf16 products' kernels. kOneDnn on CPUs with bf16 units (avx512_bf16 or AMX): oneDNN's
+// The bf16 products' kernels. kOneDnn where oneDNN may use bf16 units (avx512_bf16 or AMX; not
+// with ONEDNN_MAX_CPU_ISA below them): oneDNN's
 // matmul, whose dot-product instructions count subnormal bf16 inputs (below 1.2e-38) as zero.
 // kFallback elsewhere: the inputs rounded to bf16 but held in fp32, then the fp32 sgemm (the
 // same products, each exact in fp32, at about 0.9 of fp32 speed with the rounding pass;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tensor/buffer.h"
+#include "tensor/dtype.h"
 #include "tensor/gemm.h"
 #include "tensor/gemm_kernels.h"
 
@@ -22,28 +23,29 @@ namespace {
 
 std::atomic<bool> g_force_fallback{false};
 
-bool cpu_has_bf16_units() {
-  static const bool has = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+// oneDNN's bf16 matmul only where its kernels may use bf16 units: the CPU has them and oneDNN
+// is not capped below them (ONEDNN_MAX_CPU_ISA); below that it refuses runtime-shaped bf16
+// plans, and the fallback forms the same products.
+bool onednn_has_bf16_units() {
+  static const bool has = [] {
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    return isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx;
+  }();
   return has;
 }
 
-uint16_t to_bf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-  return uint16_t((x & 0x7fffffffu) > 0x7f800000u ? ((x >> 16) | 0x0040u) : rounded);
-}
-
-// Both operands of a product in bf16 (a[i] = A[i], i < na; b likewise), in one parallel region:
-// with passive OpenMP waiting each region costs a wake-up of the team, and a step forms hundreds
-// of products. Small ones stay on the calling thread.
+// Both operands of a product in bf16 (a[i] = A[i], i < na; b likewise) through the dtype
+// table's conversion, each thread its share of both, in one parallel region: with passive
+// OpenMP waiting each region costs a wake-up of the team, and a step forms hundreds of products.
+// Small ones stay on the calling thread.
 void pack_bf16(uint16_t* a, const float* A, size_t na, uint16_t* b, const float* B, size_t nb) {
+  const auto convert = dtype_traits(Dtype::kBF16).from_f32;
 #pragma omp parallel if (na + nb > (1u << 16))
   {
-#pragma omp for simd schedule(static) nowait
-    for (size_t i = 0; i < na; ++i) a[i] = to_bf16(A[i]);
-#pragma omp for simd schedule(static) nowait
-    for (size_t i = 0; i < nb; ++i) b[i] = to_bf16(B[i]);
+    const size_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    const size_t a0 = na * t / n, a1 = na * (t + 1) / n, b0 = nb * t / n, b1 = nb * (t + 1) / n;
+    convert(A + a0, a1 - a0, a + a0);
+    convert(B + b0, b1 - b0, b + b0);
   }
 }
 
@@ -78,8 +80,9 @@ dnnl::matmul::primitive_desc describe(GemmOp op, bool sum) {
   const dnnl::memory::dim R = DNNL_RUNTIME_DIM_VAL;
   const Descs d = descs(op, R, R, R);
   dnnl::primitive_attr attr;
-  // The scratchpad is ours (ThreadState::scratchpad, kept between calls): left to the library,
-  // it is allocated and freed on every call.
+  // The scratchpad, where an implementation asks for one, is ours (ThreadState::scratchpad, kept
+  // between calls). oneDNN 2.6.3's gemm:jit here asks for none (0 bytes): its packing buffers
+  // are its own.
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (sum) {
     dnnl::post_ops ops;
@@ -139,7 +142,7 @@ void fallback_gemm(GemmOp op, float* C, const float* A, const float* B, int M, i
 }  // namespace
 
 Bf16Kernels bf16_kernels() {
-  return cpu_has_bf16_units() && !g_force_fallback ? Bf16Kernels::kOneDnn : Bf16Kernels::kFallback;
+  return onednn_has_bf16_units() && !g_force_fallback ? Bf16Kernels::kOneDnn : Bf16Kernels::kFallback;
 }
 
 void force_bf16_fallback(bool on) { g_force_fallback = on; }
@@ -176,7 +179,8 @@ const char* onednn_isa() {
 
 std::string gemm_kernels_info() {
   std::string s = "fp32: " + onednn_version() + " sgemm (" + onednn_isa() + "); bf16: ";
-  if (bf16_kernels() == Bf16Kernels::kFallback) return s + "inputs rounded to bf16, then the fp32 sgemm (no bf16 units)";
+  if (bf16_kernels() == Bf16Kernels::kFallback)
+    return s + "inputs rounded to bf16, then the fp32 sgemm (no bf16 units oneDNN may use)";
   return s + onednn_version() + " matmul (" + describe(GemmOp::kNT, false).impl_info_str() + ")";
 }
 
