@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
 #include <stdexcept>
 #include <string>
 
@@ -22,8 +23,8 @@ void product(GemmOp op, float* C, const float* A, const float* B, int M, int N, 
 }
 
 // oneDNN's sgemm (row-major, BLAS semantics: beta 0 never reads C). It dispatches on the CPU's
-// own feature flags, whatever OPENBLAS_CORETYPE says, and runs on the calling thread's OpenMP
-// team (one thread inside a parallel region).
+// own feature flags (capped only by ONEDNN_MAX_CPU_ISA), whatever OPENBLAS_CORETYPE says, and
+// runs on the calling thread's OpenMP team (one thread inside a parallel region).
 void sgemm_ld(GemmOp op, float* C, int ldc, const float* A, int lda, const float* B, int ldb, int M, int N,
               int K, bool accumulate) {
   if (M == 0 || N == 0) return;
@@ -35,7 +36,8 @@ void sgemm_ld(GemmOp op, float* C, int ldc, const float* A, int lda, const float
   const char ta = op == GemmOp::kTN ? 'T' : 'N', tb = op == GemmOp::kNT ? 'T' : 'N';
   const dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
   if (st != dnnl_success)
-    throw std::runtime_error("oneDNN sgemm failed (status " + std::to_string((int)st) + ")");
+    throw std::runtime_error(std::string("oneDNN sgemm ") + ta + tb + " failed (" + dnnl_status2str(st) + ") for M " +
+                             std::to_string(M) + ", N " + std::to_string(N) + ", K " + std::to_string(K));
 }
 }  // namespace
 
