@@ -13,8 +13,8 @@ namespace pcmoe {
 
 class PartyThreads {
  public:
-  // n_parties threads, each computing with `threads` threads of its own (set_num_threads: BLAS
-  // and OpenMP loops), kept for the run.
+  // n_parties threads, each computing with `threads` threads of its own (set_num_threads: the
+  // products and OpenMP loops), kept for the run.
   PartyThreads(int n_parties, int threads);
   ~PartyThreads();
   PartyThreads(const PartyThreads&) = delete;
