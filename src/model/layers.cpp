@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/region_errors.h"
 #include "tensor/gemm.h"
 #include "tensor/gemm_strided.h"
 #include "tensor/vmath.h"
@@ -119,22 +120,25 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
   const int group = H / KV;
   const float scale = 1.0f / std::sqrt((float)D);
   const int qs = H * D, ks = KV * D;
+  RegionErrors errors;  // a failed product must reach the caller, not terminate the process
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h) {
-      const float* qh = q + (size_t)b * T * qs + (size_t)h * D;
-      const float* kh = k + (size_t)b * T * ks + (size_t)(h / group) * D;
-      const float* vh = v + (size_t)b * T * ks + (size_t)(h / group) * D;
-      float* p = att + ((size_t)b * H + h) * T * T;
-      float* oh = out + (size_t)b * T * qs + (size_t)h * D;
-      for (int t0 = 0; t0 < T; t0 += kAttBlock) {
-        const int t1 = std::min(T, t0 + kAttBlock), rows = t1 - t0;
-        float* pb = p + (size_t)t0 * T;
-        matmul_nt_ld(pb, T, qh + (size_t)t0 * qs, qs, kh, ks, rows, t1, D, false);
-        causal_softmax_rows(p, T, t0, t1, scale);
-        matmul_nn_ld(oh + (size_t)t0 * qs, qs, pb, T, vh, ks, rows, D, t1, false);
-      }
-    }
+    for (int h = 0; h < H; ++h)
+      errors.run([&] {
+        const float* qh = q + (size_t)b * T * qs + (size_t)h * D;
+        const float* kh = k + (size_t)b * T * ks + (size_t)(h / group) * D;
+        const float* vh = v + (size_t)b * T * ks + (size_t)(h / group) * D;
+        float* p = att + ((size_t)b * H + h) * T * T;
+        float* oh = out + (size_t)b * T * qs + (size_t)h * D;
+        for (int t0 = 0; t0 < T; t0 += kAttBlock) {
+          const int t1 = std::min(T, t0 + kAttBlock), rows = t1 - t0;
+          float* pb = p + (size_t)t0 * T;
+          matmul_nt_ld(pb, T, qh + (size_t)t0 * qs, qs, kh, ks, rows, t1, D, false);
+          causal_softmax_rows(p, T, t0, t1, scale);
+          matmul_nn_ld(oh + (size_t)t0 * qs, qs, pb, T, vh, ks, rows, D, t1, false);
+        }
+      });
+  errors.rethrow();
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* att,
@@ -144,44 +148,47 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const int qs = H * D, ks = KV * D;
   // One task per (sequence, key/value head): the query heads of a group all add into the same
   // dk and dv rows, so they run in one task, in a fixed order.
+  RegionErrors errors;  // as in attention_forward
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)
-    for (int kvh = 0; kvh < KV; ++kvh) {
-      std::vector<float> ds((size_t)std::min(T, kAttBlock) * T);
-      const float* kh = k + (size_t)b * T * ks + (size_t)kvh * D;
-      const float* vh = v + (size_t)b * T * ks + (size_t)kvh * D;
-      float* dkh = dk + (size_t)b * T * ks + (size_t)kvh * D;
-      float* dvh = dv + (size_t)b * T * ks + (size_t)kvh * D;
-      for (int s = 0; s < T; ++s) {
-        std::memset(dkh + (size_t)s * ks, 0, D * sizeof(float));
-        std::memset(dvh + (size_t)s * ks, 0, D * sizeof(float));
-      }
-      for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
-        const float* p = att + ((size_t)b * H + h) * T * T;
-        const float* goh = dout + (size_t)b * T * qs + (size_t)h * D;
-        const float* qh = q + (size_t)b * T * qs + (size_t)h * D;
-        float* dqh = dq + (size_t)b * T * qs + (size_t)h * D;
-        for (int t0 = 0; t0 < T; t0 += kAttBlock) {
-          const int t1 = std::min(T, t0 + kAttBlock), rows = t1 - t0;
-          const float* pb = p + (size_t)t0 * T;
-          // dP = dO Vᵀ, then dS = P (dP - rowsum(P dP)) scale, zero where masked.
-          matmul_nt_ld(ds.data(), T, goh + (size_t)t0 * qs, qs, vh, ks, rows, t1, D, false);
-          matmul_tn_ld(dvh, ks, pb, T, goh + (size_t)t0 * qs, qs, t1, D, rows, true);
-          for (int t = t0; t < t1; ++t) {
-            const float* pt = pb + (size_t)(t - t0) * T;
-            float* dst = ds.data() + (size_t)(t - t0) * T;
-            float pdp = 0;
-#pragma omp simd reduction(+ : pdp)
-            for (int s = 0; s <= t; ++s) pdp += pt[s] * dst[s];
-#pragma omp simd
-            for (int s = 0; s <= t; ++s) dst[s] = pt[s] * (dst[s] - pdp) * scale;
-            for (int s = t + 1; s < t1; ++s) dst[s] = 0;
-          }
-          matmul_nn_ld(dqh + (size_t)t0 * qs, qs, ds.data(), T, kh, ks, rows, D, t1, false);
-          matmul_tn_ld(dkh, ks, ds.data(), T, qh + (size_t)t0 * qs, qs, t1, D, rows, true);
+    for (int kvh = 0; kvh < KV; ++kvh)
+      errors.run([&] {
+        std::vector<float> ds((size_t)std::min(T, kAttBlock) * T);
+        const float* kh = k + (size_t)b * T * ks + (size_t)kvh * D;
+        const float* vh = v + (size_t)b * T * ks + (size_t)kvh * D;
+        float* dkh = dk + (size_t)b * T * ks + (size_t)kvh * D;
+        float* dvh = dv + (size_t)b * T * ks + (size_t)kvh * D;
+        for (int s = 0; s < T; ++s) {
+          std::memset(dkh + (size_t)s * ks, 0, D * sizeof(float));
+          std::memset(dvh + (size_t)s * ks, 0, D * sizeof(float));
         }
-      }
-    }
+        for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
+          const float* p = att + ((size_t)b * H + h) * T * T;
+          const float* goh = dout + (size_t)b * T * qs + (size_t)h * D;
+          const float* qh = q + (size_t)b * T * qs + (size_t)h * D;
+          float* dqh = dq + (size_t)b * T * qs + (size_t)h * D;
+          for (int t0 = 0; t0 < T; t0 += kAttBlock) {
+            const int t1 = std::min(T, t0 + kAttBlock), rows = t1 - t0;
+            const float* pb = p + (size_t)t0 * T;
+            // dP = dO Vᵀ, then dS = P (dP - rowsum(P dP)) scale, zero where masked.
+            matmul_nt_ld(ds.data(), T, goh + (size_t)t0 * qs, qs, vh, ks, rows, t1, D, false);
+            matmul_tn_ld(dvh, ks, pb, T, goh + (size_t)t0 * qs, qs, t1, D, rows, true);
+            for (int t = t0; t < t1; ++t) {
+              const float* pt = pb + (size_t)(t - t0) * T;
+              float* dst = ds.data() + (size_t)(t - t0) * T;
+              float pdp = 0;
+#pragma omp simd reduction(+ : pdp)
+              for (int s = 0; s <= t; ++s) pdp += pt[s] * dst[s];
+#pragma omp simd
+              for (int s = 0; s <= t; ++s) dst[s] = pt[s] * (dst[s] - pdp) * scale;
+              for (int s = t + 1; s < t1; ++s) dst[s] = 0;
+            }
+            matmul_nn_ld(dqh + (size_t)t0 * qs, qs, ds.data(), T, kh, ks, rows, D, t1, false);
+            matmul_tn_ld(dkh, ks, ds.data(), T, qh + (size_t)t0 * qs, qs, t1, D, rows, true);
+          }
+        }
+      });
+  errors.rethrow();
 }
 
 void swiglu_forward(float* y, float* g, float* u, float* act, const float* x, const float* w1,
