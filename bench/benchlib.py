@@ -1,20 +1,30 @@
-"""What the benches share: the machine's description and free local ports."""
+"""What the benches share: the machine's description, free local ports, and the PyTorch peer's
+environment and product rate."""
 import os
 import socket
 import subprocess
 
 
+def cpuinfo(field):
+    """The first value of `field` in /proc/cpuinfo (e.g. "model name", "flags"), or None."""
+    for line in open("/proc/cpuinfo"):
+        if line.split(":", 1)[0].strip() == field:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def cpu_model():
     """The CPU's model name, as /proc/cpuinfo gives it."""
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    return cpuinfo("model name") or "unknown"
+
+
+def cpu_flags():
+    return (cpuinfo("flags") or "").split()
 
 
 def cpu_line():
     """The CPU's model, the number of CPUs and the SIMD extensions the kernels can use."""
-    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+    flags = cpu_flags()
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{cpu_model()}, {os.cpu_count()} CPUs, {' '.join(simd)}"
 
@@ -35,10 +45,9 @@ def torch_env(env):
     kernels on AVX-512; otherwise OpenBLAS's own detection), whatever the environment presets:
     a preset Haswell on an AVX-512 machine slows the peer's products (1,503 against 1,873
     tokens/s on bench_moe, AMD EPYC), which would flatter pcmoe. Returns (env, description)."""
-    flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
     peer = dict(env)
     preset = env.get("OPENBLAS_CORETYPE")
-    if "avx512bw" in flags:
+    if "avx512bw" in cpu_flags():
         peer["OPENBLAS_CORETYPE"] = "SkylakeX"
     else:
         peer.pop("OPENBLAS_CORETYPE", None)
