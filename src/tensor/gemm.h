@@ -42,7 +42,7 @@ class ComputeDtypeScope {
 // with ONEDNN_MAX_CPU_ISA below them): oneDNN's
 // matmul, whose dot-product instructions count subnormal bf16 inputs (below 1.2e-38) as zero.
 // kFallback elsewhere: the inputs rounded to bf16 but held in fp32, then the fp32 sgemm (the
-// same products, each exact in fp32, at about 0.9 of fp32 speed with the rounding pass;
+// same products, each exact in fp32, at about 0.8 of fp32 speed with the rounding pass;
 // subnormals kept). Tests force the fallback.
 enum class Bf16Kernels { kOneDnn, kFallback };
 Bf16Kernels bf16_kernels();
